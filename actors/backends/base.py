@@ -1,0 +1,53 @@
+"""The one interface every generation backend implements.
+
+A backend continues many prompts at once, ``n`` samples each, stopping at the step delimiter.
+It is synchronous and blocking on purpose: the search runs it in a worker thread
+(``actors.batcher``) so the event loop keeps driving sandboxes and the broker meanwhile.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import msgspec
+
+
+class GenParams(msgspec.Struct, frozen=True):
+    n: int = 1
+    max_tokens: int = 160
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ("<end_of_step>",)
+    seed: int | None = None
+
+
+class Generation(msgspec.Struct):
+    text: str
+    """The continuation, cut just before the stop string (the stop string itself is not included)."""
+    tokens: int
+    """Generated tokens counted for this continuation (up to and including the stop string)."""
+    stopped: bool
+    """True when a stop string ended it; False when it ran out of ``max_tokens`` or hit EOS."""
+    eos: bool = False
+    """True when the model emitted its end-of-sequence token."""
+
+
+class BackendError(RuntimeError):
+    """The backend could not serve a request (model missing, endpoint down after retries, ...)."""
+
+
+class Backend(ABC):
+    name: str = "backend"
+    version: str = ""
+    """Version label of the loaded policy weights (recorded on every node it produces)."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        """``params.n`` continuations for each prompt, in prompt order."""
+
+    def load_weights(self, path: str, version: str) -> None:
+        """Swap to the weights in ``path`` (a HF model directory) between two generate() calls."""
+        raise NotImplementedError(f"{self.name} backend cannot swap weights")
+
+    def close(self) -> None:
+        pass

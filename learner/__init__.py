@@ -1,0 +1,1 @@
+"""rstar: learner."""

@@ -1,0 +1,172 @@
+"""One typed configuration for every rstar process.
+
+Sources, later wins: defaults below < a TOML file (``--config``, or ``$RSTAR_CONFIG``) <
+environment variables ``RSTAR_<SECTION>__<FIELD>`` (e.g. ``RSTAR_SEARCH__ROLLOUTS=16``) <
+CLI overrides ``--set section.field=value``. Values from env and ``--set`` are parsed as TOML
+values when they parse (``16``, ``true``, ``[1, 2]``) and taken as strings otherwise.
+
+This module imports no ML library, so ``rstar --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    policy: str = "smollm2-135m"
+    """Policy weights: the built-in name ``smollm2-135m`` or a local Hugging Face model directory."""
+    ppm: str | None = None
+    """PPM directory (saved by ``actors.ppm.save_ppm``); None searches without a PPM."""
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    device: str = "auto"
+    """``auto`` picks CUDA when present, else CPU."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    threads: int = Field(0, ge=0)
+    """torch CPU threads; 0 keeps torch's default (one per core)."""
+    max_batch: int = Field(64, ge=1)
+    """Most sequences in one backend call."""
+    openai_url: str = "http://127.0.0.1:8000/v1"
+    openai_model: str = ""
+    openai_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the endpoint's key (the key is never in config)."""
+    cache_dir: Path = Path.home() / ".cache" / "rstar"
+    """Where converted model weights are cached."""
+
+
+class GenerationConfig(Section):
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_step_tokens: int = Field(160, ge=8)
+    """Most new tokens in one step; a step that hits it without a delimiter is dropped."""
+    few_shot: bool = True
+    """Prepend worked examples (needed until the policy is fine-tuned on the format)."""
+
+
+class SearchConfig(Section):
+    c_uct: float = Field(2.0, ge=0.0)
+    n_children: int = Field(5, ge=1)
+    """Candidates sampled per expansion (paper: 5 in round 1, 8 later)."""
+    max_depth: int = Field(16, ge=1)
+    rollouts: int = Field(8, ge=1)
+    """Rollouts (selection→expansion→backup passes) per problem."""
+    trees_in_flight: int = Field(16, ge=1)
+    """K: trees searched concurrently, their expansions batched into one backend call."""
+    ppm_init: bool = False
+    """PPM-augmented Q initialisation (paper: from round 3)."""
+    seed: int = 0
+
+
+class SandboxConfig(Section):
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(5.0, gt=0)
+    cpu_s: int = Field(5, ge=1)
+    memory_mb: int = Field(512, ge=64)
+    file_mb: int = Field(16, ge=1)
+    max_output_chars: int = Field(4000, ge=100)
+    cache_entries: int = Field(4096, ge=0)
+    """Ancestor-state cache size (0 disables)."""
+
+
+class BrokerConfig(Section):
+    url: str | None = None
+    """NATS URL; None starts an embedded nats-server with its store under data_dir."""
+    max_payload: int = Field(1024 * 1024, ge=1024)
+
+
+class StoreConfig(Section):
+    url: str | None = None
+    """SQLAlchemy URL; None means a SQLite file under data_dir."""
+
+
+class ApiConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8321, ge=0, le=65535)
+    token: str | None = None
+    """Bearer token for write endpoints; writes are refused when unset."""
+
+
+class Config(Section):
+    data_dir: Path = Path("data")
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    search: SearchConfig = SearchConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    broker: BrokerConfig = BrokerConfig()
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        if self.model.backend == "openai" and not self.model.openai_model:
+            raise ValueError("model.openai_model must name the served model when backend = 'openai'")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{(self.data_dir / 'rstar.db').resolve()}"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = [k.strip().replace("-", "_") for k in dotted.split(".")]
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                env: dict[str, str] | None = None) -> Config:
+    """Build the Config from defaults, TOML file, environment and ``key=value`` overrides."""
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    path = path or env.get("RSTAR_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for name, raw in env.items():
+        if name.startswith("RSTAR_") and name != "RSTAR_CONFIG":
+            _set_path(tree, name[len("RSTAR_"):].lower().replace("__", "."), _parse_value(raw))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key, _parse_value(raw))
+    try:
+        return Config.model_validate(tree)
+    except Exception as e:  # pydantic's message names every bad field
+        raise ConfigError(str(e)) from None
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Save the resolved config as JSON beside a run, so it can be reproduced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
