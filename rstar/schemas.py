@@ -52,10 +52,13 @@ class Node(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TreeResult(msgspec.Struct, forbid_unknown_fields=True):
-    """A finished search over one problem (all nodes, never truncated)."""
+    """A finished search over one problem (all nodes, never truncated).
+
+    It carries its Problem so the store can be filled from TREES alone.
+    """
 
     tree_id: str
-    problem_id: str
+    problem: Problem
     actor_id: str
     policy_version: str
     ppm_version: str
