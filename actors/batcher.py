@@ -1,0 +1,202 @@
+"""One thread owns the models; many coroutines share it through dynamic batching.
+
+Every tree in flight awaits ``ModelWorker.generate(prompt, params)`` or ``score(texts)``. The
+worker's dispatcher takes *everything queued* when the model becomes free — up to
+``max_batch`` sequences — and runs it as one backend call in its thread, so the backend never
+waits for the slowest tree (the lockstep trap measured in ENVIRONMENT.md: batches shrinking from
+16 prompts to 1 as trees finished). Generation and PPM scoring go through the same thread so they
+never fight over the CPU cores.
+
+The worker also counts what the benchmark reports: generated tokens, busy seconds, calls and
+batch sizes. A model swap (``swap``) runs between two calls, never during one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from actors.backends.base import Backend, GenParams, Generation
+from rstar.log import get_logger
+
+log = get_logger("actors.batcher")
+
+
+@dataclass
+class WorkerStats:
+    started: float = field(default_factory=time.perf_counter)
+    busy_s: float = 0.0
+    gen_calls: int = 0
+    gen_sequences: int = 0
+    gen_tokens: int = 0
+    score_calls: int = 0
+    scored: int = 0
+
+    def snapshot(self) -> dict:
+        wall = time.perf_counter() - self.started
+        return {
+            "wall_s": round(wall, 3),
+            "busy_s": round(self.busy_s, 3),
+            "busy_fraction": round(self.busy_s / wall, 4) if wall > 0 else 0.0,
+            "gen_calls": self.gen_calls,
+            "gen_tokens": self.gen_tokens,
+            "tokens_per_s": round(self.gen_tokens / wall, 2) if wall > 0 else 0.0,
+            "mean_batch_sequences": round(self.gen_sequences / self.gen_calls, 2) if self.gen_calls else 0.0,
+            "score_calls": self.score_calls,
+        }
+
+
+@dataclass
+class _GenReq:
+    prompt: str
+    params: GenParams
+    future: asyncio.Future
+
+
+@dataclass
+class _ScoreReq:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class ModelWorker:
+    """Serialises backend and PPM calls in one thread, batching concurrent requests."""
+
+    def __init__(self, backend: Backend, scorer=None, max_batch: int = 64):
+        self.backend = backend
+        self.scorer = scorer  # an object with .score(list[str]) -> list[float] and .version
+        self.max_batch = max_batch
+        self.stats = WorkerStats()
+        self._gen: list[_GenReq] = []
+        self._score: list[_ScoreReq] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._between_calls: list[Callable[[], None]] = []
+
+    @property
+    def policy_version(self) -> str:
+        return self.backend.version
+
+    @property
+    def ppm_version(self) -> str:
+        return self.scorer.version if self.scorer is not None else ""
+
+    async def __aenter__(self) -> "ModelWorker":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        self.stats = WorkerStats()
+        self._task = asyncio.create_task(self._run(), name="model-worker")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def check(self) -> None:
+        """Raise the dispatcher's error if it died (call from the owner's main loop)."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()
+
+    async def generate(self, prompt: str, params: GenParams) -> tuple[list[Generation], str]:
+        """``params.n`` continuations of ``prompt`` and the policy version that produced them."""
+        fut = asyncio.get_running_loop().create_future()
+        self._gen.append(_GenReq(prompt, params, fut))
+        self._wake.set()
+        return await fut
+
+    async def score(self, texts: list[str]) -> tuple[list[float | None], str]:
+        """PPM scores in [-1, 1] for ``texts`` and the PPM version; Nones without a PPM."""
+        if self.scorer is None or not texts:
+            return [None] * len(texts), self.ppm_version
+        fut = asyncio.get_running_loop().create_future()
+        self._score.append(_ScoreReq(texts, fut))
+        self._wake.set()
+        return await fut
+
+    def run_between_calls(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` (e.g. a weight swap) to run in the model thread before the next call."""
+        self._between_calls.append(fn)
+        self._wake.set()
+
+    # --- dispatcher ----------------------------------------------------------------------
+    def _take_gen_batch(self) -> tuple[GenParams, list[_GenReq]]:
+        """All queued requests that share the first request's params, up to max_batch sequences."""
+        params = self._gen[0].params
+        take, keep, seqs = [], [], 0
+        for req in self._gen:
+            if req.params == params and (not take or seqs + params.n <= self.max_batch):
+                take.append(req)
+                seqs += params.n
+            else:
+                keep.append(req)
+        self._gen = keep
+        return params, take
+
+    async def _run(self) -> None:
+        while True:
+            if not (self._gen or self._score or self._between_calls):
+                self._wake.clear()
+                await self._wake.wait()
+            while self._between_calls:
+                fn = self._between_calls.pop(0)
+                await asyncio.to_thread(fn)
+            # Scoring first: a scored candidate unblocks a tree, which then queues more generation.
+            if self._score:
+                reqs, self._score = self._score, []
+                await self._do_score(reqs)
+            if self._gen:
+                params, reqs = self._take_gen_batch()
+                await self._do_generate(params, reqs)
+
+    async def _do_generate(self, params: GenParams, reqs: list[_GenReq]) -> None:
+        version = self.backend.version  # swaps run in this task, so it cannot change mid-call
+        t0 = time.perf_counter()
+        try:
+            outs = await asyncio.to_thread(self.backend.generate, [r.prompt for r in reqs], params)
+        except Exception as e:  # deliver the failure to every waiter, keep serving
+            log.exception("backend.generate failed for %d prompts", len(reqs))
+            for r in reqs:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        finally:
+            self.stats.busy_s += time.perf_counter() - t0
+        self.stats.gen_calls += 1
+        self.stats.gen_sequences += len(reqs) * params.n
+        for r, out in zip(reqs, outs):
+            self.stats.gen_tokens += sum(g.tokens for g in out)
+            if not r.future.done():
+                r.future.set_result((out, version))
+
+    async def _do_score(self, reqs: list[_ScoreReq]) -> None:
+        texts = [t for r in reqs for t in r.texts]
+        version = self.ppm_version
+        t0 = time.perf_counter()
+        try:
+            scores = await asyncio.to_thread(self.scorer.score, texts)
+        except Exception as e:
+            log.exception("PPM scoring failed for %d texts", len(texts))
+            for r in reqs:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        finally:
+            self.stats.busy_s += time.perf_counter() - t0
+        self.stats.score_calls += 1
+        self.stats.scored += len(texts)
+        i = 0
+        for r in reqs:
+            if not r.future.done():
+                r.future.set_result((scores[i:i + len(r.texts)], version))
+            i += len(r.texts)

@@ -1,0 +1,60 @@
+"""Assemble a ready search from the config: backend, PPM, sandbox pool and model worker.
+
+    async with setup_search(cfg) as ctx:
+        tree = await search_tree(problem, ctx)
+
+Used by ``rstar solve``, ``rstar eval``, the benchmarks and the actor service. Loading is the
+slow part (model conversion on first use, weights, the sandbox workers), so progress is logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from actors.batcher import ModelWorker
+from actors.search import SearchContext
+from rstar.config import Config
+from rstar.log import get_logger, timed
+
+log = get_logger("actors.runtime")
+
+
+def chat_template_for(tokenizer):
+    """The tokenizer's chat template as ``messages -> prompt text``, or None if it has none."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def apply(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return apply
+
+
+def setup_scorer(cfg: Config):
+    """The PPM scorer named by ``cfg.model.ppm``, or None to search without one."""
+    if not cfg.model.ppm:
+        return None
+    from actors.ppm import PPMScorer, load_ppm
+
+    with timed(log, f"loading PPM {cfg.model.ppm}"):
+        ppm, tokenizer = load_ppm(cfg.model.ppm, device=cfg.model.device)
+    return PPMScorer(ppm, tokenizer, max_batch=cfg.model.max_batch)
+
+
+@asynccontextmanager
+async def setup_search(cfg: Config, actor_id: str = "local", round: int = 0,
+                       backend=None) -> AsyncIterator[SearchContext]:
+    from actors.backends import setup_backend
+    from actors.sandbox import SandboxPool
+
+    if backend is None:
+        with timed(log, f"loading policy {cfg.model.policy} ({cfg.model.backend})"):
+            backend = setup_backend(cfg)
+    scorer = setup_scorer(cfg)
+    tokenizer = getattr(backend, "tokenizer", None)
+    async with SandboxPool(cfg.sandbox) as sandbox, \
+            ModelWorker(backend, scorer, max_batch=cfg.model.max_batch) as worker:
+        yield SearchContext(worker=worker, sandbox=sandbox, search=cfg.search,
+                            generation=cfg.generation, chat_template=chat_template_for(tokenizer),
+                            actor_id=actor_id, round=round)

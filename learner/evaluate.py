@@ -1,0 +1,80 @@
+"""Accuracy of the current policy (+PPM) on a problem set, by method.
+
+- ``greedy``: one chain at temperature 0.
+- ``majority``: k sampled chains, the most frequent answer (majority@k).
+- ``mcts``: MCTS with k rollouts, no reference answer; the answer by PPM score, or by majority
+  over the tree's terminal answers without a PPM (MCTS(+PPM)@k).
+
+Answers are graded against the reference only after the search. Problems are evaluated
+concurrently (``trees_in_flight`` at once) so their generation shares batched backend calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from actors.search import SearchContext, majority_answer, search_tree
+from rstar.schemas import Problem
+
+Method = Literal["greedy", "majority", "mcts"]
+
+
+class ProblemOutcome(msgspec.Struct):
+    problem_id: str
+    answer: str | None
+    gold: str | None
+    correct: bool
+
+
+class EvalResult(msgspec.Struct):
+    dataset: str
+    method: str
+    k: int
+    n: int
+    correct: int
+    accuracy: float
+    seconds: float
+    gen_tokens: int
+    outcomes: list[ProblemOutcome] = []
+
+
+async def answer_one(problem: Problem, ctx: SearchContext, method: Method, k: int) -> str | None:
+    # The reference answer never reaches the search: strip it before searching.
+    blind = msgspec.structs.replace(problem, answer=None)
+    if method == "greedy":
+        return (await majority_answer(blind, ctx, 1, temperature=0.0))[0]
+    if method == "majority":
+        return (await majority_answer(blind, ctx, k))[0]
+    if method == "mcts":
+        return (await search_tree(blind, ctx, rollouts=k, use_reference=False)).best_answer
+    raise ValueError(f"unknown method {method!r} (greedy, majority, mcts)")
+
+
+async def evaluate(problems: list[Problem], ctx: SearchContext, method: Method, k: int = 8,
+                   dataset: str = "", concurrency: int | None = None,
+                   on_done: Callable[[ProblemOutcome], None] | None = None) -> EvalResult:
+    sem = asyncio.Semaphore(concurrency or ctx.search.trees_in_flight)
+    tokens0 = ctx.worker.stats.gen_tokens
+    t0 = time.perf_counter()
+
+    async def one(p: Problem) -> ProblemOutcome:
+        async with sem:
+            ans = await answer_one(p, ctx, method, k)
+        correct = bool(await ctx.is_correct(ans, p.answer)) if p.answer is not None else False
+        out = ProblemOutcome(problem_id=p.id, answer=ans, gold=p.answer, correct=correct)
+        if on_done is not None:
+            on_done(out)
+        return out
+
+    outcomes = await asyncio.gather(*(one(p) for p in problems))
+    n_correct = sum(o.correct for o in outcomes)
+    return EvalResult(dataset=dataset, method=method, k=1 if method == "greedy" else k,
+                      n=len(outcomes), correct=n_correct,
+                      accuracy=round(n_correct / len(outcomes), 4) if outcomes else 0.0,
+                      seconds=round(time.perf_counter() - t0, 2),
+                      gen_tokens=ctx.worker.stats.gen_tokens - tokens0, outcomes=list(outcomes))

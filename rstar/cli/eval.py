@@ -1,0 +1,72 @@
+"""``rstar eval``: accuracy of the policy (+PPM) on a dataset by greedy, majority@k or MCTS@k."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import typer
+
+from rstar.cli import ConfigOpt, SetOpt, get_config
+
+
+def eval_cmd(
+    dataset: str = typer.Option("synthetic", help="synthetic | gsm8k | math500 | mawps | svamp | asdiv | FILE.jsonl"),
+    split: str = typer.Option(None, help="Dataset split (synthetic: heldout by default)."),
+    limit: int = typer.Option(20, help="Number of problems."),
+    method: str = typer.Option("greedy", help="greedy | majority | mcts"),
+    k: int = typer.Option(8, help="Samples for majority, rollouts for mcts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: accuracy, n, method, dataset, ..."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Evaluate on a dataset and print an accuracy table."""
+    if method not in ("greedy", "majority", "mcts"):
+        raise typer.BadParameter("method must be greedy, majority or mcts", param_hint="--method")
+    cfg = get_config(config, overrides)
+    from rstar.problems import ProblemFileError, load_problems
+
+    if dataset == "synthetic" and split is None:
+        split = "heldout"
+    try:
+        problems = load_problems(dataset, split=split, limit=limit, seed=cfg.search.seed)
+    except (ProblemFileError, ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e), param_hint="--dataset") from None
+    result = asyncio.run(_eval(cfg, problems, dataset, method, k, as_json))
+    if as_json:
+        out = {f: getattr(result, f) for f in result.__struct_fields__ if f != "outcomes"}
+        print(json.dumps(out))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"rstar eval · {dataset}")
+    for col in ("method", "k", "n", "correct", "accuracy", "seconds", "gen tokens"):
+        t.add_column(col, justify="right")
+    t.add_row(result.method, str(result.k), str(result.n), str(result.correct),
+              f"{result.accuracy:.1%}", f"{result.seconds:.1f}", str(result.gen_tokens))
+    Console().print(t)
+
+
+async def _eval(cfg, problems, dataset, method, k, as_json):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from actors.runtime import setup_search
+    from learner.evaluate import evaluate
+
+    console = Console(stderr=True)
+    with console.status("loading model and sandbox…"):
+        ctx_cm = setup_search(cfg)
+        ctx = await ctx_cm.__aenter__()
+    try:
+        with Progress(console=console, transient=as_json) as bar:
+            task = bar.add_task(f"{method} on {dataset}", total=len(problems))
+            return await evaluate(problems, ctx, method, k, dataset=dataset,
+                                  on_done=lambda _: bar.advance(task))
+    finally:
+        await ctx_cm.__aexit__(None, None, None)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
