@@ -1,0 +1,33 @@
+"""Config loading: defaults < TOML < env < --set, and clear errors."""
+
+import pytest
+
+from rstar.config import ConfigError, load_config
+
+
+def test_precedence_toml_env_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[search]\nrollouts = 4\nn_children = 3\n[model]\ndevice = 'cpu'\n")
+    cfg = load_config(f, ["search.n_children=6"], env={"RSTAR_SEARCH__ROLLOUTS": "12"})
+    assert cfg.search.rollouts == 12 and cfg.search.n_children == 6 and cfg.model.device == "cpu"
+
+
+def test_bad_values_and_unknown_keys_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="rollouts"):
+        load_config(None, ["search.rollouts=0"], env={})
+    with pytest.raises(ConfigError, match="nonsense"):
+        load_config(None, ["search.nonsense=1"], env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["search.rollouts"], env={})
+
+
+def test_openai_backend_needs_a_model_name():
+    with pytest.raises(ConfigError, match="openai_model"):
+        load_config(None, ["model.backend=openai"], env={})
+
+
+def test_store_url_defaults_to_sqlite_under_data_dir(tmp_path):
+    cfg = load_config(None, [f"data_dir={tmp_path}"], env={})
+    assert cfg.store_url == f"sqlite:///{tmp_path.resolve()}/rstar.db"
