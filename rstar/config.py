@@ -80,8 +80,40 @@ class SandboxConfig(Section):
 
 class BrokerConfig(Section):
     url: str | None = None
-    """NATS URL; None starts an embedded nats-server with its store under data_dir."""
+    """NATS URL; None uses an embedded nats-server on embedded_port (started if nothing listens
+    there), its JetStream store under ``data_dir/nats``."""
     max_payload: int = Field(1024 * 1024, ge=1024)
+    """Largest message the embedded server accepts. Publishers use the connected server's limit,
+    which may differ for an external server."""
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(4233, ge=1, le=65535)
+    """Port of the embedded server; not 4222, so it never mixes with a system-wide NATS."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """How long the first connection may take before the process fails."""
+    publish_timeout_s: float = Field(5.0, gt=0)
+    """Wait for one JetStream publish ack."""
+    publish_retry_s: float = Field(60.0, ge=0)
+    """Keep retrying a publish (timeouts, no responders) this long, e.g. while the server restarts."""
+    dedup_window_s: float = Field(300.0, gt=0)
+    """Nats-Msg-Id duplicate window of PROBLEMS and TREES: a retried publish within it is dropped."""
+    trees_max_age_s: float = Field(14 * 86400.0, ge=0)
+    """How long TREES keeps trees after ingest (a replay window); 0 keeps them forever."""
+    dlq_max_age_s: float = Field(30 * 86400.0, ge=0)
+    """How long the dead-letter stream keeps poison messages; 0 keeps them forever."""
+    problems_ack_wait_s: float = Field(900.0, gt=0)
+    """An actor must ack (or mark in progress) a problem within this, else it is redelivered."""
+    problems_max_deliver: int = Field(5, ge=1)
+    """Deliveries of one problem before the actors consumer gives up on it."""
+    trees_ack_wait_s: float = Field(60.0, gt=0)
+    """Ingest must commit and ack a tree within this, else it is redelivered (harmless: upsert)."""
+    heartbeat_ttl_s: float = Field(60.0, gt=0)
+    """Actor heartbeats vanish from KV ``actors`` this long after the last one."""
+    compress_min_bytes: int = Field(16 * 1024, ge=0)
+    """Encoded trees larger than this are zlib-compressed before publishing."""
+    max_tree_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Largest decoded tree a consumer accepts (guards decompression and reassembly)."""
+    partial_ttl_s: float = Field(600.0, gt=0)
+    """A chunked tree still missing parts after this goes to the dead-letter stream."""
 
 
 class StoreConfig(Section):
