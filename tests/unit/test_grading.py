@@ -1,0 +1,106 @@
+"""Answer extraction and equivalence: a table of hard cases, timeouts, threads, and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from rstar import mathverify_worker
+from rstar.grading import Verdict, averify, extract_answer, grade, verify
+
+CASES = [json.loads(line) for line in (Path(__file__).parent / "grading_cases.jsonl").read_text().splitlines()]
+
+
+def test_case_table_is_big_and_balanced():
+    assert len(CASES) >= 60
+    assert sum(c["equivalent"] for c in CASES) >= 25 and sum(not c["equivalent"] for c in CASES) >= 25
+    assert {c["method"] for c in CASES} == {"numeric", "math_verify", "string", "malformed"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["why"] for c in CASES])
+def test_equivalence_table(case):
+    v = verify(case["pred"], case["gold"], timeout_s=10.0)
+    assert (v.equivalent, v.method) == (case["equivalent"], case["method"]), v
+    assert v.pred == case["pred"] and v.gold == case["gold"]
+    assert (v.error is not None) == (case["method"] == "malformed")
+    assert grade(case["pred"], case["gold"], timeout_s=10.0) is case["equivalent"]
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("so we get \\boxed{\\frac{1}{\\sqrt{2}}} in the end", "\\frac{1}{\\sqrt{2}}"),
+    ("first \\boxed{3}, then corrected: \\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
+    ("\\boxed 7$ done", "7"),
+    ("\\fbox{12}", "12"),
+    ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
+    ("#### 1,234\n", "1,234"),
+    ("The answer is 3.5.", "3.5"),
+    ("The final answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("So the answer is 5 apples.\nThanks", "5 apples"),
+    ("we get 4 and then 17 apples", "17"),
+    ("a loss of -2.5 degrees", "-2.5"),
+    ("the ratio is 3/4", "3/4"),
+    ("unclosed \\boxed{5", None),
+    ("\\boxed{}", None),
+    ("no numbers at all", None),
+    ("", None),
+    (None, None),
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_extracted_gold_answers_grade_as_expected():
+    assert grade(extract_answer("... so \\boxed{\\dfrac{3}{4}}."), "0.75")
+    assert not grade(extract_answer("The answer is 12."), "120")
+
+
+def test_adversarial_input_returns_within_the_timeout():
+    mathverify_worker.warm_up()  # the deadline covers the comparison, not the sympy import
+    t0 = time.perf_counter()
+    v = verify("2^{2^{2^{2^{2^{2}}}}}", "3", timeout_s=1.0)  # sympy would compute for minutes
+    assert time.perf_counter() - t0 < 2.0
+    assert (v.equivalent, v.method) == (False, "timeout") and "1s" in v.error
+    # the killed worker is replaced: the next comparison works
+    assert verify("2\\sqrt{2}", "\\sqrt{8}", timeout_s=10.0).equivalent
+
+
+def test_huge_input_is_refused_at_once():
+    t0 = time.perf_counter()
+    v = verify("9" * 100_000 + "^{9^{9}}", "3")
+    assert time.perf_counter() - t0 < 0.1
+    assert (v.equivalent, v.method) == (False, "malformed") and "chars" in v.error
+
+
+def test_verify_from_worker_threads_and_asyncio():
+    pairs = [(c["pred"], c["gold"], c["equivalent"]) for c in CASES if c["method"] == "math_verify"][:8]
+    pairs = [(p + " ", g, eq) for p, g, eq in pairs]  # new strings: not answered from the cache
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: verify(c[0], c[1], timeout_s=10.0), pairs))
+    assert [v.equivalent for v in got] == [eq for _, _, eq in pairs]
+    assert all(v.method == "math_verify" for v in got)
+
+    async def main():
+        return await asyncio.gather(averify("\\frac{\\pi}{4}", "\\pi/4", 10.0), averify("0.25", "1/4"))
+
+    assert [v.equivalent for v in asyncio.run(main())] == [True, True]
+
+
+def test_verdict_is_a_wire_type():
+    v = verify("50%", "0.5")
+    assert msgspec.json.decode(msgspec.json.encode(v), type=Verdict) == v
+    with pytest.raises(AttributeError):
+        v.equivalent = False  # frozen: verdicts are cached and shared
+
+
+def test_numeric_path_is_fast_and_in_process():
+    t0 = time.perf_counter()
+    for i in range(2000):  # distinct pairs, so the cache does not answer
+        assert verify(f"{i}.50", f"{2 * i + 1}/2").equivalent
+    per_call = (time.perf_counter() - t0) / 2000
+    assert per_call < 2e-3, per_call
