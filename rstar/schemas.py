@@ -121,9 +121,11 @@ def decode(data: bytes, type_: type[msgspec.Struct]):
         msg = msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as e:
         # Say "unknown version" rather than "unknown field" when that is the real cause.
+        # A missing "schema" means the default version; a payload that is not even a JSON object
+        # (a ValidationError here too) is reported by the first error.
         try:
-            version = msgspec.json.decode(data, type=dict[str, Any]).get("schema")
-        except msgspec.DecodeError:
+            version = msgspec.json.decode(data, type=dict[str, Any]).get("schema", SCHEMA_VERSION)
+        except msgspec.MsgspecError:
             version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise SchemaError(f"{type_.__name__}: unknown schema version {version!r} (know {SCHEMA_VERSION})") from None

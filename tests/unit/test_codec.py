@@ -153,3 +153,13 @@ def test_decompression_is_capped():
 def test_a_payload_limit_too_small_for_headers_is_refused():
     with pytest.raises(ValueError, match="no room"):
         frame_payload(bytes(random.Random(0).randbytes(10_000)), "k" * 400, max_payload=1200)
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"[1, 2]", "Expected `object`, got `array`"),
+    (b'{"tree_id": 1}', "Expected `str`, got `int` - at `\\$.tree_id`"),
+    (b'"just a string"', "Expected `object`, got `str`"),
+])
+def test_wrong_shapes_name_the_cause(data, match):
+    with pytest.raises(SchemaError, match=match):
+        decode_tree(None, data)
