@@ -1,0 +1,1 @@
+"""Alembic migrations of the rstar store; run them with store.db.migrate()."""
