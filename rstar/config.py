@@ -118,7 +118,8 @@ class BrokerConfig(Section):
 
 class StoreConfig(Section):
     url: str | None = None
-    """SQLAlchemy URL; None means a SQLite file under data_dir."""
+    """SQLAlchemy URL: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host:5432/db``; None means
+    the SQLite file ``data_dir/rstar.db``."""
 
 
 class ApiConfig(Section):
@@ -126,6 +127,8 @@ class ApiConfig(Section):
     port: int = Field(8321, ge=0, le=65535)
     token: str | None = None
     """Bearer token for write endpoints; writes are refused when unset."""
+    metrics_refresh_s: float = Field(15.0, ge=0)
+    """Store gauges on /metrics are recomputed at most this often (a few aggregate queries)."""
 
 
 class Config(Section):

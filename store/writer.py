@@ -179,7 +179,9 @@ def _begin(engine: Engine) -> Connection:
 
 
 def _insert_problems(conn: Connection, problems: Sequence[Problem]) -> int:
-    rows = list({p.id: _problem_row(p) for p in problems}.values())  # callers checked them
+    # Sorted by key, as are trees: writers racing on overlapping batches then take row locks in
+    # one global order and cannot deadlock (PostgreSQL did, unsorted, in the race test).
+    rows = [_problem_row(p) for _, p in sorted({p.id: p for p in problems}.items())]  # callers checked them
     if not rows:
         return 0
     stmt = _insert(conn, ProblemRow).on_conflict_do_nothing(index_elements=["id"]).returning(ProblemRow.id)
@@ -216,7 +218,7 @@ def upsert_trees(engine: Engine, trees: Sequence[TreeResult]) -> int:
     if not unique:
         return 0
     node_rows = {tid: check_tree(t) for tid, t in unique.items()}
-    tree_rows = [_tree_row(t) for t in unique.values()]
+    tree_rows = [_tree_row(unique[tid]) for tid in sorted(unique)]  # lock order: see _insert_problems
     with _begin(engine) as conn, conn.begin():
         _insert_problems(conn, [t.problem for t in unique.values()])
         stmt = _insert(conn, TreeRow).on_conflict_do_nothing(index_elements=["id"]).returning(TreeRow.id)

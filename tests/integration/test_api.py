@@ -1,0 +1,241 @@
+"""The store API served for real (aiohttp TestServer on a port) against SQLite and PostgreSQL:
+every endpoint, pagination, auth on writes, bad input (never a 500), OpenAPI coverage, metrics,
+and a sanity check of the web explorer (its HTML loads its JS; the JS asks only for real routes)."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.exc import OperationalError
+
+from rstar.config import load_config
+from rstar.schemas import problem_id
+from store.api import WEB_DIR, create_app
+from store.db import open_store
+from store.models import CheckpointRow, RoundRow
+from store.queries import stats
+from store.sample_trees import sample_problem, sample_tree
+from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
+from store.writer import upsert_trees
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def filled(request, tmp_path_factory):
+    """A store with 12 trees over 3 rounds, 2 rounds and 3 checkpoints; yields (engine, trees)."""
+    def fill(url):
+        engine = open_store(url)
+        rng = random.Random(21)
+        problems = [sample_problem(rng) for _ in range(4)]
+        trees = [sample_tree(rng, 20, round=i % 3, problem=problems[i % 4]) for i in range(12)]
+        upsert_trees(engine, trees)
+        now = datetime.now(timezone.utc)
+        with engine.begin() as c:
+            c.execute(insert(RoundRow), [
+                {"round": 0, "state": "closed", "quota": 10, "eval": {"greedy": 0.1}, "closed_at": now},
+                {"round": 1, "state": "collecting", "quota": 20, "eval": {}, "closed_at": None}])
+            c.execute(insert(CheckpointRow), [{"round": 0, "kind": "policy", "version": "p0", "object": "o/p0",
+                                               "sha256": "a" * 64, "metrics": {"loss": 1.5}, "base": "smollm2"}])
+            c.execute(insert(CheckpointRow), [{"round": 0, "kind": "ppm", "version": "m0", "object": "o/m0",
+                                               "sha256": "b" * 64, "metrics": {}, "parent_id": None},
+                                              {"round": 1, "kind": "policy", "version": "p1", "object": "o/p1",
+                                               "sha256": "c" * 64, "metrics": {}, "parent_id": 1}])
+        return engine, trees
+
+    if request.param == "sqlite":
+        engine, trees = fill(f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.db'}")
+        yield engine, trees
+        engine.dispose()
+        return
+    try:
+        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as e:
+        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
+    with scratch_postgres(tag="test_api") as url:
+        engine, trees = fill(url)
+        yield engine, trees
+        engine.dispose()
+
+
+def _cfg(tmp_path, token: str | None = TOKEN):
+    return load_config(overrides=[f"data_dir='{tmp_path}'", "api.metrics_refresh_s=0"]
+                       + ([f"api.token='{token}'"] if token else []), env={})
+
+
+async def _client(app) -> TestClient:
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def client(filled, tmp_path):
+    calls = []
+
+    async def on_problems(problems):
+        calls.append(list(problems))
+
+    c = await _client(create_app(_cfg(tmp_path), filled[0], on_problems=on_problems))
+    c.hook_calls = calls
+    yield c
+    await c.close()
+
+
+async def test_read_endpoints(client, filled):
+    engine, trees = filled
+    r = await client.get("/api/stats")
+    assert r.status == 200 and (await r.json()) == stats(engine)
+    r = await client.get("/api/trees", params={"round": "1", "limit": "2"})
+    page = await r.json()
+    assert page["total"] == sum(t.round == 1 for t in trees) and len(page["items"]) == 2
+    seen = []
+    for offset in range(0, 12, 5):
+        seen += [t["id"] for t in (await (await client.get(f"/api/trees?limit=5&offset={offset}")).json())["items"]]
+    assert sorted(seen) == sorted(t.tree_id for t in trees)
+    solved = (await (await client.get("/api/trees?solved=false&limit=100")).json())
+    assert solved["total"] == sum(not t.solved for t in trees)
+    t = trees[3]
+    body = await (await client.get(f"/api/trees/{t.tree_id}")).json()
+    assert body["tree"]["id"] == t.tree_id and [n["idx"] for n in body["nodes"]] == sorted(n.idx for n in t.nodes)
+    p = await (await client.get(f"/api/problems/{t.problem.id}")).json()
+    assert p["question"] == t.problem.question and p["trees"] == sum(x.problem.id == t.problem.id for x in trees)
+    rounds = (await (await client.get("/api/rounds")).json())["items"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[0]["eval"] == {"greedy": 0.1}
+    cps = (await (await client.get("/api/checkpoints", params={"kind": "policy"})).json())["items"]
+    assert [c["version"] for c in cps] == ["p0", "p1"] and cps[1]["parent_id"] == 1
+    assert (await (await client.get("/health")).json())["status"] == "ok"
+
+
+@pytest.mark.parametrize("path, status, param", [
+    ("/api/trees/no-such-tree", 404, None),
+    ("/api/problems/no-such-problem", 404, None),
+    ("/api/no-such-endpoint", 404, None),
+    ("/api/trees?limit=abc", 400, "limit"),
+    ("/api/trees?limit=0", 400, "limit"),
+    ("/api/trees?limit=100000", 400, "limit"),
+    ("/api/trees?offset=-3", 400, "offset"),
+    ("/api/trees?round=1.5", 400, "round"),
+    ("/api/trees?round=99999999999999999999", 400, "round"),
+    ("/api/trees?solved=maybe", 400, "solved"),
+    ("/api/trees?source=oracle", 400, "source"),
+    ("/api/trees?problem=%00x", 400, "problem"),
+    ("/api/trees/%00", 400, "id"),
+    ("/api/checkpoints?kind=optimizer", 400, "kind"),
+    ("/api/checkpoints?round=x", 400, "round"),
+])
+async def test_bad_input_gets_a_json_error_never_a_500(client, path, status, param):
+    r = await client.get(path)
+    assert r.status == status, await r.text()
+    body = await r.json()
+    assert body["error"] and body.get("param") == param
+
+
+async def test_wrong_method_is_a_json_405(client):
+    r = await client.delete("/api/trees")
+    assert r.status == 405 and "error" in await r.json() and "GET" in r.headers["Allow"]
+
+
+async def test_posting_problems_needs_the_token(client, filled):
+    new = [{"source": "api-test", "question": "What is 2 + 3?", "answer": "5", "meta": {"level": 1}},
+           {"source": "api-test", "question": "What is 7 * 6?"}]
+    assert (await client.post("/api/problems", json=new)).status == 401
+    r = await client.post("/api/problems", json=new, headers={"Authorization": "Bearer wrong"})
+    assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    r = await client.post("/api/problems", json=new, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    ids = [problem_id(p["source"], p["question"]) for p in new]
+    assert body["ids"] == ids and body["received"] == 2
+    again = await (await client.post("/api/problems", json=new, headers={"Authorization": f"Bearer {TOKEN}"})).json()
+    assert (body["new"], again["new"]) == (2, 0)
+    stored = await (await client.get(f"/api/problems/{ids[0]}")).json()
+    assert (stored["answer"], stored["meta"]) == ("5", {"level": 1})
+    assert [[p.id for p in call] for call in client.hook_calls] == [ids, ids]
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b"[]", b'[{"question": "no source"}]',
+                                  b'[{"source": "s", "question": "q", "extra": 1}]',
+                                  b'[{"source": "s", "question": "   "}]', b'[{"source": "s", "question": 5}]',
+                                  b'[{"source": "' + b"s" * 150 + b'", "question": "q"}]'])
+async def test_bad_problem_bodies_are_400(client, body):
+    r = await client.post("/api/problems", data=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 400, await r.text()
+    assert (await r.json())["param"].startswith("body")
+
+
+async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
+    c = await _client(create_app(_cfg(tmp_path, token=None), filled[0]))
+    try:
+        r = await c.post("/api/problems", json=[{"source": "s", "question": "q"}],
+                         headers={"Authorization": "Bearer anything"})
+        assert r.status == 403
+    finally:
+        await c.close()
+
+
+async def test_a_failing_publish_hook_is_a_502_and_the_problems_stay(filled, tmp_path):
+    async def broken(problems):
+        raise ConnectionError("nats down")
+
+    c = await _client(create_app(_cfg(tmp_path), filled[0], on_problems=broken))
+    try:
+        q = {"source": "hook-test", "question": f"What is {random.random()}?"}
+        r = await c.post("/api/problems", json=[q], headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status == 502 and "nats down" in (await r.json())["error"]
+        assert (await c.get(f"/api/problems/{problem_id(q['source'], q['question'])}")).status == 200
+    finally:
+        await c.close()
+
+
+async def test_openapi_describes_exactly_the_routes(client):
+    spec = await (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.")
+    described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    served = {(r.resource.canonical, r.method.lower()) for r in client.server.app.router.routes()
+              if r.method != "HEAD" and not r.resource.canonical.startswith("/static")}
+    assert described == served
+
+
+async def test_metrics_count_requests_and_store_rows(client, filled):
+    await client.get("/api/stats")
+    await client.get("/api/trees?limit=abc")
+    text_ = await (await client.get("/metrics")).text()
+    assert 'rstar_api_requests_total{method="GET",route="/api/stats",status="200"}' in text_
+    assert 'route="/api/trees",status="400"' in text_
+    assert f'rstar_store_rows{{what="trees"}} {float(len(filled[1]))}' in text_
+    assert 'status="500"' not in text_
+
+
+async def test_explorer_page_loads_its_script_which_asks_only_for_real_routes(client):
+    html = await (await client.get("/")).text()
+    scripts = re.findall(r'<script src="([^"]+)"', html)
+    assert scripts == ["/static/app.js"]
+    for src in scripts + re.findall(r'<link rel="stylesheet" href="([^"]+)"', html):
+        assert (await client.get(src)).status == 200
+    js = await (await client.get("/static/app.js")).text()
+    fetched = set(re.findall(r'getJSON\(`?"?(/api/[a-z]+)', js))
+    assert fetched == {"/api/stats", "/api/trees"}
+    assert "`/api/trees/${encodeURIComponent(id)}`" in js  # the one-tree fetch
+    canonical = {r.resource.canonical for r in client.server.app.router.routes()}
+    assert fetched | {"/api/trees/{id}"} <= canonical
+    if shutil.which("node"):
+        subprocess.run(["node", "--check", str(WEB_DIR / "app.js")], check=True)
+
+
+async def test_app_without_an_engine_opens_and_closes_its_own(tmp_path):
+    cfg = _cfg(tmp_path)
+    c = await _client(create_app(cfg))
+    try:
+        assert (await (await c.get("/api/stats")).json())["trees"] == 0
+    finally:
+        await c.close()
+    assert (tmp_path / "rstar.db").is_file()
