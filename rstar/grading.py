@@ -21,15 +21,18 @@ How ``verify`` decides (``Verdict.method``):
      are exact (they are usually money), and predictions are never taken as rounded:
      ``0.33`` vs ``1/3`` is not equivalent either way, nor is ``3.14`` vs ``\\pi``.
    - Units are ignored, not converted: ``5 cm`` equals ``5 m``.
-3. ``string``: equal after normalisation (case, spaces, ``\\text{}``, parentheses): ``(C)`` = ``c``.
+3. ``string``: equal after normalisation (case, spaces, ``\\text{}``, outer parentheses around
+   a single item): ``(C)`` = ``c``, and identical LaTeX never pays for a math-verify call.
 4. ``math_verify``: LaTeX forms (``\\sqrt``, ``\\pi``, intervals, sets, tuples, equations) by
    ``math_verify`` in a subprocess with a hard deadline (``rstar.mathverify_worker``), callable
-   from any thread. ``timeout`` when it misses ``timeout_s`` (the answer counts as not equal).
+   from any thread. ``timeout`` when it misses ``timeout_s`` (the answer counts as not equal;
+   the verdict is cached like any other, so a repeated hanging answer costs one timeout).
    A crash of that subprocess gives ``method="math_verify"`` with ``error`` set, never an exception.
 
 Cost, measured on the 2-core dev box: numeric path ~60 us per new pair, ~0.3 us for a repeated
 pair (verdicts are LRU-cached); math-verify path ~1.6 ms of pipe round trip plus sympy's work,
-10-20 ms for typical radicals and fractions; ~0.8 s once to start a worker (``warm_up()``).
+10-300 ms for typical radicals, intervals and polynomials; ~2 s of CPU once to start a worker
+(import and warm-up of sympy; ``warm_up()`` pays it ahead).
 """
 
 from __future__ import annotations
@@ -227,14 +230,17 @@ def _lists_equal(ps: list[_Num], gs: list[_Num]) -> bool:
 
 
 def _string_key(s: str) -> str:
-    return re.sub(r"[\s(){}]", "", s).lower()
+    s = re.sub(r"[\s{}]", "", s).lower()
+    # "(C)" is the letter C; "(1,3)" stays a pair (or an interval).
+    return s[1:-1] if s.startswith("(") and s.endswith(")") and "," not in s else s
 
 
 # ---------------------------------------------------------------- verdicts
 
 @functools.lru_cache(maxsize=65536)
 def _decide(pred: str, gold: str, timeout_s: float) -> Verdict:
-    """Every verdict but ``timeout`` (exceptions are not cached, so a timeout is retried)."""
+    """The verdict; cached, timeouts included: a policy that repeats an answer that hangs sympy
+    must not cost a worker restart each time (a larger ``timeout_s`` is a new key: a new try)."""
     for side, s in (("pred", pred), ("gold", gold)):
         if not s.strip():
             return Verdict(False, "malformed", pred, gold, f"{side} is empty")
@@ -250,6 +256,8 @@ def _decide(pred: str, gold: str, timeout_s: float) -> Verdict:
         return Verdict(True, "string", pred, gold)
     try:
         equal, parsed = mvw.compare(re.sub(r"(?<![\\a-zA-Z])pi\b", r"\\pi", p), g, timeout_s)
+    except mvw.MathVerifyTimeout:
+        return Verdict(False, "timeout", pred, gold, f"math-verify took over {timeout_s:g}s")
     except mvw.MathVerifyError as e:
         log.warning("math-verify failed on pred=%r gold=%r: %s", pred[:200], gold[:200], e)
         return Verdict(False, "math_verify", pred, gold, str(e))
@@ -260,10 +268,7 @@ def verify(pred: str | None, gold: str, timeout_s: float = 2.0) -> Verdict:
     """Is ``pred`` the same answer as ``gold``? Never raises for bad answers; see module doc."""
     if pred is None:
         return Verdict(False, "malformed", None, gold, "no answer")
-    try:
-        return _decide(pred, gold, float(timeout_s))
-    except mvw.MathVerifyTimeout:
-        return Verdict(False, "timeout", pred, gold, f"math-verify took over {timeout_s:g}s")
+    return _decide(pred, gold, float(timeout_s))
 
 
 def grade(pred: str | None, gold: str, timeout_s: float = 2.0) -> bool:

@@ -99,17 +99,22 @@ _live = 0
 
 
 def _acquire() -> _Worker:
+    """An idle worker, or a new one while fewer than MAX_WORKERS live, or wait for either."""
     global _live
-    try:
-        return _idle.get_nowait()
-    except queue.Empty:
-        pass
-    with _lock:
-        grow = _live < MAX_WORKERS
-        if grow:
-            _live += 1
-    if not grow:
-        return _idle.get()
+    while True:
+        try:
+            return _idle.get_nowait()
+        except queue.Empty:
+            pass
+        with _lock:
+            if _live < MAX_WORKERS:
+                _live += 1
+                break
+        try:
+            # Poll, not block: a busy worker may be killed (timeout) instead of coming back.
+            return _idle.get(timeout=0.05)
+        except queue.Empty:
+            continue
     try:
         return _Worker()
     except BaseException:
@@ -168,7 +173,10 @@ def _serve() -> None:
         return mv.parse(f"\\boxed{{{s}}}", parsing_timeout=None)
 
     out = sys.stdout.buffer
-    mv.verify(parse("1"), parse("1"), timeout_seconds=None)  # load the grammar before "ready"
+    # Touch the grammar and sympy's symbolic and set code before "ready": that lazy loading
+    # would otherwise cost the first real comparison ~1 s of its deadline.
+    for gold, pred in (("1", "1"), ("x^2+2x+1", "(x+1)^2"), ("[1, 2)", "\\{1, 2\\}")):
+        mv.verify(parse(gold), parse(pred), timeout_seconds=None)
     out.write(b'{"ready":true}\n')
     out.flush()
     for line in sys.stdin.buffer:  # EOF (the parent closed the pipe or died) ends the worker

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,8 +68,19 @@ def test_adversarial_input_returns_within_the_timeout():
     v = verify("2^{2^{2^{2^{2^{2}}}}}", "3", timeout_s=1.0)  # sympy would compute for minutes
     assert time.perf_counter() - t0 < 2.0
     assert (v.equivalent, v.method) == (False, "timeout") and "1s" in v.error
+    t0 = time.perf_counter()  # the same answer again: the cached verdict, no second hang
+    assert verify("2^{2^{2^{2^{2^{2}}}}}", "3", timeout_s=1.0) == v and time.perf_counter() - t0 < 0.01
     # the killed worker is replaced: the next comparison works
     assert verify("2\\sqrt{2}", "\\sqrt{8}", timeout_s=10.0).equivalent
+
+
+def test_more_hanging_calls_than_workers_all_time_out():
+    # Callers waiting for a busy worker must notice when it is killed instead of returned.
+    hard = [f"{k}^{{{k}^{{{k}^{{{k}^{{{k}^{{{k}}}}}}}}}}}" for k in (2, 3, 4)]
+    assert len(hard) > mathverify_worker.MAX_WORKERS
+    with ThreadPoolExecutor(len(hard)) as pool:
+        got = list(pool.map(lambda h: verify(h, "7", timeout_s=0.5), hard))
+    assert [v.method for v in got] == ["timeout"] * len(hard)
 
 
 def test_huge_input_is_refused_at_once():
@@ -104,3 +117,44 @@ def test_numeric_path_is_fast_and_in_process():
         assert verify(f"{i}.50", f"{2 * i + 1}/2").equivalent
     per_call = (time.perf_counter() - t0) / 2000
     assert per_call < 2e-3, per_call
+
+
+def rstar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "rstar"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_grades_one_pair(tmp_path):
+    r = rstar("grade", "\\dfrac{1}{2}", "0.5", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "equivalent (numeric)\n")
+    r = rstar("grade", "12", "120", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "not equivalent (numeric)\n")
+    r = rstar("grade", "--json", "--", "-\\frac{1}{2}", "-0.5", cwd=tmp_path)
+    assert msgspec.json.decode(r.stdout, type=Verdict) == Verdict(True, "numeric", "-\\frac{1}{2}", "-0.5")
+    r = rstar("grade", cwd=tmp_path)
+    assert r.returncode == 2 and "give PRED and GOLD" in r.stderr
+
+
+def test_cli_grades_a_file_in_order_and_keeps_malformed_lines(tmp_path):
+    # every case but most math-verify ones (each costs ~0.1-0.3 s of sympy)
+    expected = [c for c in CASES if c["gold"] and (c["method"] != "math_verify" or "sqrt" in c["pred"])]
+    lines = [json.dumps({"pred": c["pred"], "gold": c["gold"]}) for c in expected]
+    lines[3:3] = ["{not json", ""]
+    lines.append(json.dumps({"pred": 12, "gold": 12.0}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    r = rstar("grade", "--file", "pairs.jsonl", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "pairs.jsonl: line 4" in r.stderr and "line 5: blank line" in r.stderr
+    got = [msgspec.json.decode(line, type=Verdict) for line in r.stdout.splitlines()]
+    assert len(got) == len(lines)
+    assert [v.error for v in got[3:5]] == [got[3].error, "line 5: blank line"] and got[3].error.startswith("line 4: ")
+    assert all(v.method == "malformed" and not v.equivalent for v in got[3:5])
+    graded = got[:3] + got[5:-1]
+    assert [(v.pred, v.gold) for v in graded] == [(c["pred"], c["gold"]) for c in expected]
+    assert [v.equivalent for v in graded] == [c["equivalent"] for c in expected]
+    assert got[-1].equivalent and got[-1].method == "numeric"
+    # --out: the same verdicts in a file, nothing on stdout (numeric lines only: no sympy start-up)
+    (tmp_path / "few.jsonl").write_text("\n".join(lines[:6]) + "\n")
+    r = rstar("grade", "-f", "few.jsonl", "--out", "verdicts.jsonl", cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == ""
+    assert (tmp_path / "verdicts.jsonl").read_text().splitlines() == [msgspec.json.encode(v).decode() for v in got[:6]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp file renamed

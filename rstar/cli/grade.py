@@ -1,0 +1,113 @@
+"""``rstar grade``: are two answers equivalent? One pair on the command line, or a JSONL file of pairs.
+
+    rstar grade '\\frac{1}{2}' 0.5            # -> equivalent (numeric); exit code 0 either way
+    rstar grade --json -- -3 '−3'            # "--" lets an answer start with "-"
+    rstar grade --file pairs.jsonl --out verdicts.jsonl
+
+File mode: each input line ``{"pred": str|number|null, "gold": str|number}`` gives exactly one
+output line, the ``Verdict`` as JSON, in input order (so output line i answers input line i). A
+malformed input line (bad JSON, missing gold, blank) is not skipped: it gets a verdict with
+``method="malformed"`` and an ``error`` naming the line, is reported on stderr, and grading goes on;
+the exit code is then 1. ``--out`` is written to a temp file and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+import typer
+
+CHUNK = 256  # pairs graded concurrently (math-verify runs in a small process pool)
+
+
+class _Pair(msgspec.Struct):
+    gold: str | int | float
+    pred: str | int | float | None = None
+
+
+def _read_pair(line: str, no: int):
+    """``(pred, gold)`` from one JSONL line, or a malformed Verdict naming the line."""
+    from rstar.grading import Verdict
+
+    try:
+        pair = msgspec.json.decode(line, type=_Pair) if line.strip() else None
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        return Verdict(False, "malformed", None, "", f"line {no}: {e}")
+    if pair is None:
+        return Verdict(False, "malformed", None, "", f"line {no}: blank line")
+    return tuple(x if x is None or isinstance(x, str) else repr(x) for x in (pair.pred, pair.gold))
+
+
+def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from rstar import mathverify_worker
+    from rstar.grading import Verdict, verify
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise typer.BadParameter(f"cannot read {path}: {e}", param_hint="--file") from None
+    tmp = out.with_name(f".{out.name}.tmp") if out else None
+    sink = open(tmp, "wb") if tmp else sys.stdout.buffer
+    stderr = Console(stderr=True)
+    bad = equivalent = 0
+    try:
+        with ThreadPoolExecutor(mathverify_worker.MAX_WORKERS) as pool, \
+                Progress(console=stderr, disable=not stderr.is_terminal) as progress:
+            task = progress.add_task(f"grading {path.name}", total=len(lines))
+            for start in range(0, len(lines), CHUNK):
+                items = [_read_pair(ln, no) for no, ln in enumerate(lines[start:start + CHUNK], start + 1)]
+                verdicts = pool.map(lambda it: it if isinstance(it, Verdict) else verify(*it, timeout_s), items)
+                for item, v in zip(items, verdicts):
+                    if isinstance(item, Verdict):  # the line itself was malformed
+                        bad += 1
+                        stderr.print(f"[red]error[/red] {path}: {v.error}", markup=True, highlight=False)
+                    equivalent += v.equivalent
+                    sink.write(msgspec.json.encode(v) + b"\n")
+                sink.flush()
+                progress.advance(task, len(items))
+    except BaseException:
+        if tmp:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp:
+        sink.close()
+        os.replace(tmp, out)
+    stderr.print(f"{len(lines)} pairs: {equivalent} equivalent, {bad} malformed lines"
+                 + (f"; verdicts in {out}" if out else ""))
+    return 1 if bad else 0
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("grade")
+    def grade(pred: str = typer.Argument(None, help="Predicted answer (text, LaTeX, or a number)."),
+              gold: str = typer.Argument(None, help="Reference answer."),
+              file: Path = typer.Option(None, "--file", "-f", help='JSONL of {"pred": ..., "gold": ...} lines.'),
+              out: Path = typer.Option(None, "--out", "-o", help="With --file: write verdicts here, not stdout."),
+              as_json: bool = typer.Option(False, "--json", help="Print the Verdict as JSON."),
+              timeout_s: float = typer.Option(2.0, "--timeout", min=0.1, help="Seconds math-verify may take per pair.")) -> None:
+        """Say whether PRED and GOLD are the same answer, and which method decided."""
+        from rstar.grading import verify
+
+        if file is not None:
+            if pred is not None or gold is not None:
+                raise typer.BadParameter("give either PRED GOLD or --file, not both")
+            raise typer.Exit(_grade_file(file, out, timeout_s))
+        if pred is None or gold is None:
+            raise typer.BadParameter("give PRED and GOLD, or --file PAIRS.jsonl")
+        if out is not None:
+            raise typer.BadParameter("--out goes with --file", param_hint="--out")
+        v = verify(pred, gold, timeout_s)
+        if as_json:
+            typer.echo(msgspec.json.encode(v).decode())
+        else:
+            typer.echo(f"{'equivalent' if v.equivalent else 'not equivalent'} ({v.method})"
+                       + (f": {v.error}" if v.error else ""))
