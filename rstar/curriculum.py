@@ -34,11 +34,11 @@ from rstar.schemas import Problem, problem_id
 HELDOUT_FRACTION = 0.2
 LEVELS = (1, 2, 3, 4, 5, 6)
 SPLITS = ("train", "heldout")
-# name, subject, object, possessive
-NAMES = [("Lena", "she", "her", "her"), ("Omar", "he", "him", "his"), ("Mia", "she", "her", "her"),
-         ("Jonas", "he", "him", "his"), ("Priya", "she", "her", "her"), ("Diego", "he", "him", "his"),
-         ("Aiko", "she", "her", "her"), ("Kwame", "he", "him", "his"), ("Sofia", "she", "her", "her"),
-         ("Tom", "he", "him", "his"), ("Nora", "she", "her", "her"), ("Ravi", "he", "him", "his")]
+# name, subject and object pronoun
+NAMES = [("Lena", "she", "her"), ("Omar", "he", "him"), ("Mia", "she", "her"),
+         ("Jonas", "he", "him"), ("Priya", "she", "her"), ("Diego", "he", "him"),
+         ("Aiko", "she", "her"), ("Kwame", "he", "him"), ("Sofia", "she", "her"),
+         ("Tom", "he", "him"), ("Nora", "she", "her"), ("Ravi", "he", "him")]
 FRIENDS = ["Ben", "Carla", "Ivan", "Zoe", "Malik", "Ines", "Hugo", "Yara"]
 # singular, plural, container, containers
 ITEMS = [("apple", "apples", "basket", "baskets"), ("pencil", "pencils", "box", "boxes"),
@@ -60,11 +60,11 @@ _BOUND = 20_000
 # Sentence templates as (sentence, reason); both are formatted with the story's words and k.
 _T = {
     "add": [("{P} buys {k} more {items}.", "{p} buys {k} more"),
-            ("{F} gives {o} {k} {items}.", "{f} adds {k}"),
+            ("{f} gives {o} {k} {items}.", "{f} adds {k}"),
             ("Then {p} finds another {k} {items}.", "{k} more are found"),
             ("{P} receives {k} {items} as a gift.", "the gift adds {k}")],
     "sub": [("{P} gives {k} {items} to {f}.", "{k} go to {f}"),
-            ("{K} of the {items} get lost.", "{k} are lost"),
+            ("{k} of the {items} get lost.", "{k} are lost"),
             ("{P} uses {k} of them for a school project.", "{k} are used up"),
             ("{P} sells {k} {items} at the market.", "{k} are sold")],
     "mul": [("A week later {p} has {k} times as many {items} as before.", "there are now {k} times as many"),
@@ -72,7 +72,7 @@ _T = {
     "div": [("{P} splits the {items} equally into {k} {conts} and keeps only one {cont}.", "one of {k} equal parts is kept"),
             ("{P} shares them equally among {k} children, {self} included, and keeps one share.", "each of {k} people gets an equal share")],
     "pct": [("{P} sells {k}% of the {items}.", "{k}% are sold"),
-            ("{K}% of the {items} are damaged and thrown away.", "{k}% are thrown away")],
+            ("{k}% of the {items} are damaged and thrown away.", "{k}% are thrown away")],
     "frac": [("{P} gives {fw} of the {items} to {f}.", "{fw} of them go to {f}"),
              ("{P} donates {fw} of them to a school.", "{fw} are donated")],
 }
@@ -87,8 +87,8 @@ _NEW_VARS = {"add": ["after_adding", "total", "new_total", "{noun}_now"],
              "mul": ["grown", "multiplied", "{noun}_later"], "div": ["share", "one_part", "{noun}_kept"],
              "pct": ["after_percent", "kept", "{noun}_remaining"], "frac": ["rest", "kept_part", "{noun}_after"]}
 _LITERALS = {"add": ["extra", "added", "more"], "sub": ["removed", "taken", "minus"], "mul": ["factor", "times"],
-             "div": ["parts", "groups"], "pct": ["percent", "pct"], "frac": []}
-_DISTRACTORS = ["{F} has {k} {other}.", "{N}'s cousin is {k} years old.", "The market is {k} km from {N}'s home.",
+             "div": ["parts", "groups"]}
+_DISTRACTORS = ["{f} has {k} {other}.", "{N}'s cousin is {k} years old.", "The market is {k} km from {N}'s home.",
                 "{N}'s class has {k} students."]
 
 
@@ -122,12 +122,11 @@ class _Story:
     def __init__(self, rng: random.Random, level: int):
         self.rng, self.level = rng, level
         self.ops, self.top, self.kinds, self.n_distract = _SPEC[level]
-        name, subj, obj, poss = rng.choice(NAMES)
+        name, subj, obj = rng.choice(NAMES)
         sing, plural, cont, conts = rng.choice(ITEMS)
         other = rng.choice([i for i in ITEMS if i[1] != plural])[1]
         self.words = dict(N=name, p=subj, P=subj.capitalize(), o=obj, self=f"{obj}self", f=rng.choice(FRIENDS),
                           item=sing, items=plural, cont=cont, conts=conts, other=other)
-        self.words["F"] = self.words["f"]
         self.noun = plural.replace(" ", "_")
         self.inplace = rng.random() < 0.4
         self.var = rng.choice([self.noun, "count", f"n_{self.noun}", f"num_{self.noun}"])
@@ -141,15 +140,17 @@ class _Story:
     def fmt(self, template: str, **extra) -> str:
         return template.format(**self.words, **extra)
 
-    def fresh(self, kind: str) -> str:
-        if self.inplace:
-            return self.var
-        base = self.rng.choice(_NEW_VARS[kind]).format(noun=self.noun)
+    def unique(self, base: str) -> str:
+        """``base``, or ``base_2``, ``base_3``… if the solution already uses that name."""
         name, i = base, 2
         while name in self.used:
             name, i = f"{base}_{i}", i + 1
         self.used.add(name)
         return name
+
+    def fresh(self, kind: str) -> str:
+        """The variable that receives the result of a move of ``kind``."""
+        return self.var if self.inplace else self.unique(self.rng.choice(_NEW_VARS[kind]).format(noun=self.noun))
 
     def num(self, lo: int, hi: int) -> int:
         return self.rng.randint(lo, max(lo, hi))
@@ -224,7 +225,7 @@ def _operate(s: _Story, kind: str) -> bool:
         a, b = r.choice(fracs)
         k, fw = f"{a}/{b}", _FRACTIONS[(a, b)]
         new = v - v * a // b
-    extra = dict(k=k, K=k, fw=fw, Fw=(fw or "").capitalize())
+    extra = dict(k=k, fw=fw, Fw=(fw or "").capitalize())
     sentence, reason = r.choice([t for t in _T[kind] if t[0] != s.last])
     s.last, s.removed = sentence, s.removed or kind in ("sub", "pct", "frac")
     reason = s.fmt(reason, **extra)
@@ -238,7 +239,7 @@ def _operate(s: _Story, kind: str) -> bool:
 def _code(s: _Story, kind: str, k) -> list[str]:
     r, var, lines = s.rng, s.var, []
     if kind in ("pct", "frac"):
-        part = f"{r.choice(['part', 'removed', 'gone'])}_{len(s.chunks)}"
+        part = s.unique(r.choice(["part", "removed", "gone"]))
         target = s.fresh(kind)
         num, den = (k, 100) if kind == "pct" else map(int, k.split("/"))
         style = r.randrange(3)
@@ -252,7 +253,7 @@ def _code(s: _Story, kind: str, k) -> list[str]:
         sym = {"add": "+", "sub": "-", "mul": "*", "div": r.choice(["/", "//"])}[kind]
         operand = str(k)
         if r.random() < 0.3:
-            operand = f"{r.choice(_LITERALS[kind])}_{len(s.chunks)}"
+            operand = s.unique(r.choice(_LITERALS[kind]))
             lines.append(f"{operand} = {k}")
         target = s.fresh(kind)
         lines.append(f"{var} {sym}= {operand}" if s.inplace and r.random() < 0.5 else f"{target} = {var} {sym} {operand}")
@@ -301,8 +302,8 @@ def _generate(rng: random.Random, level: int) -> tuple[str, list[str], str]:
     ending = rng.choice(["count", "money", "rate"]) if level >= 3 else "count"
     done = _start(s)
     while done < target - (ending != "count"):
-        kinds = [k for k in s.kinds if k != "sub" or done < target - 1 or rng.random() < 0.7]
-        if any(_operate(s, rng.choice(kinds)) for _ in range(8)) or _operate(s, "add"):
+        # a kind that does not fit the value (no divisor, nothing to take away) is drawn again
+        if any(_operate(s, rng.choice(s.kinds)) for _ in range(8)) or _operate(s, "add"):
             done += 1
     answer = _finish(s, ending)
     for _ in range(rng.randint(*s.n_distract)):  # numbers that the question does not need
