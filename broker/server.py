@@ -112,7 +112,7 @@ def _log_tail(run_dir: Path, lines: int = 5) -> str:
         return "no log"
 
 
-def _says_hello(host: str, port: int) -> bool:
+def nats_listening(host: str, port: int) -> bool:
     """True when something on host:port answers like a NATS server (an ``INFO`` line)."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
@@ -145,7 +145,7 @@ def start_server(store_dir: Path, port: int | None = None, host: str = "127.0.0.
             raise BrokerServerError(f"nats-server exited with {proc.returncode} while starting "
                                     f"(store {store_dir}, port {port}): {err or _log_tail(run_dir)}")
         got = _read_ports_file(run_dir, proc.pid) if port is None else port
-        if got is not None and _says_hello(host, got):
+        if got is not None and nats_listening(host, got):
             log.info("nats-server pid %d listening on %s:%d, store %s", proc.pid, host, got, store_dir)
             return NatsServer(proc=proc, host=host, port=got, store_dir=store_dir)
         if time.monotonic() > deadline:
@@ -180,7 +180,7 @@ def embedded_server(cfg: Config) -> Iterator[str]:
     store = (cfg.data_dir / "nats").resolve()
     url = f"nats://{b.embedded_host}:{b.embedded_port}"
     with _file_lock(store.parent / ".nats-server.lock"):
-        if _says_hello(b.embedded_host, b.embedded_port):
+        if nats_listening(b.embedded_host, b.embedded_port):
             server = None
         else:
             server = start_server(store, b.embedded_port, b.embedded_host, b.max_payload)

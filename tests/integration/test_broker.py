@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import socket
 
@@ -160,5 +161,41 @@ def test_embedded_server_starts_once_and_is_shared(tmp_path):
             assert url2 == url
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:  # inner exit kept it
             assert s.recv(4) == b"INFO"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_rstar_broker_up_runs_until_sigterm_and_dlq_lists_dead_letters(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    rstar = str(Path(sys.executable).parent / "rstar")
+    port = _free_port()
+    sets = ["--set", f"broker.embedded_port={port}", "--set", f'data_dir="{tmp_path}"']
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
+    proc = subprocess.Popen([rstar, "broker", "up", *sets], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        lines = iter(proc.stdout.readline, b"")
+        assert any(b"NATS JetStream at" in line for line in lines)  # after the log lines
+        url = f"nats://127.0.0.1:{port}"
+
+        async def poison():
+            async with open_broker(_cfg(url), "t", setup=False) as b:  # the layout is already there
+                await publish(b, PROBLEMS_SUBJECT, b"\xff", {"Nats-Msg-Id": "x"})
+                await fetch_problems(b, await problems_subscription(b), batch=1, timeout=2)
+
+        asyncio.run(poison())
+        out = subprocess.run([rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True,
+                             timeout=60)
+        [row] = [json.loads(line) for line in out.stdout.splitlines()]
+        assert row["subject"] == "rstar.dlq.problems.new" and "not valid JSON" in row["Rstar-Error"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stderr.read().decode()
+    time.sleep(0.1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1)

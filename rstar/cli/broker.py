@@ -1,0 +1,93 @@
+"""``rstar broker up`` runs the embedded NATS server on its own; ``rstar broker dlq`` lists poison messages."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from rstar.cli import ConfigOpt, SetOpt, get_config
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(no_args_is_help=True, help="The NATS JetStream broker.")
+    app.add_typer(group, name="broker")
+
+    @group.command("up")
+    def up(config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+        """Run the embedded nats-server (store under data_dir/nats) until Ctrl-C, with rstar's streams set up."""
+        import asyncio
+        import signal
+        import time
+
+        from broker.client import connect
+        from broker.server import nats_listening, start_server
+        from broker.streams import ensure_broker
+
+        cfg = get_config(config, overrides)
+        b = cfg.broker
+        if b.url:
+            raise typer.BadParameter(f"broker.url is set ({b.url}): that server is not ours to start", param_hint="config")
+        if nats_listening(b.embedded_host, b.embedded_port):
+            typer.echo(f"a NATS server already listens on {b.embedded_host}:{b.embedded_port}", err=True)
+            raise typer.Exit(1)
+        stopping = []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before the server exists, so it is always stopped
+            signal.signal(sig, lambda *_: stopping.append(True))
+        srv = start_server(cfg.data_dir / "nats", b.embedded_port, b.embedded_host, b.max_payload)
+
+        async def setup():
+            nc = await connect(srv.url, "rstar-broker-up", b)
+            await ensure_broker(nc.jetstream(), b)
+            await nc.close()
+
+        try:
+            asyncio.run(setup())
+            typer.echo(f"NATS JetStream at {srv.url} (store {srv.store_dir}); Ctrl-C stops it")
+            while not stopping and srv.running():
+                time.sleep(0.2)
+        finally:
+            srv.stop()
+        if not stopping:
+            typer.echo(f"nats-server exited with {srv.proc.returncode}; log in {srv.store_dir / 'run'}", err=True)
+            raise typer.Exit(1)
+
+    @group.command("dlq")
+    def dlq(limit: int = typer.Option(50, min=1, help="Show at most this many, newest last."),
+            as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+            config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+        """List dead-lettered messages with their errors (they stay in the DLQ stream)."""
+        import asyncio
+
+        from nats.js.errors import NotFoundError
+
+        from broker.client import dlq_headers, open_broker
+        from broker.streams import DLQ_STREAM
+
+        cfg = get_config(config, overrides)
+
+        async def run():
+            async with open_broker(cfg, "rstar-broker-dlq") as br:
+                state = (await br.js.stream_info(DLQ_STREAM)).state
+                rows = []
+                for seq in range(max(state.first_seq, state.last_seq - limit + 1), state.last_seq + 1):
+                    try:
+                        m = await br.js.get_msg(DLQ_STREAM, seq)
+                    except NotFoundError:  # aged out or deleted
+                        continue
+                    rows.append({"seq": seq, "subject": m.subject, "bytes": len(m.data or b""), **dlq_headers(m.headers)})
+                return state.messages, rows
+
+        total, rows = asyncio.run(run())
+        if as_json:
+            for r in rows:
+                typer.echo(json.dumps(r))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("seq", "subject", "from", "bytes", "error", title=f"dead letters ({total:,} in all)")
+        for r in rows:
+            table.add_row(str(r["seq"]), r["subject"], f"{r.get('Rstar-Dlq-Stream', '?')} #{r.get('Rstar-Dlq-Seq', '?')}",
+                          f"{r['bytes']:,}", r.get("Rstar-Error", ""))
+        Console().print(table)
