@@ -266,6 +266,8 @@ def _decide(pred: str, gold: str, timeout_s: float) -> Verdict:
 
 def verify(pred: str | None, gold: str, timeout_s: float = 2.0) -> Verdict:
     """Is ``pred`` the same answer as ``gold``? Never raises for bad answers; see module doc."""
+    if not isinstance(gold, str) or not isinstance(pred, str | None):
+        raise TypeError(f"verify takes str answers, got pred={pred!r} gold={gold!r}")
     if pred is None:
         return Verdict(False, "malformed", None, gold, "no answer")
     return _decide(pred, gold, float(timeout_s))

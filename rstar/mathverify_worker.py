@@ -11,10 +11,13 @@ that misses it is killed (SIGKILL) and a fresh one is started on the next call.
 Guaranteed: ``compare`` returns or raises ``MathVerifyTimeout`` within ``timeout_s`` of sending the
 request, from any thread; a worker that dies or hangs never poisons the next call. Not guaranteed:
 the time spent waiting for a free worker (at most ``MAX_WORKERS`` calls run at once) or for a
-worker to start (~1-2 s to import sympy; ``warm_up()`` pays it ahead) is not part of ``timeout_s``.
-Each worker holds ~150 MB and is capped at 2 GiB of address space.
+worker to start (~2 s of CPU to import and warm up sympy; ``warm_up()`` pays it ahead) is not part of ``timeout_s``.
+Each worker holds ~150 MB and is capped at 2 GiB of address space. It exits when its parent
+dies: at once when idle (stdin closes), and by a CPU limit ~2 s past the request's deadline when
+the parent dies in the middle of a hanging comparison.
 
-Run the worker by hand: ``echo '{"pred": "0.5", "gold": "\\\\frac12"}' | python -m rstar.mathverify_worker``.
+Run the worker by hand:
+``echo '{"pred": "0.5", "gold": "\\\\frac12", "timeout_s": 5}' | python -m rstar.mathverify_worker``.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class _Worker:
 
     def call(self, pred: str, gold: str, timeout_s: float) -> _Reply:
         try:
-            self.proc.stdin.write(msgspec.json.encode({"pred": pred, "gold": gold}) + b"\n")
+            self.proc.stdin.write(msgspec.json.encode({"pred": pred, "gold": gold, "timeout_s": timeout_s}) + b"\n")
         except BrokenPipeError:
             raise MathVerifyError(f"math-verify worker exited with code {self.proc.wait()}") from None
         return msgspec.json.decode(self._read_line(time.monotonic() + timeout_s), type=_Reply)
@@ -181,6 +184,14 @@ def _serve() -> None:
     out.flush()
     for line in sys.stdin.buffer:  # EOF (the parent closed the pipe or died) ends the worker
         req = msgspec.json.decode(line)
+        # The caller kills us at its deadline. If it died first (SIGKILL), nobody will: a CPU
+        # limit just past the deadline does, from the kernel, even while a C-level bignum
+        # power holds the GIL. CPU time never exceeds wall time here, so a live caller's
+        # deadline always comes first.
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        soft = int(used + req["timeout_s"]) + 2
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         try:
             g, p = parse(req["gold"]), parse(req["pred"])
             parsed = bool(g) and bool(p)

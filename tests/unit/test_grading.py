@@ -83,6 +83,28 @@ def test_more_hanging_calls_than_workers_all_time_out():
     assert [v.method for v in got] == ["timeout"] * len(hard)
 
 
+def test_worker_dies_with_its_parent_even_while_hanging(tmp_path):
+    script = ("import sys; from rstar import mathverify_worker as m; m.warm_up(); "
+              "print(m._idle.queue[0].proc.pid, flush=True); m.compare('2^{2^{2^{2^{2^{2}}}}}', '3', 1.0)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # the worker is now deep in sympy, and its parent dies before the deadline
+    parent.kill()
+    parent.wait()
+    status = Path(f"/proc/{worker}/status")
+    deadline = time.monotonic() + 20
+    while status.exists() and "State:\tZ" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not status.exists() or "State:\tZ" in status.read_text()  # gone (or a zombie for init to reap)
+
+
+def test_verify_refuses_non_string_answers():
+    with pytest.raises(TypeError, match="str answers"):
+        verify("1", None)
+    with pytest.raises(TypeError, match="str answers"):
+        verify(12, "12")
+
+
 def test_huge_input_is_refused_at_once():
     t0 = time.perf_counter()
     v = verify("9" * 100_000 + "^{9^{9}}", "3")
