@@ -29,7 +29,7 @@ How ``verify`` decides (``Verdict.method``):
    the verdict is cached like any other, so a repeated hanging answer costs one timeout).
    A crash of that subprocess gives ``method="math_verify"`` with ``error`` set, never an exception.
 
-Cost, measured on the 2-core dev box: numeric path ~60 us per new pair, ~0.3 us for a repeated
+Cost, measured on the 2-core dev box: numeric path 40-80 us per new pair, ~0.3 us for a repeated
 pair (verdicts are LRU-cached); math-verify path ~1.6 ms of pipe round trip plus sympy's work,
 10-300 ms for typical radicals, intervals and polynomials; ~2 s of CPU once to start a worker
 (import and warm-up of sympy; ``warm_up()`` pays it ahead).
