@@ -213,12 +213,32 @@ class _UserLine(msgspec.Struct, forbid_unknown_fields=True):
     meta: dict[str, Any] = {}
 
 
-def read_problems_jsonl(path: str | Path) -> list[Problem]:
+def _user_problem(path: str | Path, no: int, line: str) -> Problem:
+    try:
+        row = msgspec.json.decode(line, type=_UserLine)
+    except msgspec.ValidationError as e:
+        raise ProblemFileError(path, no, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise ProblemFileError(path, no, f"not a JSON object: {e}") from None
+    if not row.question.strip():
+        raise ProblemFileError(path, no, "empty question")
+    if not row.source.strip() or (row.id is not None and not row.id.strip()):
+        raise ProblemFileError(path, no, "empty source or id")
+    answer = None if row.answer is None else _number(row.answer)
+    if answer == "":
+        raise ProblemFileError(path, no, "empty answer (leave it out when there is none)")
+    pid = row.id or problem_id(row.source, row.question)
+    return Problem(id=pid, source=row.source, question=row.question.strip(), answer=answer, meta=row.meta)
+
+
+def read_problems_jsonl(path: str | Path, invalid: list[ProblemFileError] | None = None) -> list[Problem]:
     """Problems from a JSONL file of ``{"question", "answer"?, "id"?, "source"?, "meta"?}`` lines.
 
     Blank lines are skipped. Any other bad line raises ``ProblemFileError`` naming it: not JSON,
     not an object, missing or empty question, wrong types, unknown fields, empty answer, or an id
-    seen before (also two identical questions without ids, whose derived ids are equal).
+    seen before (also two identical questions without ids, whose derived ids are equal). With an
+    ``invalid`` list, bad lines are appended to it and skipped instead (an unreadable file still
+    raises).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -230,23 +250,16 @@ def read_problems_jsonl(path: str | Path) -> list[Problem]:
         if not line.strip():
             continue
         try:
-            row = msgspec.json.decode(line, type=_UserLine)
-        except msgspec.ValidationError as e:
-            raise ProblemFileError(path, no, str(e)) from None
-        except msgspec.DecodeError as e:
-            raise ProblemFileError(path, no, f"not a JSON object: {e}") from None
-        if not row.question.strip():
-            raise ProblemFileError(path, no, "empty question")
-        if not row.source.strip() or (row.id is not None and not row.id.strip()):
-            raise ProblemFileError(path, no, "empty source or id")
-        answer = None if row.answer is None else _number(row.answer)
-        if answer == "":
-            raise ProblemFileError(path, no, "empty answer (leave it out when there is none)")
-        pid = row.id or problem_id(row.source, row.question)
-        if pid in first_line:
-            raise ProblemFileError(path, no, f"duplicate id {pid!r} (first on line {first_line[pid]})")
-        first_line[pid] = no
-        out.append(Problem(id=pid, source=row.source, question=row.question.strip(), answer=answer, meta=row.meta))
+            p = _user_problem(path, no, line)
+            if p.id in first_line:
+                raise ProblemFileError(path, no, f"duplicate id {p.id!r} (first on line {first_line[p.id]})")
+        except ProblemFileError as e:
+            if invalid is None:
+                raise
+            invalid.append(e)
+            continue
+        first_line[p.id] = no
+        out.append(p)
     return out
 
 

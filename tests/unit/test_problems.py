@@ -129,6 +129,14 @@ def test_user_file_errors_name_the_line(tmp_path, bad, reason):
     assert str(err.value).startswith(f"{path}:{len(lines)}: ")
 
 
+def test_user_file_can_skip_bad_lines_and_report_them(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"question": "A?", "answer": 1}\nnot json\n{"question": ""}\n{"question": "A?"}\n{"question": "B?"}\n')
+    invalid: list[ProblemFileError] = []
+    assert [p.question for p in read_problems_jsonl(path, invalid)] == ["A?", "B?"]
+    assert [(e.line_no, e.reason.split(" ")[0]) for e in invalid] == [(2, "not"), (3, "empty"), (4, "duplicate")]
+
+
 def test_unreadable_user_file(tmp_path):
     with pytest.raises(ProblemSourceError):
         load_problems(str(tmp_path / "absent.jsonl"))
