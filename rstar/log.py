@@ -33,9 +33,11 @@ def get_logger(name: str = "rstar") -> logging.Logger:
             handler: logging.Handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_JsonFormatter())
         else:
+            from rich.console import Console
             from rich.logging import RichHandler
 
-            handler = RichHandler(show_path=False, rich_tracebacks=False)
+            # stderr, so logs never mix into a command's --json output on stdout
+            handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
         root.addHandler(handler)
         root.propagate = False
     return logging.getLogger(name if name.startswith("rstar") else f"rstar.{name}")
