@@ -68,14 +68,36 @@ class SearchConfig(Section):
 
 
 class SandboxConfig(Section):
+    """The code sandbox (``actors/sandbox.py``, which states what is and is not guaranteed)."""
+
     workers: int = Field(2, ge=1)
+    """Worker processes; each runs one call at a time, in a fresh forked child."""
     timeout_s: float = Field(5.0, gt=0)
+    """Wall-clock limit of one call (its child is killed when it passes)."""
     cpu_s: int = Field(5, ge=1)
+    """CPU seconds one call may use (RLIMIT_CPU)."""
     memory_mb: int = Field(512, ge=64)
+    """Address space one call may add on top of the interpreter's own (RLIMIT_AS)."""
     file_mb: int = Field(16, ge=1)
+    """Largest file a call may write in its scratch dir (RLIMIT_FSIZE)."""
+    scratch_mb: int = Field(64, ge=8)
+    """Size of each worker's private tmpfs that holds the scratch dirs."""
     max_output_chars: int = Field(4000, ge=100)
+    """Most characters one step may print to stdout (and to stderr); more fails the call."""
     cache_entries: int = Field(4096, ge=0)
     """Ancestor-state cache size (0 disables)."""
+    snapshot_kb: int = Field(64, ge=1)
+    """Largest pickled namespace kept in the ancestor cache; larger states are re-run."""
+    isolation: Literal["strict", "weak"] = "strict"
+    """``strict`` refuses to start unless every mechanism works (root with CAP_SYS_ADMIN);
+    ``weak`` keeps what works and logs what is missing."""
+    modules: list[str] = ["math", "cmath", "fractions", "itertools", "functools", "operator",
+                          "statistics", "sympy", "numpy"]
+    """Allow-list of stateless modules: a worker imports one (once, before forking) when a
+    program names it, and a cached snapshot may refer only to these."""
+    grace_s: float = Field(10.0, gt=0)
+    """How much longer than ``timeout_s`` the pool waits for a worker's reply (fork, first import
+    of an allow-listed module) before it replaces the worker as hung."""
 
 
 class BrokerConfig(Section):
