@@ -193,10 +193,14 @@ async def _fetch(sub: Any, batch_size: int, max_wait_s: float) -> list[Msg]:
 
 
 async def ingest_loop(b: Broker, engine: Engine, stop: asyncio.Event, batch_size: int = 256,
-                      max_wait_s: float = 0.5, stats: IngestStats | None = None, log_every_s: float = 30.0) -> IngestStats:
-    """Consume TREES into the store until ``stop`` is set, on an open broker connection."""
+                      max_wait_s: float = 0.5, stats: IngestStats | None = None, log_every_s: float = 30.0,
+                      consumer: str = INGEST_CONSUMER) -> IngestStats:
+    """Consume TREES into the store until ``stop`` is set, on an open broker connection.
+
+    ``consumer`` names the durable pull consumer on TREES (another name fills a second store).
+    """
     stats = stats or IngestStats()
-    sub = await b.js.pull_subscribe_bind(durable=INGEST_CONSUMER, stream=TREES_STREAM)
+    sub = await b.js.pull_subscribe_bind(durable=consumer, stream=TREES_STREAM)
     asm = Reassembler(b.cfg.max_tree_bytes)
     writing: asyncio.Task | None = None
     last_log = time.monotonic()

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -32,6 +31,7 @@ from rstar.config import load_config
 from rstar.schemas import Node, TreeResult, encode
 from store.db import open_store
 from store.sample_trees import sample_tree
+from store.scratch import scratch_postgres
 from store.writer import upsert_trees
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -50,19 +50,12 @@ def server(tmp_path):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
+    """A SQLite file, or a PostgreSQL database of this test's own (dropped after it)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'rstar.db'}"
         return
-    name = f"rstar_ingest_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield str(create_engine(PG_ADMIN_URL).url.set(database=name).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with scratch_postgres(PG_ADMIN_URL, tag="ingest") as url:
+        yield url
 
 
 def _cfg(nats_url: str, store_url: str, *extra: str):
