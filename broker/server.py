@@ -10,8 +10,14 @@ broker to restart or kill::
 Guaranteed: ``start_server`` returns only once the server accepts clients (it has sent its INFO
 line); ``stop`` sends SIGTERM, waits, and SIGKILLs only after ``timeout``; streams, consumers and
 buckets survive a restart on the same store dir. A file lock next to the store serialises
-processes that race to start the same embedded server. Not guaranteed: that a server found
-listening on the port is a NATS server with JetStream (connecting will tell).
+processes that race to start the same embedded server. The server runs in its own session, so a
+terminal's Ctrl-C reaches only its owner, which stops it.
+
+Not guaranteed: that a server found listening on the port is a NATS server with JetStream
+(connecting will tell). The process that started the embedded server stops it when it leaves
+``embedded_server``, even if others share it: with several processes, let one own it
+(``rstar broker up``, or ``rstar up``). An owner killed with SIGKILL leaves its server running,
+and the next process shares it.
 """
 
 from __future__ import annotations

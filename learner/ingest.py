@@ -23,6 +23,7 @@ DLQ, not the store, until someone replays it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
@@ -167,7 +169,8 @@ async def _write_or_nak(b: Broker, engine: Engine, batch: _Batch, stats: IngestS
                   str(e)[:300], len(batch.trees))
         for carriers in batch.msgs:
             for m in carriers:
-                await m.nak(delay=_RETRY_DELAY_S)
+                with contextlib.suppress(nats.errors.MsgAlreadyAckdError):  # dead-lettered before the outage
+                    await m.nak(delay=_RETRY_DELAY_S)
         await asyncio.sleep(_RETRY_DELAY_S)
 
 
@@ -186,7 +189,7 @@ async def _fetch(sub: Any, batch_size: int, max_wait_s: float) -> list[Msg]:
     except asyncio.TimeoutError:  # nats' own TimeoutError is one; _fetch_n raises the plain kind
         return []
     except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError,
-            nats.errors.StaleConnectionError) as e:
+            nats.errors.StaleConnectionError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
         log.info("fetch while NATS is away (%s); waiting", type(e).__name__)
         await asyncio.sleep(max_wait_s)
         return []
@@ -219,7 +222,8 @@ async def ingest_loop(b: Broker, engine: Engine, stop: asyncio.Event, batch_size
     finally:
         if writing is not None:
             await writing  # finish (commit and ack) what was started; parts held stay unacked
-        await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):  # a closed connection has no subscription to end
+            await sub.unsubscribe()
     return stats
 
 

@@ -288,3 +288,37 @@ async def test_poison_messages_go_to_the_dlq_and_ingest_goes_on(server, store_ur
     assert all(d.headers["Rstar-Dlq-Stream"] == TREES_STREAM for d in dead)
     assert stats.dead_lettered == want_dead and stats.isolations >= 1  # the refused tree shared a batch
     assert _counts(store_url) == (len(good) + 1, sum(len(t.nodes) for t in good) + len(big.nodes))
+
+
+async def test_a_database_outage_is_waited_out_not_dead_lettered(server, tmp_path):
+    with scratch_postgres(PG_ADMIN_URL, tag="outage") as url:
+        cfg = _cfg(server.url, url)
+        trees = _trees(40, seed=4)
+        await _publish_all(cfg, trees)
+        engine = open_store(url)
+        name = engine.url.database
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+        def allow(on: bool) -> None:
+            with admin.connect() as c:
+                c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(on).lower()}')
+                if not on:
+                    c.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+
+        allow(False)  # the database goes away before ingest starts
+        stop, stats = asyncio.Event(), IngestStats()
+        task = asyncio.create_task(run_ingest(cfg, engine, stop, stats=stats))
+        try:
+            await _until(lambda: stats.db_retries >= 2, 30, "ingest to hit the outage twice")
+            assert stats.trees == 0 and stats.dead_lettered == 0
+            allow(True)
+            await _until(lambda: stats.trees == len(trees), 60, "ingest to catch up after the outage")
+            await _until(_all_acked(cfg), 30, "every message acked", every=0.2)
+        finally:
+            allow(True)
+            stop.set()
+            await task
+            engine.dispose()
+            admin.dispose()
+        assert _counts(url) == (len(trees), sum(len(t.nodes) for t in trees))
+        assert await _dlq(cfg) == []
