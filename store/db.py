@@ -4,8 +4,9 @@
     engine = open_store(cfg.store_url)      # make_engine + migrate; every process does this
 
 SQLite (``sqlite:///path/rstar.db``, the default) gets its parent folder created, WAL journaling
-(readers never block the writer), ``synchronous=NORMAL`` (durable at checkpoints, safe against
-corruption), foreign keys on, and a busy timeout so several processes can share one file.
+(readers never block the writer), ``synchronous=NORMAL`` (a commit survives a killed process; an
+OS crash or power cut may undo the last few commits but never corrupts the file), foreign keys
+on, and a busy timeout so several processes can share one file.
 PostgreSQL (``postgresql+psycopg://…``) needs nothing special. The rest of the store is the same
 code on both.
 

@@ -5,9 +5,9 @@
 
 The shape imitates an MCTS tree: a root (the question), children expanded breadth-first with up to
 ``branching`` candidates each, depth capped at ``max_depth``; leaves at the cap or drawn at random
-are terminal, some correct. Step texts are code-step-shaped (comment + code + ``<end_of_step>``)
-and about as long as a real 135M policy's steps (~200–400 characters). Nothing here is a real
-search result: Q and PPM scores are random numbers in [-1, 1].
+are terminal, some correct. Step texts are code-step-shaped (comment + code + ``<end_of_step>``,
+~150 characters). Nothing here is a real search result: Q and PPM scores are random numbers in
+[-1, 1], and "correct" is a coin flip.
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import threading
 
 import msgspec
@@ -21,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased
 
 from rstar.schemas import Node, Problem, TreeResult
-from store.db import current_revision, head_revision, make_engine, open_store
+from store.db import current_revision, head_revision, make_engine, migrate, open_store
 from store.models import Base, NodeRow, TreeRow
 from store.queries import TreeFilter, get_tree, list_trees, stats, trajectories
 from store.sample_trees import sample_problem, sample_tree
@@ -67,14 +65,26 @@ def test_migrated_schema_equals_the_models(engine):
     assert current_revision(engine) == head_revision()
 
 
-def test_processes_migrating_one_fresh_database_at_once_all_succeed(fresh_pg_url):
-    code = f"from store.db import open_store; open_store({fresh_pg_url!r})"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    errs = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], errs
-    e = make_engine(fresh_pg_url)
-    assert current_revision(e) == head_revision()
-    e.dispose()
+def test_writers_migrating_one_fresh_database_at_once_all_succeed(fresh_pg_url):
+    engines = [make_engine(fresh_pg_url) for _ in range(3)]
+    start, errors = threading.Barrier(3), []
+
+    def run(engine):
+        start.wait()
+        try:
+            migrate(engine)
+        except Exception as e:  # surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(current_revision(e) == head_revision() for e in engines)
+    for e in engines:
+        e.dispose()
 
 
 def test_copy_writer_round_trips_awkward_text_and_nulls(engine):
