@@ -153,6 +153,34 @@ class ApiConfig(Section):
     """Store gauges on /metrics are recomputed at most this often (a few aggregate queries)."""
 
 
+class TrainConfig(Section):
+    """Policy SFT and PPM training (the learner)."""
+
+    method: Literal["full", "lora"] = "full"
+    """Full fine-tune, or LoRA adapters (peft) merged into the weights when saved."""
+    lr: float = Field(5e-5, gt=0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_len: int = Field(512, ge=32)
+    """Longest example in tokens (prompt + solution); longer ones are dropped, with a count logged."""
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    save_every: int = Field(50, ge=1)
+    """Optimizer steps between resumable training checkpoints."""
+    seed: int = 0
+    sft_per_problem: int = Field(2, ge=1)
+    """Correct trajectories per solved problem in the SFT set (paper: 2)."""
+    ppm_pairs_k: int = Field(2, ge=1)
+    """Positives and negatives per step for PPM pairs (paper: 2 and 2)."""
+    ppm_lr: float = Field(2e-5, gt=0)
+    ppm_epochs: int = Field(1, ge=1)
+    ppm_heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    """Fraction of PPM pairs (by tree) held out to report pairwise accuracy."""
+
+
 class Config(Section):
     data_dir: Path = Path("data")
     model: ModelConfig = ModelConfig()
@@ -162,6 +190,7 @@ class Config(Section):
     broker: BrokerConfig = BrokerConfig()
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -210,8 +239,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: {e}") from None
     for name, raw in env.items():
-        if name.startswith("RSTAR_") and name != "RSTAR_CONFIG":
-            _set_path(tree, name[len("RSTAR_"):].lower().replace("__", "."), _parse_value(raw))
+        # Only RSTAR_<field> / RSTAR_<SECTION>__<FIELD>; other RSTAR_* (RSTAR_LOG_LEVEL, ...) are not config.
+        key = name[len("RSTAR_"):].lower() if name.startswith("RSTAR_") else ""
+        if key.split("__")[0] in Config.model_fields:
+            _set_path(tree, key.replace("__", "."), _parse_value(raw))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")

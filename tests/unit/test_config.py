@@ -31,3 +31,8 @@ def test_openai_backend_needs_a_model_name():
 def test_store_url_defaults_to_sqlite_under_data_dir(tmp_path):
     cfg = load_config(None, [f"data_dir={tmp_path}"], env={})
     assert cfg.store_url == f"sqlite:///{tmp_path.resolve()}/rstar.db"
+
+
+def test_other_rstar_env_vars_are_not_config():
+    cfg = load_config(None, env={"RSTAR_LOG_LEVEL": "DEBUG", "RSTAR_LOG_JSON": "1", "RSTAR_DATA_DIR": "/x"})
+    assert str(cfg.data_dir) == "/x"
