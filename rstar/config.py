@@ -29,24 +29,38 @@ class ModelConfig(Section):
     ppm: str | None = None
     """PPM directory (saved by ``actors.ppm.save_ppm``); None searches without a PPM."""
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    """Generation engine: ``transformers`` (default, CPU/CUDA), ``vllm`` (optional extra) or
+    ``openai`` (a remote OpenAI-compatible completions endpoint, e.g. the bootstrap teacher)."""
     device: str = "auto"
     """``auto`` picks CUDA when present, else CPU."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Weights dtype; keep float32 on CPU (bf16 measured unusably slow there)."""
     threads: int = Field(0, ge=0)
     """torch CPU threads; 0 keeps torch's default (one per core)."""
     max_batch: int = Field(64, ge=1)
-    """Most sequences in one backend call."""
+    """Most sequences in one backend call (and texts in one PPM forward)."""
+    prefix_cache: int = Field(4, ge=0)
+    """Prompt prefixes whose KV the transformers backend keeps between calls (LRU); 0 keeps
+    none, though prompts within one call still share their common prefix."""
     openai_url: str = "http://127.0.0.1:8000/v1"
+    """Base URL of the OpenAI-compatible server (``/completions`` is appended)."""
     openai_model: str = ""
+    """Model name the server serves (required with backend = 'openai')."""
     openai_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the endpoint's key (the key is never in config)."""
+    openai_timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout for the openai backend."""
+    openai_retries: int = Field(4, ge=0)
+    """Retries (exponential backoff) on connection errors, timeouts, HTTP 429 and 5xx."""
     cache_dir: Path = Path.home() / ".cache" / "rstar"
     """Where converted model weights are cached."""
 
 
 class GenerationConfig(Section):
     temperature: float = Field(0.8, ge=0.0)
+    """Sampling temperature for expansions; 0 is greedy."""
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass (the transformers backend takes it within the top 256 tokens)."""
     max_step_tokens: int = Field(160, ge=8)
     """Most new tokens in one step; a step that hits it without a delimiter is dropped."""
     few_shot: bool = True
