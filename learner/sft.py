@@ -110,7 +110,7 @@ def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: Tr
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from learner.checkpoints import save_model_dir
+    from rstar.checkpoints import save_model_dir
     from rstar.models import load_tokenizer
 
     if not examples:

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from learner.checkpoints import CheckpointError, atomic_dir, commit_dir, pack, unpack, verify_dir
+from rstar.checkpoints import CheckpointError, atomic_dir, commit_dir, pack, unpack, verify_dir
 
 
 def make_ckpt(tmp_path, name="ckpt", payload=b"\x00weights" * 1000):
