@@ -40,6 +40,8 @@ class Backend(ABC):
     name: str = "backend"
     version: str = ""
     """Version label of the loaded policy weights (recorded on every node it produces)."""
+    tokenizer = None
+    """The policy's HF tokenizer when it runs locally (chat template, PPM text); None if remote."""
 
     @abstractmethod
     def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:

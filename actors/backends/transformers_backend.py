@@ -1,0 +1,278 @@
+"""The default generation backend: a hand-written batched decode loop over a transformers model.
+
+Why not ``model.generate()``: measured on this 2-core CPU with SmolLM2-135M (fp32, 64 new tokens,
+few-shot prompts of ~335 tokens; ``python benchmarks/backend_throughput.py --json``), see the
+table in that script's docstring. ``generate()`` re-prefills every one of the ``n`` copies of a
+prompt, re-prefills the shared few-shot head on every call, keeps finished rows in the batch until
+the longest one stops, and grows a ``DynamicCache`` by concatenation (each decode step rewrites
+the whole cache). This loop instead
+
+- holds the prompts' common token prefix **once** (``shared_prefix``), keeps it across calls in
+  an LRU (``PrefixLRU``), and lets every row attend to it without copying it;
+- prefills each distinct prompt once and expands its KV to its ``n`` samples;
+- writes per-row KV into buffers pre-allocated at their final length (no concatenation);
+- detects stop strings per row on the decoded tail and drops finished rows from the batch.
+
+Contract (``actors.backends.base``): ``n`` continuations per prompt, cut before the first stop
+string, ``tokens`` counts generated tokens up to and including the one completing the stop
+string (or the EOS token), ``stopped``/``eos`` say why it ended. With ``params.seed`` the call is
+reproducible for the same prompts, params, weights and ``max_batch``. Sampling is temperature
+plus nucleus (top-p) over the full vocabulary; temperature 0 is greedy.
+Not guaranteed: identical samples to ``generate()`` for the same seed (different RNG use).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from actors.backends import shared_prefix as sp
+from actors.backends.base import Backend, BackendError, GenParams, Generation
+from rstar.log import get_logger
+from rstar.models import load_causal_lm, load_tokenizer
+
+log = get_logger(__name__)
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
+                 threads: int = 0, max_batch: int = 64, prefix_entries: int = 4,
+                 prefill_tokens: int = 4096, version: str = ""):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device, self.dtype, self.max_batch = device, dtype, max_batch
+        self.prefill_tokens = prefill_tokens
+        """Most padded tokens in one prefill forward (bounds the transient score matrices)."""
+        self.prefixes = sp.PrefixLRU(prefix_entries)
+        self._lock = threading.Lock()  # generate() and load_weights() never overlap
+        self._load(Path(model_dir))
+        self.version = version or Path(model_dir).name
+
+    def _load(self, model_dir: Path) -> None:
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_causal_lm(model_dir, self.device, self.dtype)
+        self.shared = sp.supports(self.model)
+        if self.shared:
+            self.model.set_attn_implementation(sp.ATTN)
+        gen_eos = self.model.generation_config.eos_token_id
+        eos = {self.tokenizer.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = {e for e in eos if e is not None}
+        self.pad_id = self.tokenizer.pad_token_id
+        self.prefixes.clear()
+
+    def load_weights(self, path: str, version: str) -> None:
+        """Replace policy and tokenizer with the HF model dir ``path`` (prefix KV is dropped)."""
+        with self._lock:
+            old = self.model
+            try:
+                self._load(Path(path))
+            except Exception as e:
+                self.model = old  # keep serving the weights we had
+                raise BackendError(f"cannot load weights from {path}: {e}") from e
+            self.version = version
+            log.info("policy swapped to %s (%s)", version, path)
+
+    # --- generation ------------------------------------------------------------------------
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        if params.n < 1 or params.max_tokens < 1:
+            raise ValueError(f"need n >= 1 and max_tokens >= 1, got {params}")
+        out: list[list[Generation]] = [[] for _ in prompts]
+        if not prompts:
+            return out
+        with self._lock, torch.inference_mode():
+            dev = self.model.device
+            gen = None
+            if params.seed is not None:
+                gen = torch.Generator(dev).manual_seed(params.seed)
+            ids = self.tokenizer(list(prompts)).input_ids
+            for chunk in _chunks([params.n] * len(prompts), self.max_batch):
+                gens = self._decode([ids[i] for i, _ in chunk], [c for _, c in chunk], params, gen)
+                for (i, _), g in zip(chunk, gens):
+                    out[i].extend(g)
+        return out
+
+    def _prefix(self, ids: list[list[int]]) -> sp.SharedPrefix | None:
+        """KV of the prompts' common token prefix (cached), leaving each row >= 1 own token."""
+        if not self.shared:
+            return None
+        lcp = min(len(x) for x in ids) - 1
+        first = ids[0]
+        for other in ids[1:]:
+            lcp = min(lcp, next((j for j, (a, b) in enumerate(zip(first, other)) if a != b), lcp))
+        if lcp <= 0:
+            return None
+        key = tuple(first[:lcp])
+        base = self.prefixes.longest(key) or sp.SharedPrefix((), [], [])
+        if lcp - base.length < 16:  # too short to be worth an entry: rows carry the rest
+            return base if base.length else None
+        delta = key[base.length:]
+        rows = sp.SlabCache(self.model.config.get_text_config(decoder=True).num_hidden_layers,
+                            len(delta))
+        dev = self.model.device
+        self._forward(torch.tensor([delta], device=dev),
+                      torch.arange(base.length, lcp, device=dev)[None],
+                      _causal(torch.ones(1, len(delta), dtype=torch.bool, device=dev), self.model.dtype),
+                      rows, base)
+        entry = sp.extend_prefix(base, rows, key)
+        self.prefixes.put(entry)
+        return entry
+
+    def _forward(self, input_ids, positions, mask, cache, prefix):
+        kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
+        out = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1, **kw)
+        return out.logits[:, -1]
+
+    def _decode(self, ids: list[list[int]], counts: list[int], params: GenParams,
+                gen: torch.Generator | None) -> list[list[Generation]]:
+        model, dev = self.model, self.model.device
+        n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        prefix = self._prefix(ids)
+        lp = prefix.length if prefix else 0
+        suffix = [x[lp:] for x in ids]
+        S = max(len(s) for s in suffix)
+        cap = S + params.max_tokens
+        valid = torch.zeros(len(ids), S, dtype=torch.bool, device=dev)
+        inp = torch.full((len(ids), S), self.pad_id, dtype=torch.long, device=dev)
+        for r, s in enumerate(suffix):  # left padding: every row's last prompt token at S-1
+            inp[r, S - len(s):] = torch.tensor(s, device=dev)
+            valid[r, S - len(s):] = True
+        pos = lp + (valid.cumsum(1) - 1).clamp(min=0)
+        caches, logits = [], []
+        step = max(1, self.prefill_tokens // S)
+        for a in range(0, len(ids), step):  # prefill in groups: bounded transient memory
+            cache = sp.SlabCache(n_layers, cap)
+            logits.append(self._forward(inp[a:a + step], pos[a:a + step],
+                                        _causal(valid[a:a + step], model.dtype), cache, prefix))
+            caches.append(cache)
+        cache = sp.SlabCache.concat(caches)
+        reps = torch.tensor(counts, device=dev)
+        cache.repeat_rows(reps)
+        logits = torch.cat(logits).repeat_interleave(reps, 0)
+        keys = torch.zeros(int(reps.sum()), cap, dtype=torch.bool, device=dev)
+        keys[:, :S] = valid.repeat_interleave(reps, 0)
+        pos = pos[:, -1].repeat_interleave(reps, 0) + 1
+
+        B = keys.shape[0]
+        rows = list(range(B))  # original row of each batch slot
+        toks: list[list[int]] = [[] for _ in range(B)]
+        why = ["" for _ in range(B)]  # "", "stop", "eos"
+        window = max(len(s) for s in params.stop) + 4 if params.stop else 0
+        fast = self.tokenizer.backend_tokenizer
+        for t in range(params.max_tokens):
+            nxt = _sample(logits, params.temperature, params.top_p, gen)
+            live = []
+            for slot, tok in enumerate(nxt.tolist()):
+                r = rows[slot]
+                if why[r]:
+                    continue
+                toks[r].append(tok)
+                if tok in self.eos_ids:
+                    why[r] = "eos"
+                else:
+                    live.append(slot)
+            if window and live:
+                tails = fast.decode_batch([toks[rows[s]][-window:] for s in live],
+                                          skip_special_tokens=False)
+                for s, tail in zip(live, tails):
+                    if any(stop in tail for stop in params.stop):
+                        why[rows[s]] = "stop"
+            alive = [s for s in range(len(rows)) if not why[rows[s]]]
+            if not alive or t == params.max_tokens - 1:
+                break
+            if len(rows) - len(alive) >= max(1, len(rows) // 8):
+                idx = torch.tensor(alive, device=dev)
+                cache.select_rows(idx)
+                keys, pos, nxt = keys[idx], pos[idx], nxt[idx]
+                rows = [rows[s] for s in alive]
+            keys[:, S + t] = True
+            mask = _additive(keys[:, None, None, :S + t + 1], model.dtype)
+            logits = self._forward(nxt[:, None], pos[:, None], mask, cache, prefix)
+            pos = pos + 1
+
+        texts = fast.decode_batch([[x for x in tk if x not in self.eos_ids] for tk in toks],
+                                  skip_special_tokens=False)
+        res: list[list[Generation]] = []
+        r = 0
+        for c in counts:
+            res.append([_finish(texts[r + j], len(toks[r + j]), why[r + j], params.stop)
+                        for j in range(c)])
+            r += c
+        return res
+
+
+def _finish(text: str, tokens: int, why: str, stops: tuple[str, ...]) -> Generation:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if why == "stop" and cut >= 0:
+        text = text[:cut]
+    return Generation(text=text, tokens=tokens, stopped=why == "stop", eos=why == "eos")
+
+
+def _chunks(counts: list[int], max_batch: int) -> list[list[tuple[int, int]]]:
+    """Pack (prompt, samples) into calls of at most ``max_batch`` sequences; big n is split."""
+    chunks, cur, size = [], [], 0
+    for i, n in enumerate(counts):
+        while n > 0:
+            take = min(n, max_batch)
+            if size + take > max_batch:
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append((i, take))
+            size += take
+            n -= take
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
+
+
+def _causal(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive ``[B, 1, S, S]`` mask: causal, pads never attended (a pad query sees itself)."""
+    S = valid.shape[1]
+    tri = torch.ones(S, S, dtype=torch.bool, device=valid.device).tril()
+    allowed = tri[None] & valid[:, None, :]
+    allowed |= torch.eye(S, dtype=torch.bool, device=valid.device)[None]  # no all-masked rows
+    return _additive(allowed[:, None], dtype)
+
+
+TOP_K = 256
+"""Sampling candidates per step: the nucleus is taken within the TOP_K most likely tokens."""
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+            gen: torch.Generator | None) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling.
+
+    Departure from textbook top-p, as llama.cpp's default top-k-then-top-p: candidates are the
+    ``TOP_K`` most likely tokens and the nucleus is computed on their renormalised mass. A full
+    vocabulary sort plus ``torch.multinomial`` cost ~0.3 s per step at 64 rows (49k vocab) on
+    this CPU, and even a full softmax ~60 ms, against ~10-30 ms for ``topk`` on the logits; the
+    mass left outside the top 256 of a language model's next-token distribution is negligible.
+    With ``top_p >= 1`` sampling is over the full vocabulary (exact).
+    """
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float()
+    if top_p >= 1.0:
+        return _inverse_cdf((logits / temperature).softmax(-1), gen)
+    top, order = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)  # sorted, descending
+    probs = (top / temperature).softmax(-1)
+    # Keep a token while the tokens before it hold less than top_p (the top one always stays).
+    keep = probs.cumsum(-1) - probs < top_p
+    picked = _inverse_cdf(probs * keep, gen)
+    return order.gather(-1, picked[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(weights: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Index drawn with probability proportional to ``weights`` (per row), via one uniform."""
+    cdf = weights.cumsum(-1)
+    u = torch.rand(weights.shape[0], 1, generator=gen, device=weights.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=weights.shape[-1] - 1)

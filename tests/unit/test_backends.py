@@ -1,0 +1,177 @@
+"""Generation backends on the tiny model: the decode loop against HF generate(), stops, sampling, swaps."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from actors.backends import setup_backend
+from actors.backends import shared_prefix as sp
+from actors.backends.base import BackendError, GenParams
+from actors.backends.transformers_backend import TransformersBackend, _chunks, _sample
+from rstar.config import Config, ModelConfig
+from rstar.steps import build_prompt
+from rstar.tiny import make_tiny_model
+
+QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples?",
+             "A car drives 60 km per hour for 2 hours. How far does it go?",
+             "Sam reads 12 pages a day for a week; how many pages?"]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return TransformersBackend(tiny_model_dir, device="cpu")
+
+
+def _prompts(tok, questions=QUESTIONS, steps=()):
+    def template(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return [build_prompt(q, list(steps), template) for q in questions]
+
+
+def _hf_greedy(model_dir, prompts, max_new):
+    """Reference: transformers' own generate(), greedy, stock SDPA attention."""
+    from rstar.models import load_causal_lm, load_tokenizer
+
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir, "cpu")
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
+    texts = []
+    for row in out[:, enc.input_ids.shape[1]:].tolist():
+        if tok.eos_token_id in row:
+            row = row[:row.index(tok.eos_token_id)]
+        texts.append(tok.decode(row))
+    return texts
+
+
+@pytest.mark.parametrize("cpu_flash", [True, False], ids=["fused-cpu-kernel", "portable-matmul"])
+def test_greedy_matches_hf_generate(tiny_model_dir, backend, monkeypatch, cpu_flash):
+    if not cpu_flash:
+        monkeypatch.setattr(sp, "_CPU_FLASH", None)
+    backend.prefixes.clear()
+    prompts = _prompts(backend.tokenizer)
+    # Different suffix lengths after a shared few-shot head: exercises prefix, padding and slabs.
+    prompts[1] += "# Speed times time.\n"
+    params = GenParams(n=1, max_tokens=12, temperature=0.0, stop=())
+    want = _hf_greedy(tiny_model_dir, prompts, 12)
+    first = [g[0].text for g in backend.generate(prompts, params)]
+    again = [g[0].text for g in backend.generate(prompts, params)]  # prefix KV now from the LRU
+    assert first == want
+    assert again == want
+    assert backend.prefixes.hits >= 1
+
+
+def test_single_prompt_many_samples_share_one_prefill(tiny_model_dir, backend):
+    prompt = _prompts(backend.tokenizer)[:1]
+    want = _hf_greedy(tiny_model_dir, prompt, 8)[0]
+    out = backend.generate(prompt, GenParams(n=4, max_tokens=8, temperature=0.0, stop=()))
+    assert [g.text for g in out[0]] == [want] * 4
+
+
+def test_stop_string_cuts_text_before_it(backend):
+    prompt = _prompts(backend.tokenizer)[:1]
+    free = backend.generate(prompt, GenParams(max_tokens=24, temperature=0.0, stop=()))[0][0]
+    assert free.tokens == 24 and not free.stopped
+    stop = free.text[len(free.text) // 2:len(free.text) // 2 + 3]
+    cut = free.text.index(stop)
+    got = backend.generate(prompt, GenParams(max_tokens=24, temperature=0.0, stop=(stop,)))[0][0]
+    assert got.stopped and not got.eos
+    assert got.text == free.text[:cut]
+    assert 0 < got.tokens < 24
+
+
+def test_eos_ends_a_sample(backend):
+    prompt = _prompts(backend.tokenizer)[:1]
+    first = backend.generate(prompt, GenParams(max_tokens=1, temperature=0.0, stop=()))[0][0]
+    first_id = backend.tokenizer.encode(first.text, add_special_tokens=False)[0]
+    saved = backend.eos_ids
+    backend.eos_ids = {first_id}
+    try:
+        got = backend.generate(prompt, GenParams(n=2, max_tokens=8, temperature=0.0, stop=()))[0]
+    finally:
+        backend.eos_ids = saved
+    assert [(g.text, g.tokens, g.eos, g.stopped) for g in got] == [("", 1, True, False)] * 2
+
+
+def test_n_per_prompt_in_order_with_chunking(tiny_model_dir):
+    b = TransformersBackend(tiny_model_dir, device="cpu", max_batch=4)
+    prompts = _prompts(b.tokenizer)
+    params = GenParams(n=5, max_tokens=6, temperature=1.0, stop=(), seed=7)
+    out = b.generate(prompts, params)
+    assert [len(x) for x in out] == [5, 5, 5]
+    assert all(1 <= g.tokens <= 6 for x in out for g in x)
+    again = b.generate(prompts, params)
+    assert [[g.text for g in x] for x in again] == [[g.text for g in x] for x in out]
+    other = b.generate(prompts, GenParams(n=5, max_tokens=6, temperature=1.0, stop=(), seed=8))
+    assert [[g.text for g in x] for x in other] != [[g.text for g in x] for x in out]
+
+
+def test_empty_and_bad_params(backend):
+    assert backend.generate([], GenParams()) == []
+    with pytest.raises(ValueError):
+        backend.generate(["x"], GenParams(n=0))
+
+
+def test_load_weights_swaps_and_refuses_a_bad_dir(tiny_model_dir, tmp_path):
+    other_dir = make_tiny_model(tmp_path / "other", seed=1)
+    b = TransformersBackend(tiny_model_dir, device="cpu")
+    prompts = _prompts(b.tokenizer)[:2]
+    params = GenParams(max_tokens=8, temperature=0.0, stop=())
+    before = b.generate(prompts, params)
+    b.load_weights(str(other_dir), "v1")
+    assert b.version == "v1"
+    swapped = b.generate(prompts, params)
+    assert swapped == TransformersBackend(other_dir, device="cpu").generate(prompts, params)
+    assert swapped != before
+    with pytest.raises(BackendError, match="nowhere"):
+        b.load_weights(str(tmp_path / "nowhere"), "v2")
+    assert b.version == "v1"
+    assert b.generate(prompts, params) == swapped
+
+
+def test_setup_backend_builds_transformers_from_config(tiny_model_dir, tmp_path):
+    cfg = Config(model=ModelConfig(policy=str(tiny_model_dir), device="cpu", cache_dir=tmp_path))
+    b = setup_backend(cfg)
+    assert isinstance(b, TransformersBackend) and b.version == tiny_model_dir.name
+
+
+def test_chunks_respect_max_batch_and_keep_every_sample():
+    chunks = _chunks([5, 5, 5], 4)
+    assert all(sum(c for _, c in ch) <= 4 for ch in chunks)
+    totals = {}
+    for ch in chunks:
+        for i, c in ch:
+            totals[i] = totals.get(i, 0) + c
+    assert totals == {0: 5, 1: 5, 2: 5}
+
+
+def test_sampler_greedy_and_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]]))
+    assert _sample(logits, 0.0, 0.9, None).item() == 0
+    gen = torch.Generator().manual_seed(0)
+    draws = _sample(logits.expand(20000, 5), 1.0, 0.85, gen)
+    freq = torch.bincount(draws, minlength=5).float() / 20000
+    # Nucleus at 0.85: tokens 0, 1, 2 (0.5 + 0.3 < 0.85), renormalised over 0.9.
+    assert freq[3:].sum() == 0
+    assert torch.allclose(freq[:3], torch.tensor([0.5, 0.3, 0.1]) / 0.9, atol=0.015)
+
+
+def test_vllm_backend_when_installed(tiny_model_dir):
+    pytest.importorskip("vllm", reason="vLLM is not installed here (optional 3.5 GB extra)")
+    from actors.backends.vllm_backend import VLLMBackend
+
+    b = VLLMBackend(tiny_model_dir, device="cpu", dtype="float32")
+    out = b.generate(["Problem: 1 + 1\n"], GenParams(n=2, max_tokens=4, stop=()))
+    assert len(out[0]) == 2 and all(1 <= g.tokens <= 4 for g in out[0])
+
+
+def test_vllm_missing_is_a_clear_error(tiny_model_dir):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed")
+    from actors.backends.vllm_backend import VLLMBackend
+
+    with pytest.raises(BackendError, match="pip install vllm"):
+        VLLMBackend(tiny_model_dir, device="cpu")
