@@ -157,7 +157,7 @@ def tree_result(tree: Tree, ctx: SearchContext, started: float) -> TreeResult:
     if correct:  # with a reference, the best answer is the best verified one
         best = max(correct, key=tree.mean_q)
     return TreeResult(
-        tree_id=uuid.uuid4().hex, problem=tree.problem, problem_id=tree.problem.id,
+        tree_id=uuid.uuid4().hex, problem=tree.problem,
         actor_id=ctx.actor_id, policy_version=ctx.worker.policy_version,
         ppm_version=ctx.worker.ppm_version, started_at=started, finished_at=time.time(),
         nodes=tree.to_nodes(), solved=bool(correct),
@@ -172,19 +172,24 @@ async def search_many(problems: Iterable[Problem], ctx: SearchContext, trees_in_
     pending: set[asyncio.Task] = set()
     it = iter(problems)
     exhausted = False
-    while True:
-        while not exhausted and len(pending) < trees_in_flight:
-            p = next(it, None)
-            if p is None:
-                exhausted = True
-                break
-            pending.add(asyncio.create_task(search_tree(p, ctx, rollouts, use_reference),
-                                            name=f"tree-{p.id}"))
-        if not pending:
-            return
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            yield t.result()
+    try:
+        while True:
+            while not exhausted and len(pending) < trees_in_flight:
+                p = next(it, None)
+                if p is None:
+                    exhausted = True
+                    break
+                pending.add(asyncio.create_task(search_tree(p, ctx, rollouts, use_reference),
+                                                name=f"tree-{p.id}"))
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                yield t.result()
+    finally:  # the consumer stopped early or a tree failed: do not leave trees running
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 # --- baselines: independent chains, no tree ----------------------------------------------------
