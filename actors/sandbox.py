@@ -3,7 +3,7 @@
 Usage::
 
     async with SandboxPool(cfg.sandbox) as pool:
-        result = await pool.run(["x = 6\\n", "answer = x * 7\\n"])   # ExecResult(ok=True, answer="42")
+        result = await pool.run(["x = 6\\n", "answer = x * 7\\n"])  # ok=True, answer="42"
 
 ``run(steps)`` executes ``rstar.steps.program(steps)``: the steps in order, in one namespace, each
 compiled on its own. ``stdout`` is what the last step printed; ``answer`` is the value of the
@@ -93,7 +93,7 @@ class _ChildResult(msgspec.Struct):  # written by the confined child: validated,
     error_kind: ErrorKind | None = None
     answer: str | None = None
     failed_step: int | None = None
-    snapshots: dict[str, str] = {}
+    snapshots: dict[str, Snapshot] = {}
     steps_run: int = 0
 
 
@@ -136,7 +136,8 @@ class SandboxPool:
             "strict": cfg.isolation == "strict", "modules": cfg.modules,
             "timeout_s": cfg.timeout_s, "cpu_s": cfg.cpu_s, "memory_mb": cfg.memory_mb,
             "file_mb": cfg.file_mb, "scratch_mb": cfg.scratch_mb,
-            "max_output_chars": cfg.max_output_chars, "snapshot_bytes": cfg.snapshot_kb << 10})
+            "max_output_chars": cfg.max_output_chars, "snapshot_bytes": cfg.snapshot_kb << 10,
+            "snapshot_min_ms": cfg.snapshot_min_ms})
 
     async def __aenter__(self) -> "SandboxPool":
         await self.start()
@@ -261,9 +262,11 @@ class SandboxPool:
             self._stats["hits"] += 1
         if isinstance(entry, Failure):
             return _failure(entry, n, 0.0)
-        want = [i for i in (n - 1, n) if i > start and keys[i - 1] not in self._cache]
+        want = [i for i in (n - 1, n)
+                if i > start and self.cfg.cache_entries and keys[i - 1] not in self._cache]
         job = msgspec.json.encode({
             "steps": norm[start:], "start": start, "snapshot": entry.data if entry else None,
+            "snapshot_cost_ms": entry.cost_ms if entry else 0.0,
             "want": want, "imports": [m for m in self.cfg.modules if m in text]})
         reply = await self._exchange(job)
         return reply if isinstance(reply, ExecResult) else self._interpret(*reply, keys, want)
@@ -293,7 +296,8 @@ class SandboxPool:
         self._idle.put_nowait(worker)
         return header, body
 
-    def _interpret(self, header: _Header, body: bytes, keys: list[bytes], want: list[int]) -> ExecResult:
+    def _interpret(self, header: _Header, body: bytes, keys: list[bytes],
+                   want: list[int]) -> ExecResult:
         n, took = len(keys), header.duration
         if header.status == "timeout":
             return ExecResult(False, error=f"timed out after {self.cfg.timeout_s}s",
@@ -321,9 +325,9 @@ class SandboxPool:
                 self._cache.put(keys[step - 1], failure)
             return _failure(failure, n, took)
         limit = (self.cfg.snapshot_kb << 10) * 4 // 3 + 4  # base64 of the largest allowed pickle
-        for idx, data in child.snapshots.items():
-            if idx.isdigit() and int(idx) in want and len(data) <= limit:
-                self._cache.put(keys[int(idx) - 1], Snapshot(data))
+        for idx, snap in child.snapshots.items():
+            if idx.isdigit() and int(idx) in want and len(snap.data) <= limit:
+                self._cache.put(keys[int(idx) - 1], snap)
         return ExecResult(True, stdout=child.stdout, stderr=child.stderr, answer=child.answer,
                           duration_s=took)
 

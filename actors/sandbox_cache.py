@@ -28,6 +28,7 @@ CACHEABLE_FAILURES = frozenset({"exception", "forbidden", "output_limit"})
 
 class Snapshot(msgspec.Struct, frozen=True):
     data: str  # base64 pickle, opaque to this process: only a sandbox child ever unpickles it
+    cost_ms: float = 0.0  # time the steps behind it took to run: what a hit saves
 
 
 class Failure(msgspec.Struct, frozen=True):

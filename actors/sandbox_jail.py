@@ -1,14 +1,15 @@
-"""Kernel confinement for sandbox workers: namespaces, a read-only root, an unprivileged uid, rlimits.
+"""Kernel confinement for sandbox workers: namespaces, a read-only root, another uid, rlimits.
 
 Runs inside the worker process (``actors/sandbox_worker.py``), which Python starts with ``-I -S``,
 so this module uses the standard library and ``ctypes`` only. Linux only.
 
 ``enter_jail`` is called once per worker, as root:
 
-- ``unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)``: a private mount table, a network
-  namespace holding only a loopback device that is down (every connect fails, 127.0.0.1 included),
-  and a PID namespace for the processes that run code (they cannot name, signal or ptrace
-  anything outside it, and all of them die with the worker).
+- ``unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)``: a private mount table,
+  a network namespace holding only a loopback device that is down (every connect fails,
+  127.0.0.1 included), a PID namespace for the processes that run code (they cannot name, signal
+  or ptrace anything outside it, and all of them die with the worker), and an IPC namespace whose
+  System V limits are zero (no shared memory segment can outlive a call or dodge RLIMIT_AS).
 - a new root on a size-capped tmpfs holding read-only, nosuid, nodev bind mounts of the system
   library dirs and the Python installation only (no /proc, no /etc, no home or repository dirs),
   ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/scratch`` (the per-call scratch dirs);
@@ -35,6 +36,7 @@ import resource
 import signal
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_REC, MS_PRIVATE, MS_REMOUNT = 4096, 16384, 1 << 18, 32
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 1, 2, 4
@@ -43,7 +45,10 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 ROOT = "/tmp"  # mount point of the new root's tmpfs (shadows /tmp in the worker's namespace only)
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
-MECHANISMS = ("user", "nproc", "network", "filesystem", "pid")
+MECHANISMS = ("user", "nproc", "network", "filesystem", "pid", "ipc")
+# Per IPC namespace: no System V shared memory, queues or semaphores (they outlive a process,
+# escape RLIMIT_AS and would let one call leave state for the next).
+IPC_LIMITS = {"shmmax": "0", "shmall": "0", "shmmni": "0", "msgmni": "0", "sem": "0 0 0 0"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -84,7 +89,7 @@ def _read_only(target: str) -> None:
 
 def _build_root(binds: list[str], scratch_mb: int) -> None:
     """Fill a fresh tmpfs at ROOT with read-only views of ``binds`` and the devices."""
-    # Open the sources first: the tmpfs about to be mounted may shadow some of them (a venv in /tmp).
+    # Open the sources first: the tmpfs about to be mounted may shadow some (a venv in /tmp).
     sources = {p: os.open(p, os.O_PATH) for p in binds if os.path.exists(p)}
     _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
            f"size={scratch_mb}m,nr_inodes=65536,mode=755")
@@ -124,8 +129,12 @@ def enter_jail(binds: list[str], scratch_mb: int, strict: bool) -> dict[str, boo
     active["user"] = os.geteuid() == 0
     active["nproc"] = True
     try:
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
         active["network"] = active["pid"] = True
+        for name, value in IPC_LIMITS.items():
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(value)
+        active["ipc"] = True
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
         _build_root(binds, scratch_mb)
         os.chroot(ROOT)

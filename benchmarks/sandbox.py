@@ -9,8 +9,11 @@ Three figures, on a pool with strict isolation (needs root with CAP_SYS_ADMIN):
   caller sees it (median, p90, min), and ``child_ms``, the fork-to-result time inside the worker;
 - ``runs_per_s``: ``--calls`` programs submitted at once (siblings of one cached parent, as an
   MCTS expansion does), completed per second of wall time;
-- ``cache``: steps executed for an 8-deep chain replayed node by node, with and without the
-  ancestor cache.
+- both again under ``sympy_loaded``: after a program imported sympy, which the workers then keep;
+- ``cache``: steps executed and seconds taken to replay an 8-deep chain node by node (each with
+  3 sibling leaves), with and without the ancestor cache, for cheap steps (a few lines of
+  arithmetic: below ``snapshot_min_ms``, so re-run rather than cached) and dear ones (~1-10 ms of
+  work per step: cached).
 
 Figures swing with the machine's load (the workers share its cores with everything else): report
 the load average printed with them.
@@ -55,12 +58,29 @@ async def throughput(pool: SandboxPool, calls: int) -> float:
     return round(calls / (time.perf_counter() - t0), 1)
 
 
-async def chain_steps(cfg: SandboxConfig) -> int:
-    chain = ["v = 0\n"] + [f"v = v + {i}\n" for i in range(1, 8)]
+CHEAP = ["v = 0\n"] + [f"v = v + {i}\n" for i in range(1, 8)]
+DEAR = ["v = 0\n"] + [f"v = v + sum(range({i} * 100000))\n" for i in range(1, 8)]
+
+
+async def replay_chain(cfg: SandboxConfig, chain: list[str]) -> dict:
+    """Each node of the chain, then 3 sibling leaves under it (an MCTS-like expansion)."""
     async with SandboxPool(cfg) as pool:
+        t0 = time.perf_counter()
         for depth in range(1, len(chain) + 1):
             await pool.run(chain[:depth])
-        return int(pool.gauges()["sandbox/steps_run"])
+            await asyncio.gather(*(pool.run(chain[:depth] + [f"answer = v + {k}\n"])
+                                   for k in range(3)))
+        return {"steps_run": int(pool.gauges()["sandbox/steps_run"]),
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+async def cache_effect(cfg: SandboxConfig) -> dict:
+    off = cfg.model_copy(update={"cache_entries": 0})
+    out = {}
+    for name, chain in (("cheap_chain", CHEAP), ("dear_chain", DEAR)):
+        out[name] = {"cached": await replay_chain(cfg, chain),
+                     "uncached": await replay_chain(off, chain)}
+    return out
 
 
 async def main(args) -> dict:
@@ -68,10 +88,15 @@ async def main(args) -> dict:
     async with SandboxPool(cfg) as pool:
         lat = await latency(pool, args.calls)
         rps = await throughput(pool, args.calls)
+        # Once a program has named sympy, the workers hold it (~100 MB) and every fork costs more.
+        await asyncio.gather(*(pool.run(["import sympy\nanswer = sympy.Rational(1, 3)\n"])
+                               for _ in range(2 * args.workers)))
+        lat_sympy = await latency(pool, args.calls)
+        rps_sympy = await throughput(pool, args.calls)
     return {
         "workers": args.workers, "calls": args.calls, "latency_ms": lat, "runs_per_s": rps,
-        "cache": {"steps_cached": await chain_steps(cfg),
-                  "steps_uncached": await chain_steps(cfg.model_copy(update={"cache_entries": 0}))},
+        "sympy_loaded": {"latency_ms": lat_sympy, "runs_per_s": rps_sympy},
+        "cache": await cache_effect(cfg),
         "loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
     }
 

@@ -102,6 +102,9 @@ class SandboxConfig(Section):
     """Ancestor-state cache size (0 disables)."""
     snapshot_kb: int = Field(64, ge=1)
     """Largest pickled namespace kept in the ancestor cache; larger states are re-run."""
+    snapshot_min_ms: float = Field(1.0, ge=0)
+    """Cache a prefix's state only when its steps took at least this long to run: a snapshot
+    costs about 1 ms, re-running a few lines of arithmetic far less."""
     isolation: Literal["strict", "weak"] = "strict"
     """``strict`` refuses to start unless every mechanism works (root with CAP_SYS_ADMIN);
     ``weak`` keeps what works and logs what is missing."""

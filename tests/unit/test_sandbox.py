@@ -18,7 +18,8 @@ from rstar.config import SandboxConfig
 from rstar.steps import StepFormatError
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-CFG = SandboxConfig(workers=2, timeout_s=3.0, cpu_s=3, grace_s=5.0)
+# snapshot_min_ms=0: cache every faithful prefix, however cheap, so the tests exercise it
+CFG = SandboxConfig(workers=2, timeout_s=3.0, cpu_s=3, grace_s=5.0, snapshot_min_ms=0.0)
 
 
 async def start_pool(cfg: SandboxConfig) -> SandboxPool:
@@ -187,6 +188,10 @@ TREES = [  # (steps, whether the state after each step can be snapshotted)
     (["import os\nos.environ['K'] = '5'\n", "k = int(os.environ['K'])\n", "answer = k\n"], False),
     (["import re\npat = 'a+'\n", "m = len(pat)\n", "answer = m\n"], False),
     (["big = list(range(50000))\n", "m = max(big)\n", "answer = m\n"], False),  # > snapshot_kb
+    (["from fractions import Fraction\nFraction.extra = 5\n", "q = Fraction(1, 2)\n",
+      "answer = Fraction.extra + q\n"], False),
+    (["import numpy as np\nnp.set_printoptions(precision=2)\n", "a = np.array([1 / 3])\n",
+      "answer = str(a)\n"], False),
     # last: once a worker has loaded sympy and numpy, every fork costs more
     (["import sympy\nx = sympy.Symbol('x')\n", "roots = sympy.solve(x**2 - 9, x)\n",
       "answer = max(roots)\n"], True),
@@ -223,7 +228,8 @@ async def test_cache_gives_the_same_results_as_rerunning_everything():
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert same(x, y), (x, y)
-    assert {"25", "1/2", "3", "20", "42", "6", "5"} <= {r.answer for r in a if r.ok}
+    answers = {r.answer for r in a if r.ok}
+    assert {"25", "1/2", "3", "20", "42", "6", "5", "11/2", "[0.33]"} <= answers
     for (steps, cacheable), ran_cached, ran_full in zip(TREES, steps_a, steps_b):
         d = len(steps)
         if cacheable is not None:  # uncached, every call re-ran all its ancestors
@@ -246,6 +252,22 @@ async def test_cache_runs_each_step_of_a_deep_chain_once():
         await cached.close()
     # depth d runs 2 steps (the new node and its leaf) instead of d + 1: 24 rather than 90
     assert gauges["sandbox/steps_run"] == 2 * len(chain)
+
+
+async def test_only_prefixes_dearer_than_a_snapshot_are_cached():
+    pool = await start_pool(CFG.model_copy(update={"workers": 1, "snapshot_min_ms": 1.0}))
+    try:
+        cheap = ["a = 2\n", "b = a + 1\n"]
+        for depth in (1, 2):
+            await pool.run(cheap[:depth] + ["answer = a\n"])
+        assert pool.gauges()["sandbox/cache_hits"] == 0  # re-running these beats unpickling
+        dear = ["total = sum(i * i for i in range(300000))\n", "half = total // 2\n"]
+        first = await pool.run(dear + ["answer = half\n"])
+        second = await pool.run(dear + ["answer = half + 1\n"])
+        assert pool.gauges()["sandbox/cache_hits"] == 1
+        assert int(second.answer) == int(first.answer) + 1
+    finally:
+        await pool.close()
 
 
 async def test_failing_prefix_is_answered_from_the_cache(pool):
