@@ -6,10 +6,16 @@ Usage::
         result = await pool.run(["x = 6\\n", "answer = x * 7\\n"])  # ok=True, answer="42"
 
 ``run(steps)`` executes ``rstar.steps.program(steps)``: the steps in order, in one namespace, each
-compiled on its own. ``stdout`` is what the last step printed; ``answer`` is the value of the
-global ``answer`` afterwards, formatted (``sandbox_exec.format_answer``). Many ``run`` calls may be
-in flight at once; each waits for one of ``cfg.workers`` idle workers. ``run_sync(steps)`` does
-one call with a throwaway one-worker pool (scripts, REPL).
+compiled on its own (the same thing for steps made of complete statements, as every step must
+be). ``stdout`` is what the last step printed; ``answer`` is the value of the global ``answer``
+afterwards, formatted (``sandbox_exec.format_answer``). Many ``run`` calls may be in flight at
+once; each waits for one of ``cfg.workers`` idle workers. ``run_sync(steps)`` does one call with
+a throwaway one-worker pool (scripts, REPL).
+
+Ancestor cache (``sandbox_cache``): the pool keeps the namespace after a prefix when the child
+could prove the snapshot faithful (``sandbox_snapshot``) and the prefix took at least
+``snapshot_min_ms`` to run; a later call then runs only the steps after it. A prefix that failed
+deterministically answers every program that starts with it without running anything.
 
 Guaranteed, with ``isolation = "strict"`` (the default; the pool refuses to start without it),
 for every call — each runs in a fresh child forked from a clean worker, see
@@ -25,6 +31,7 @@ for every call — each runs in a fresh child forked from a clean worker, see
 - a read-only view of the Python installation and system libraries only, a fresh scratch dir as
   cwd (removed after the call), no /proc, no /etc, no home or repository files;
 - an environment of a few fixed variables: nothing of the caller's environment is visible;
+- no System V IPC (zero limits in a private IPC namespace): nothing outlives the call;
 - at most ``max_output_chars`` of stdout/stderr per step (more fails the call: ``output_limit``).
 
 A failure is an ``ExecResult`` with ``ok=False`` and ``error_kind`` one of ``exception``,
@@ -33,10 +40,14 @@ bad input (``StepFormatError``, ``ValueError``) or a pool that is closed or cann
 workers (``SandboxError``). A worker that hangs or dies is killed and replaced in the background.
 
 Not guaranteed: this is not a defence against kernel exploits (no seccomp filter, shared kernel);
-code may spend its CPU/time budget and forge its own result; the ancestor cache may differ from a
-full re-run for a prefix that mutates objects held inside modules (see ``sandbox_exec``).
+code may spend its CPU/time budget, read the (read-only) Python installation, and forge its own
+result (never another call's); the cache may differ from a full re-run for a prefix whose calls
+into an allow-listed module change that module's hidden state (see ``sandbox_snapshot``).
 ``isolation = "weak"`` (for machines where the actor is not root or lacks CAP_SYS_ADMIN, e.g. a
 default Docker container) keeps only the mechanisms that work and logs the ones missing.
+
+Tests: ``tests/unit/test_sandbox.py`` (semantics, cache), ``tests/integration/
+test_sandbox_escape.py`` (hostile code); figures: ``python benchmarks/sandbox.py``.
 """
 
 from __future__ import annotations

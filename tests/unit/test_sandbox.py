@@ -255,13 +255,13 @@ async def test_cache_runs_each_step_of_a_deep_chain_once():
 
 
 async def test_only_prefixes_dearer_than_a_snapshot_are_cached():
-    pool = await start_pool(CFG.model_copy(update={"workers": 1, "snapshot_min_ms": 1.0}))
+    pool = await start_pool(CFG.model_copy(update={"workers": 1, "snapshot_min_ms": 5.0}))
     try:
         cheap = ["a = 2\n", "b = a + 1\n"]
         for depth in (1, 2):
             await pool.run(cheap[:depth] + ["answer = a\n"])
         assert pool.gauges()["sandbox/cache_hits"] == 0  # re-running these beats unpickling
-        dear = ["total = sum(i * i for i in range(300000))\n", "half = total // 2\n"]
+        dear = ["total = sum(i * i for i in range(600000))\n", "half = total // 2\n"]
         first = await pool.run(dear + ["answer = half\n"])
         second = await pool.run(dear + ["answer = half + 1\n"])
         assert pool.gauges()["sandbox/cache_hits"] == 1
