@@ -196,6 +196,70 @@ class TrainConfig(Section):
     ppm_epochs: int = Field(1, ge=1)
     ppm_heldout_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of PPM pairs (by tree) held out to report pairwise accuracy."""
+    ppm_batch_size: int = Field(4, ge=1)
+    """Pairs per PPM micro-batch (each pair is two sequences)."""
+    log_every: int = Field(10, ge=1)
+    """Optimizer steps between loss log lines when no progress bar is shown (the service)."""
+    threads: int = Field(0, ge=0)
+    """torch CPU threads while training; 0 keeps torch's default (one per core). On a busy
+    shared CPU, 1 avoids threads spinning against each other (measured 50x on a tiny model)."""
+
+
+class LearnerConfig(Section):
+    """The round controller (``learner/rounds.py``), the bootstrap round and per-round evaluation."""
+
+    base_model: str | None = None
+    """Model every round's policy is fine-tuned from (paper: always the base); None = model.policy."""
+    teacher: Literal["curriculum", "openai", "none"] = "curriculum"
+    """Round 0's teacher: the synthetic curriculum's reference solutions, an OpenAI-compatible
+    endpoint (``model.openai_url`` / ``model.openai_model``), or none (round 0 collects actor
+    trees like any other round)."""
+    teacher_problems: int = Field(300, ge=1)
+    """How many problems the teacher demonstrates (round 0's quota)."""
+    teacher_source: str = "synthetic"
+    """Problems for the teacher: ``synthetic`` (train split, ``teacher_levels``) or any
+    ``rstar.problems.load_problems`` name or JSONL file (its held-out part is never used)."""
+    teacher_levels: list[int] = [1, 2, 3]
+    """Curriculum levels the teacher demonstrates (harder levels stay for self-evolution)."""
+    teacher_rollouts: int = Field(4, ge=1)
+    """MCTS rollouts per problem with the openai teacher."""
+    teacher_seed: int = 0
+    round_quota: int = Field(200, ge=1)
+    """New trees (``trees.round == R``) that close round R >= 1."""
+    round_time_limit_s: float = Field(6 * 3600.0, gt=0)
+    """A round also closes this long after it opened, if it has at least one tree."""
+    max_rounds: int = Field(0, ge=0)
+    """Last round to train; 0 = no limit. After publishing it the learner only ingests."""
+    poll_s: float = Field(5.0, gt=0)
+    """How often the controller checks a collecting round's tree count."""
+    ppm_init_from_round: int = Field(3, ge=1)
+    """First round searched PPM-augmented (paper: 3). The pointer for a round below it carries
+    no PPM; actors enable ``search.ppm_init`` exactly when the pointer carries one."""
+    sft_rounds_window: int = Field(1, ge=1)
+    """Rounds of trees pooled for selection (1 = this round only, as the paper)."""
+    requeue_rollouts: int = Field(64, ge=1)
+    """Rollout budget (``meta["rollouts"]``) for problems a round left unsolved (paper: 16 -> 64);
+    problems already searched with this many are not re-queued again."""
+    eval_synthetic_n: int = Field(30, ge=0)
+    """Held-out synthetic problems per evaluation (curriculum ``heldout`` split)."""
+    eval_levels: list[int] = [1, 2, 3, 4, 5, 6]
+    eval_real: str | None = "svamp"
+    """A real set whose held-out part (``eval_real_fraction``, hash split by ``eval_seed``) is
+    evaluated; its pool part may be used for training. None skips it."""
+    eval_real_n: int = Field(30, ge=0)
+    eval_real_fraction: float = Field(0.2, gt=0, lt=1)
+    eval_k: int = Field(4, ge=1)
+    """Samples for majority@k and rollouts for MCTS(+PPM)@k."""
+    eval_methods: list[Literal["greedy", "majority", "mcts"]] = ["greedy", "majority", "mcts"]
+    eval_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "LearnerConfig":
+        for name in ("teacher_levels", "eval_levels"):
+            levels = getattr(self, name)
+            if not levels or any(not 1 <= lv <= 6 for lv in levels):
+                raise ValueError(f"learner.{name} must be a non-empty subset of 1..6, got {levels}")
+        return self
 
 
 class Config(Section):
@@ -208,6 +272,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     train: TrainConfig = TrainConfig()
+    learner: LearnerConfig = LearnerConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
