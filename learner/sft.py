@@ -8,21 +8,25 @@ An example is a question and its steps; the model sees exactly the prompt the se
 trained on the solution tokens only (prompt tokens masked out of the loss), ending with EOS.
 
 Runs with accelerate (CPU here, one or more GPUs under ``accelerate launch``); full fine-tune or
-LoRA (peft, merged into the saved weights so actors load a plain model). Training is resumable:
-every ``save_every`` optimizer steps the full state (model, optimizer, scheduler, RNG, step) goes
-to ``work_dir/state``; a rerun with the same ``work_dir`` continues from there with the same
-data order. The final model is written atomically by ``learner.checkpoints.save_model_dir``.
+LoRA (peft, merged into the saved weights so actors load a plain model). Training is resumable
+(``learner.train_loop``): every ``save_every`` optimizer steps the full state goes to ``work_dir``;
+a rerun with the same ``work_dir`` and data continues from there with the same data order, and
+``stop`` (a ``threading.Event``) saves and raises ``TrainingInterrupted``. The final model is
+written atomically with its MANIFEST by ``rstar.checkpoints.save_model_dir``; the work dir is then
+removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from learner.train_loop import (LoopSpec, apply_lora, batch_order, clear_state, merge_lora,
+                                 run_loop)
 from rstar import steps as fmt
 from rstar.config import TrainConfig
 from rstar.log import get_logger
@@ -81,37 +85,27 @@ def collate(batch: list[dict], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _order(n: int, epochs: int, seed: int) -> list[int]:
-    """The data order of the whole run, fixed by the seed (so a resumed run sees the same)."""
-    order = []
-    for e in range(epochs):
-        idx = list(range(n))
-        random.Random(seed * 1000 + e).shuffle(idx)
-        order += idx
-    return order
+def spec_from(cfg: TrainConfig, desc: str, lr: float, epochs: int, batch_size: int) -> LoopSpec:
+    return LoopSpec(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=cfg.grad_accum,
+                    warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                    save_every=cfg.save_every, seed=cfg.seed, log_every=cfg.log_every, desc=desc,
+                    threads=cfg.threads)
 
 
-def _load_model(base_dir: Path, cfg: TrainConfig):
-    from rstar.models import load_causal_lm
-
-    model = load_causal_lm(base_dir, device="cpu", dtype="float32")
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    return model
+def fingerprint(data: list, spec: LoopSpec, *extra: str) -> str:
+    """What a resumable state must match: the encoded data, the loop settings, the model."""
+    # Threads and logging change nothing about the result: a resume may change them.
+    settings = {k: v for k, v in spec.__dict__.items() if k not in ("threads", "log_every")}
+    h = hashlib.sha256(json.dumps([data, settings, extra], sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: TrainConfig,
-              work_dir: Path, progress: bool = True) -> SFTReport:
+              work_dir: Path, progress: bool = True, stop: threading.Event | None = None) -> SFTReport:
     import torch
-    from accelerate import Accelerator
-    from transformers import get_cosine_schedule_with_warmup
 
     from rstar.checkpoints import save_model_dir
-    from rstar.models import load_tokenizer
+    from rstar.models import load_causal_lm, load_tokenizer
 
     if not examples:
         raise ValueError("no SFT examples: nothing to train on")
@@ -123,53 +117,25 @@ def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: Tr
         log.warning("dropped %d of %d examples longer than %d tokens", dropped, len(examples), cfg.max_len)
     if not data:
         raise ValueError(f"every SFT example is longer than train.max_len={cfg.max_len}")
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
-    model = _load_model(base_dir, cfg)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    order = _order(len(data), cfg.epochs, cfg.seed)
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    total_steps = math.ceil(len(batches) / cfg.grad_accum)
-    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, opt, sched = acc.prepare(model, opt, sched)
-
-    state_dir, meta_path = work_dir / "state", work_dir / "state.json"
-    start_batch = 0
-    if meta_path.exists():
-        acc.load_state(str(state_dir))
-        start_batch = json.loads(meta_path.read_text())["batches_done"]
-        log.info("resuming SFT from batch %d of %d", start_batch, len(batches))
-    losses: list[float] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("SFT", total=len(batches), completed=start_batch)
-        for b in range(start_batch, len(batches)):
-            batch = {k: v.to(acc.device) for k, v in collate([data[i] for i in batches[b]], pad).items()}
-            with acc.accumulate(model):
-                loss = model(**batch).loss
-                acc.backward(loss)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-            losses.append(float(loss.detach()))
-            bar.update(task, advance=1, description=f"SFT loss {losses[-1]:.3f}")
-            done = b + 1
-            if done % (cfg.save_every * cfg.grad_accum) == 0 and done < len(batches):
-                work_dir.mkdir(parents=True, exist_ok=True)
-                acc.save_state(str(state_dir))
-                meta_path.write_text(json.dumps({"batches_done": done}))
-    model = acc.unwrap_model(model)
+    model = load_causal_lm(base_dir, device="cpu", dtype="float32")
     if cfg.method == "lora":
-        model = model.merge_and_unload()
-    save_model_dir(model, tokenizer, out_dir)
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, "CAUSAL_LM")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    spec = spec_from(cfg, "SFT", cfg.lr, cfg.epochs, cfg.batch_size)
+
+    def loss_fn(m, idx: list[int], device):
+        batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad).items()}
+        return m(**batch).loss
+
+    res = run_loop(model, len(data), loss_fn, spec, work_dir,
+                   fingerprint(data, spec, cfg.method, str(Path(base_dir).resolve())), progress, stop)
+    save_model_dir(merge_lora(res.model).eval(), tokenizer, out_dir)
+    clear_state(work_dir)
     secs = time.perf_counter() - t0
-    n_seen = len(order) - start_batch * cfg.batch_size
-    return SFTReport(examples=len(data), dropped_too_long=dropped, steps=total_steps,
-                     first_loss=losses[0] if losses else float("nan"),
-                     last_loss=sum(losses[-5:]) / len(losses[-5:]) if losses else float("nan"),
-                     seconds=round(secs, 2), seconds_per_example=round(secs / max(n_seen, 1), 3),
-                     resumed_from_step=start_batch)
+    n_seen = sum(len(b) for b in batch_order(len(data), cfg.epochs, cfg.batch_size, cfg.seed)[res.resumed_from_batch:])
+    losses = res.losses
+    return SFTReport(examples=len(data), dropped_too_long=dropped, steps=res.steps,
+                     first_loss=round(losses[0], 4) if losses else float("nan"),
+                     last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
+                     seconds=round(secs, 2), seconds_per_example=round(res.seconds / max(n_seen, 1), 3),
+                     resumed_from_step=res.resumed_from_batch // cfg.grad_accum)
