@@ -1,0 +1,176 @@
+"""The stages of a round, one function per state of ``rounds.state`` (see ``learner.rounds``).
+
+Each stage does its work, then commits its results and the move to the next state in one
+transaction (``_commit``), so a stage either happened completely or is redone on restart. Models
+are written under ``data_dir/learner/round-R/`` (``policy``, ``ppm``, their training reports
+``sft.json`` / ``ppm.json`` and resumable work dirs); a stage that finds its model complete
+(every file matching the MANIFEST) does not train it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from learner import data
+from rstar.checkpoints import CheckpointError, verify_dir
+from rstar.config import Config
+from rstar.log import get_logger
+from rstar.schemas import Problem
+from store import learner_tables as lt
+
+if TYPE_CHECKING:
+    from learner.rounds import Learner
+
+log = get_logger("learner.rounds")
+
+
+def round_dir(cfg: Config, round: int) -> Path:
+    return cfg.data_dir / "learner" / f"round-{round}"
+
+
+def complete(d: Path) -> bool:
+    """True when ``d`` is a finished checkpoint (every file matches its MANIFEST)."""
+    try:
+        verify_dir(d)
+        return True
+    except CheckpointError:
+        return False
+
+
+def base_model(cfg: Config) -> str:
+    return cfg.learner.base_model or cfg.model.policy
+
+
+async def _in_thread(L: Learner, fn, *args):
+    """Run a trainer in a worker thread; it raises TrainingInterrupted when ``L.stop`` is set."""
+    L.training = True
+    try:
+        return await asyncio.to_thread(fn, *args, L.progress, L.stop)
+    finally:
+        L.training = False
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"note": f"{path.name} not found"}
+
+
+async def _commit(L: Learner, round: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None,
+                  **values) -> bool:
+    """One transaction: the stage's results, the state move, and (publishing) the next round."""
+    def run() -> bool:
+        with lt.begin(L.engine) as conn:
+            if sel is not None:
+                data.write_selection(conn, round, sel)
+            lt.merge_eval(conn, round, patch)
+            moved = lt.advance(conn, round, expect, to, **values)
+            if moved and nxt is not None:
+                lt.open_round(conn, nxt, L.cfg.learner.round_quota)
+            return moved
+    moved = await asyncio.to_thread(run)
+    if moved:
+        log.info("round %d: %s -> %s", round, expect, to)
+    else:
+        log.warning("round %d was no longer %r (another learner?): re-reading", round, expect)
+    return True
+
+
+async def _collect(L: Learner, row: dict) -> bool:
+    lc, r = L.cfg.learner, row["round"]
+    patch: dict = {}
+    if r == 0 and lc.teacher != "none":
+        from learner.bootstrap import run_bootstrap
+
+        patch["bootstrap"] = (await run_bootstrap(L.cfg, L.engine, L.exclude)).as_dict()
+    counts = await asyncio.to_thread(lt.tree_counts, L.engine, r)
+    if not patch:
+        age = (datetime.now(timezone.utc) - row["started_at"]).total_seconds()
+        if counts["trees"] < row["quota"] and (age < lc.round_time_limit_s or counts["trees"] == 0):
+            return False
+    sel = await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, lc.sft_rounds_window, L.exclude)
+    if not sel.sft and r > 0:
+        log.warning("round %d solved nothing: its policy trains on every round's selection so far", r)
+        sel.sft = (await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, r + 1, L.exclude)).sft
+    if not sel.sft:
+        log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
+        return False
+    counts["solve_rate"] = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
+    patch |= {"collect": counts, "data": {"sft_examples": len(sel.sft), "ppm_pairs": len(sel.pairs),
+                                          "problems": sel.problems, "solved_problems": sel.solved_problems}}
+    return await _commit(L, r, "collecting", "training_policy", patch, sel=sel)
+
+
+async def _train_policy(L: Learner, row: dict) -> bool:
+    from learner.sft import train_sft
+    from rstar.models import resolve_model_dir
+
+    r, d = row["round"], round_dir(L.cfg, row["round"])
+    if not complete(d / "policy"):
+        examples = await asyncio.to_thread(data.sft_examples, L.engine, r)
+        base = await asyncio.to_thread(resolve_model_dir, base_model(L.cfg), L.cfg.model.cache_dir)
+        rep = await _in_thread(L, train_sft, examples, base, d / "policy", L.cfg.train, d / "sft-work")
+        _write_json(d / "sft.json", asdict(rep))
+    return await _commit(L, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
+
+
+async def _train_ppm(L: Learner, row: dict) -> bool:
+    from learner.ppm_train import train_ppm
+
+    r, d = row["round"], round_dir(L.cfg, row["round"])
+    if not complete(d / "ppm"):
+        pairs = await asyncio.to_thread(data.ppm_pairs, L.engine, r)
+        if not pairs:
+            return await _commit(L, r, "training_ppm", "evaluating", {"ppm": {"note": "no pairs: no PPM"}})
+        rep = await _in_thread(L, train_ppm, pairs, d / "policy", d / "ppm", L.cfg.train, d / "ppm-work")
+        _write_json(d / "ppm.json", asdict(rep))
+    rep = _read_json(d / "ppm.json")
+    return await _commit(L, r, "training_ppm", "evaluating",
+                         {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")})
+
+
+async def _evaluate(L: Learner, row: dict) -> bool:
+    from learner.round_eval import evaluate_round
+
+    r, d = row["round"], round_dir(L.cfg, row["round"])
+    ppm = d / "ppm" if complete(d / "ppm") else None
+    figures = await evaluate_round(L.cfg, L.sets, d / "policy", ppm, r)
+    return await _commit(L, r, "evaluating", "publishing", {"accuracy": figures})
+
+
+async def _publish(L: Learner, row: dict) -> bool:
+    from broker.problems import requeue_problem
+    from learner.publish import publish_pair
+
+    if L.broker is None:
+        raise RuntimeError("publishing needs a broker connection (Learner.broker)")
+    lc, r, d = L.cfg.learner, row["round"], round_dir(L.cfg, row["round"])
+    ppm = d / "ppm" if complete(d / "ppm") else None
+    ev = row["eval"] or {}
+    pub = await publish_pair(L.broker, L.engine, round=r, policy_dir=d / "policy", ppm_dir=ppm,
+                             announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
+                             base=base_model(L.cfg), policy_metrics={"sft": ev.get("sft"), "accuracy": ev.get("accuracy")},
+                             ppm_metrics={"ppm": ev.get("ppm")})
+    unsolved = await asyncio.to_thread(lt.unsolved_problems, L.engine, r, lc.requeue_rollouts)
+    for p in unsolved:  # the same attempt id twice is deduplicated by the broker
+        meta = {**p.meta, "rollouts": lc.requeue_rollouts}
+        await requeue_problem(L.broker, Problem(id=p.id, source=p.source, question=p.question, answer=p.answer,
+                                                meta=meta), attempt=f"r{r + 1}")
+    last = bool(lc.max_rounds) and r >= lc.max_rounds
+    return await _commit(L, r, "publishing", "published", {"requeued": len(unsolved)},
+                         nxt=None if last else r + 1, policy_version=pub.policy.version,
+                         ppm_version=pub.ppm.version if pub.ppm else None)
+
+
+STAGES = {"collecting": _collect, "training_policy": _train_policy, "training_ppm": _train_ppm,
+          "evaluating": _evaluate, "publishing": _publish}

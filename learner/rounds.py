@@ -1,0 +1,131 @@
+"""The round controller: collect → select → train policy → train PPM → evaluate → publish → next.
+
+    L = make_learner(cfg, engine, broker)
+    await run_controller(L, stop)             # rstar learner runs this beside ingest
+
+Round R's state lives in the ``rounds`` table and moves one way:
+``collecting → training_policy → training_ppm → evaluating → publishing → published``; each move
+is one transaction together with what the finished stage produced (the selected rows, the training
+reports, the evaluation figures), so a restarted learner continues the round it was in and redoes
+no finished stage. Stage outputs on disk (``data_dir/learner/round-R/{policy,ppm}``, written
+atomically with a MANIFEST) are checked before training; a half-trained model resumes from its
+training state (``learner.train_loop``).
+
+- **collecting**: round 0 runs the bootstrap teacher (``learner.bootstrap``) and closes when it is
+  done. Round R >= 1 closes when ``round_quota`` trees with ``round == R`` are in the store, or
+  ``round_time_limit_s`` after it opened if it has any tree. Closing selects the training data
+  (``learner.data``; evaluation problems excluded). A round whose trees solved nothing trains its
+  policy on every round's selection so far rather than stopping the loop.
+- **training_policy**: SFT from the base model (``learner.base_model``), as the paper.
+- **training_ppm**: PPM from this round's policy, when the round has pairs (round 0's linear
+  teacher trees have none: round 0 publishes a policy without a PPM).
+- **evaluating**: greedy / majority@k / MCTS(+PPM)@k on the held-out sets, PPM pairwise accuracy.
+- **publishing**: Object Store, checkpoints rows, pointer ``round = R + 1`` (``learner.publish``);
+  problems round R left unsolved are re-queued with ``meta["rollouts"] = requeue_rollouts``.
+
+Contract with the actors (DESIGN §4). An actor tags each tree with the pointer's ``round`` (0
+before any pointer exists), drops the few-shot prompt once it runs a published policy (they are
+fine-tuned on the bare prompt), searches a problem with ``meta["rollouts"]`` rollouts when set,
+and enables PPM-augmented search (``search.ppm_init``) exactly when the pointer carries a PPM —
+the learner announces a PPM only for rounds ``>= learner.ppm_init_from_round`` (paper: 3), so
+rounds 1-2 stay terminal-guided and the actors need no learner setting of their own.
+Trees that arrive for a round after it closed stay in the store, tagged with that round, unused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from learner.round_stages import STAGES
+from learner.train_loop import TrainingInterrupted
+from rstar.config import Config
+from rstar.log import get_logger
+from rstar.schemas import Problem
+from store import learner_tables as lt
+
+log = get_logger("learner.rounds")
+STATES = ("collecting", "training_policy", "training_ppm", "evaluating", "publishing", "published")
+
+
+@dataclass
+class Learner:
+    """What the controller works with; ``stop`` interrupts training between optimizer steps."""
+
+    cfg: Config
+    engine: Engine
+    broker: object | None  # broker.client.Broker; needed to publish
+    sets: dict[str, list[Problem]]
+    exclude: frozenset[str]
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: bool = False
+    training: bool = False  # a training thread is running (it stops itself on ``stop``)
+
+
+def make_learner(cfg: Config, engine: Engine, broker=None, progress: bool = False) -> Learner:
+    from learner.round_eval import eval_ids, eval_sets
+
+    sets = eval_sets(cfg)
+    return Learner(cfg, engine, broker, sets, eval_ids(sets), progress=progress)
+
+
+def finished(cfg: Config, row: dict | None) -> bool:
+    """The last configured round is published (``max_rounds``); nothing more to do."""
+    return row is not None and row["state"] == "published" and bool(cfg.learner.max_rounds) \
+        and row["round"] >= cfg.learner.max_rounds
+
+
+async def step(L: Learner) -> bool:
+    """Do the current round's next stage; False when there is nothing to do now (waiting)."""
+    row = await asyncio.to_thread(lt.last_round, L.engine)
+    if row is None or (row["state"] == "published" and not finished(L.cfg, row)):
+        nxt = 0 if row is None else row["round"] + 1
+        quota = L.cfg.learner.teacher_problems if nxt == 0 and L.cfg.learner.teacher != "none" \
+            else L.cfg.learner.round_quota
+
+        def opened() -> None:
+            with lt.begin(L.engine) as conn:
+                lt.open_round(conn, nxt, quota)
+        await asyncio.to_thread(opened)
+        return True
+    if row["state"] == "published":
+        return False
+    if row["state"] not in STAGES:
+        raise RuntimeError(f"round {row['round']} is in unknown state {row['state']!r} (known: {STATES})")
+    return await STAGES[row["state"]](L, row)
+
+
+async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+    """Run rounds until ``stop`` is set, or the last round is published with ``exit_when_done``.
+
+    On stop, a training stage finishes its current optimizer step, saves its state and returns;
+    the other stages (bootstrap, evaluation, publishing) are cancelled and redone on restart.
+    """
+    while not stop.is_set():
+        work = asyncio.create_task(step(L), name="learner-round-step")
+        waiter = asyncio.create_task(stop.wait(), name="learner-stop-wait")
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not work.done():
+            L.stop.set()  # a training thread sees it after its current step
+            if not L.training:
+                work.cancel()
+        try:
+            moved = await work
+        except TrainingInterrupted as e:
+            log.info("%s", e)
+            return
+        except asyncio.CancelledError:
+            if stop.is_set():
+                return
+            raise
+        if not moved:
+            if exit_when_done and finished(L.cfg, await asyncio.to_thread(lt.last_round, L.engine)):
+                return
+            try:
+                await asyncio.wait_for(stop.wait(), L.cfg.learner.poll_s)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,71 @@
+"""``rstar learner``: ingest and the round controller in one long-running process.
+
+    rstar learner [--exit-when-done] [--set learner.round_quota=100 ...]
+    python -m learner.service ...              # the same command
+
+Two named tasks on one broker connection and one store engine: ``learner-ingest``
+(``learner.ingest.ingest_loop``: TREES → SQL, ack after commit) and ``learner-rounds``
+(``learner.rounds.run_controller``). If either ends with an error, the other is stopped and the
+error fails the process (a supervisor restarts it; all state is in the store and the broker, so
+it continues where it was). SIGINT/SIGTERM set one stop event: ingest finishes the batch it is
+writing, a training stage finishes its optimizer step and saves its resumable state, evaluation
+and publishing are cancelled (redone on restart); then the connection is drained and the process
+exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from rstar.config import Config
+from rstar.log import get_logger
+
+log = get_logger("learner.service")
+
+
+async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = False,
+                      progress: bool = False) -> None:
+    """Ingest and run rounds until ``stop`` is set (or the last round is published, if asked)."""
+    from broker.client import open_broker
+    from learner.ingest import ingest_loop
+    from learner.rounds import make_learner, run_controller
+    from store.db import open_store
+
+    engine = await asyncio.to_thread(open_store, cfg.store_url)
+    try:
+        async with open_broker(cfg, "rstar-learner") as b:
+            L = await asyncio.to_thread(make_learner, cfg, engine, b, progress)
+            tasks = [asyncio.create_task(ingest_loop(b, engine, stop), name="learner-ingest"),
+                     asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds")]
+            log.info("learner: ingesting into %s, rounds under %s", engine.url.render_as_string(hide_password=True),
+                     cfg.data_dir / "learner")
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()  # one task ended (stop, error, or all rounds done): end the other
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, res in zip(tasks, results):
+                if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                    log.error("learner: task %s failed: %s: %s", task.get_name(), type(res).__name__, res)
+                    raise res
+    finally:
+        engine.dispose()
+    log.info("learner stopped")
+
+
+def serve(cfg: Config, exit_when_done: bool = False, progress: bool = False) -> None:
+    """The process: signal handlers, then ``run_learner`` until SIGINT/SIGTERM."""
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_learner(cfg, stop, exit_when_done, progress)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    from rstar.cli import app
+
+    app(["learner", *sys.argv[1:]])

@@ -1,0 +1,98 @@
+"""``rstar train sft|ppm --round R``: one training step of a round, by hand.
+
+    rstar train sft --round 2 [--reselect] [--out DIR]
+    rstar train ppm --round 2 [--policy DIR] [--out DIR]
+
+Trains on the round's rows in ``sft_examples`` / ``ppm_pairs`` (selected from the store first when
+the round has none, or with ``--reselect``), into the directory the round controller uses
+(``data_dir/learner/round-R/policy`` and ``…/ppm``) unless ``--out`` says otherwise, with the
+same resumable work dir: a killed run continues when run again, and a controller that later
+reaches this stage finds the model done. Round states are left alone. Prints the training report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rstar.cli import ConfigOpt, SetOpt, get_config
+
+RoundOpt = typer.Option(..., "--round", "-r", min=0, help="The round whose data to train on.")
+OutOpt = typer.Option(None, "--out", help="Model directory to write (default: the round's).")
+JsonOpt = typer.Option(False, "--json", help="Print the report as JSON.")
+
+
+def _setup(config, overrides, round: int, reselect: bool):
+    from learner import data
+    from learner.round_eval import eval_ids, eval_sets
+    from store import learner_tables as lt
+    from store.db import open_store
+
+    cfg = get_config(config, overrides)
+    engine = open_store(cfg.store_url)
+    if reselect or not (lt.sft_rows(engine, round) or lt.pair_rows(engine, round)):
+        sel = data.select_round(engine, round, cfg.train, cfg.learner.sft_rounds_window, eval_ids(eval_sets(cfg)))
+        with lt.begin(engine) as conn:
+            data.write_selection(conn, round, sel)
+    return cfg, engine
+
+
+def _report(rep, as_json: bool, title: str) -> None:
+    from dataclasses import asdict
+
+    doc = asdict(rep)
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("field", "value", title=title)
+    for k, v in doc.items():
+        t.add_row(k, str(v))
+    Console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(no_args_is_help=True, help="Run one training step of a round by hand.")
+    app.add_typer(group, name="train")
+
+    @group.command("sft")
+    def sft(round: int = RoundOpt, out: Path = OutOpt, reselect: bool = typer.Option(
+                False, "--reselect", help="Select the round's data from the store again first."),
+            as_json: bool = JsonOpt, config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+        """Fine-tune the base policy on the round's SFT examples."""
+        from learner import data
+        from learner.round_stages import base_model, round_dir
+        from learner.sft import train_sft
+        from rstar.models import resolve_model_dir
+
+        cfg, engine = _setup(config, overrides, round, reselect)
+        examples = data.sft_examples(engine, round)
+        if not examples:
+            raise typer.BadParameter(f"round {round} has no SFT examples in the store", param_hint="--round")
+        d = round_dir(cfg, round)
+        rep = train_sft(examples, resolve_model_dir(base_model(cfg), cfg.model.cache_dir), out or d / "policy",
+                        cfg.train, d / "sft-work" if out is None else out.with_name(out.name + "-work"),
+                        progress=not as_json)
+        _report(rep, as_json, f"SFT round {round}")
+
+    @group.command("ppm")
+    def ppm(round: int = RoundOpt, out: Path = OutOpt,
+            policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
+            as_json: bool = JsonOpt, config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+        """Train the PPM on the round's preference pairs, from the round's policy."""
+        from learner import data
+        from learner.ppm_train import train_ppm
+        from learner.round_stages import round_dir
+
+        cfg, engine = _setup(config, overrides, round, False)
+        pairs = data.ppm_pairs(engine, round)
+        if not pairs:
+            raise typer.BadParameter(f"round {round} has no PPM pairs in the store", param_hint="--round")
+        d = round_dir(cfg, round)
+        rep = train_ppm(pairs, policy or d / "policy", out or d / "ppm", cfg.train,
+                        d / "ppm-work" if out is None else out.with_name(out.name + "-work"), progress=not as_json)
+        _report(rep, as_json, f"PPM round {round}")

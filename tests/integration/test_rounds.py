@@ -1,0 +1,215 @@
+"""The round controller against a real NATS server and a real store, with the tiny model.
+
+- In process, on SQLite and PostgreSQL: the bootstrap round (curriculum teacher) trains and
+  publishes a policy without a PPM; a published checkpoint round-trips bit-exactly; round 1 closes
+  on its quota of searched trees, trains a policy and a PPM, is stopped mid-round and continued by
+  a fresh controller without redoing the finished stage, publishes the pair (the PPM announced from
+  ``ppm_init_from_round``) and re-queues its unsolved problem with a larger rollout budget.
+- As a process: ``rstar learner`` stops cleanly on SIGTERM while waiting for trees, continues after
+  a restart, ingests round-1 trees from TREES, publishes round 1 and exits (``--exit-when-done``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from broker.checkpoints import fetch_checkpoint, get_pointer
+from broker.client import open_broker, publish_tree
+from broker.problems import fetch_problems, problems_subscription
+from learner.round_stages import round_dir
+from learner.rounds import make_learner, step
+from rstar.config import load_config
+from rstar.curriculum import synthetic_problems
+from rstar.schemas import Node, TreeResult
+from store import learner_tables as lt
+from store.db import open_store
+from store.queries import list_checkpoints
+from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+SETTINGS = ['model.threads=1', 'train.threads=1', 'train.epochs=2', 'train.ppm_epochs=2', 'train.lr=1e-3',
+            'train.ppm_lr=1e-3', 'learner.teacher_problems=6', 'learner.teacher_levels=[1]',
+            'learner.eval_synthetic_n=2', 'learner.eval_real="svamp"', 'learner.eval_real_n=2', 'learner.eval_k=2',
+            'learner.round_quota=3', 'learner.poll_s=0.2', 'learner.ppm_init_from_round=2',
+            'generation.max_step_tokens=16', 'search.max_depth=2', 'search.n_children=2', 'search.rollouts=2',
+            'sandbox.workers=1']
+
+
+def settings(nats_url: str, tmp_path, store_url: str, tiny) -> list[str]:
+    return [f'broker.url="{nats_url}"', f'data_dir="{tmp_path}"', f'store.url="{store_url}"',
+            f'model.policy="{tiny}"', *SETTINGS]
+
+
+def searched_trees() -> list[TreeResult]:
+    """Round-1 trees as an actor would send them: two problems solved (beside wrong branches), one not."""
+    probs = synthetic_problems(3, levels=(2,), seed=7)
+    out = []
+    for i, p in enumerate(probs):
+        good = p.meta["reference_steps"]
+        first, last = good[0], "\n".join(good[1:])
+        wrong = "# A guess.\nanswer = 0\n"
+        solved = i < 2
+        spec = [(1, 0, .5 if solved else -.5, first, False, None), (2, 1, 1 if solved else -1, last if solved else wrong, True, solved),
+                (3, 1, -1, wrong, True, False), (4, 0, -1, "# Start over.\nx = 1\n", False, None),
+                (5, 4, -1, "# Another guess.\nanswer = x\n", True, False)]
+        nodes = [Node(idx=0, parent=None, depth=0, visits=4)]
+        for idx, parent, q, txt, term, correct in spec:
+            nodes.append(Node(idx=idx, parent=parent, depth=1 if parent == 0 else 2, text=txt, q=q, visits=2,
+                              terminal=term, correct=correct, answer="0" if term else None, policy_version="policy-r0"))
+        now = time.time()
+        out.append(TreeResult(tree_id=f"r1-{i}", problem=p, actor_id="actor-t", policy_version="policy-r0",
+                              ppm_version="", started_at=now - 1, finished_at=now, nodes=nodes, solved=solved,
+                              round=1, rollouts=8))
+    return out
+
+
+def _pg_url_or_skip():
+    try:
+        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as e:
+        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
+    return scratch_postgres(DEFAULT_ADMIN_URL, tag="test_rounds")
+
+
+async def _steps_until(L, round: int, state: str, limit: int = 20) -> None:
+    for _ in range(limit):
+        row = lt.last_round(L.engine)
+        if row is not None and row["round"] == round and row["state"] == state:
+            return
+        await step(L)
+    raise AssertionError(f"round {round} never reached {state}: {lt.last_round(L.engine)}")
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path, tiny_model_dir, db):
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'store.db'}" if db == "sqlite" else stack.enter_context(_pg_url_or_skip())
+        cfg = load_config(overrides=settings(nats_server.url, tmp_path, url, tiny_model_dir), env={})
+        engine = open_store(url)
+        stack.callback(engine.dispose)
+        async with open_broker(cfg, "test-learner") as b:
+            L = make_learner(cfg, engine, b)
+            await _steps_until(L, 1, "collecting")
+            r0 = lt.get_round(engine, 0)
+            assert r0["state"] == "published" and r0["eval"]["bootstrap"]["stored"] == 6
+            assert r0["eval"]["data"] == {"sft_examples": 6, "ppm_pairs": 0, "problems": 6, "solved_problems": 6}
+            assert set(r0["eval"]["accuracy"]["sets"]["synthetic"]) == {"n", "greedy", "majority@2", "mcts@2"}
+            assert r0["ppm_version"] is None and "ppm_pairwise_acc" not in r0["eval"]
+            pointer = await get_pointer(b)
+            assert pointer.round == 1 and pointer.ppm is None and pointer.policy.version == r0["policy_version"]
+            # Published bytes come back bit-exactly, file by file.
+            got = await fetch_checkpoint(b, pointer.policy, tmp_path / "fetched")
+            local = round_dir(cfg, 0) / "policy"
+            names = sorted(p.name for p in local.iterdir())
+            assert names == sorted(p.name for p in got.iterdir())
+            assert all((local / n).read_bytes() == (got / n).read_bytes() for n in names)
+
+            # Round 1: below quota it waits; at quota it closes and trains.
+            trees = searched_trees()
+            from store.writer import upsert_trees
+            upsert_trees(engine, trees[:2])
+            assert await step(L) is False
+            upsert_trees(engine, trees[2:])
+            await _steps_until(L, 1, "training_ppm")
+            policy = round_dir(cfg, 1) / "policy" / "model.safetensors"
+            before = (policy.stat().st_mtime_ns, policy.stat().st_ino, lt.get_round(engine, 1)["eval"]["sft"])
+
+            # A restarted controller goes on from training_ppm: the policy is not trained again.
+            L2 = make_learner(cfg, engine, b)
+            await _steps_until(L2, 2, "collecting")
+            r1 = lt.get_round(engine, 1)
+            assert (policy.stat().st_mtime_ns, policy.stat().st_ino, r1["eval"]["sft"]) == before
+            assert r1["state"] == "published" and r1["eval"]["collect"]["solve_rate"] == round(2 / 3, 4)
+            assert r1["eval"]["data"]["sft_examples"] == 2 and r1["eval"]["data"]["ppm_pairs"] > 0
+            assert 0.0 <= r1["eval"]["ppm_pairwise_acc"] <= 1.0
+            assert "mcts+ppm@2" in r1["eval"]["accuracy"]["sets"]["svamp"]
+            pointer = await get_pointer(b)
+            assert pointer.round == 2 and pointer.ppm is not None and pointer.ppm.version == r1["ppm_version"]
+            ckpts = list_checkpoints(engine)
+            by_version = {c["version"]: c for c in ckpts}
+            ppm_row = by_version[r1["ppm_version"]]
+            assert ppm_row["parent_id"] == by_version[r1["policy_version"]]["id"] and ppm_row["round"] == 1
+            assert by_version[r1["policy_version"]]["base"] == str(tiny_model_dir)
+            assert [c["kind"] for c in ckpts] == ["policy", "policy", "ppm"]
+            # The unsolved problem is back in the queue with the larger budget.
+            sub = await problems_subscription(b)
+            got = await fetch_problems(b, sub, batch=10, timeout=2)
+            assert [(p.id, p.meta["rollouts"]) for p, _ in got] == [(trees[2].problem.id, 64)]
+            assert r1["eval"]["requeued"] == 1
+
+        # The CLI reads the same rounds, and trains a stage by hand from the stored rows.
+        from typer.testing import CliRunner
+
+        from rstar.cli import app
+
+        sets = sum((["--set", a] for a in settings(nats_server.url, tmp_path, url, tiny_model_dir)), [])
+        res = CliRunner().invoke(app, ["rounds", "--json", *sets])
+        rows = json.loads(res.stdout)
+        assert [(r["round"], r["state"]) for r in rows] == [(0, "published"), (1, "published"), (2, "collecting")]
+        assert rows[1]["eval"]["ppm_pairwise_acc"] == r1["eval"]["ppm_pairwise_acc"]
+        res = CliRunner(env={"COLUMNS": "160"}).invoke(app, ["rounds", *sets])
+        assert res.exit_code == 0 and "published" in res.stdout and r1["policy_version"] in res.stdout
+        res = CliRunner().invoke(app, ["train", "ppm", "--round", "1", "--out", str(tmp_path / "by-hand"), "--json", *sets])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["pairs"] == r1["eval"]["data"]["ppm_pairs"]
+
+
+def _learner(cfg_args: list[str], *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "learner.service", *extra, *sum((["--set", a] for a in cfg_args), [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "RSTAR_LOG_JSON": "1"}, start_new_session=True)
+
+
+async def _wait_round(engine, round: int, state: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = lt.get_round(engine, round) if lt.last_round(engine) else None
+        if row and row["state"] == state:
+            return
+        assert proc.poll() is None, f"learner exited {proc.returncode}: {proc.stderr.read().decode()[-3000:]}"
+        assert time.monotonic() < deadline, f"round {round} not {state} within {timeout}s: {row}"
+        await asyncio.sleep(0.2)
+
+
+async def test_learner_process_sigterm_restart_ingest_and_exit(nats_server, tmp_path, tiny_model_dir):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    args = settings(nats_server.url, tmp_path, url, tiny_model_dir) + ["learner.max_rounds=1"]
+    engine = open_store(url)
+    proc = _learner(args, "--exit-when-done")
+    try:
+        await _wait_round(engine, 1, "collecting", proc)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() - t0 < 15
+        proc.stderr.close()
+
+        proc = _learner(args, "--exit-when-done")
+        cfg = load_config(overrides=args, env={})
+        async with open_broker(cfg, "test-actor") as b:
+            for t in searched_trees():
+                await publish_tree(b, t)
+        await _wait_round(engine, 1, "published", proc)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]  # max_rounds=1: done
+        r1 = lt.get_round(engine, 1)
+        assert r1["eval"]["collect"]["trees"] == 3 and lt.last_round(engine)["round"] == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr and not proc.stderr.closed:
+            proc.stderr.close()
+        engine.dispose()
