@@ -36,7 +36,10 @@ class ModelConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Weights dtype; keep float32 on CPU (bf16 measured unusably slow there)."""
     threads: int = Field(0, ge=0)
-    """torch CPU threads; 0 keeps torch's default (one per core)."""
+    """torch CPU threads; 0 keeps torch's default (one per core). On a box whose cores are also
+    busy with other work (sandbox workers, other processes) 1 can be far faster: OpenMP threads
+    wait on each other when a core is taken (measured 10x slower decoding with 2 threads on a
+    loaded 2-core machine, benchmarks/backend_throughput.py)."""
     max_batch: int = Field(64, ge=1)
     """Most sequences in one backend call (and texts in one PPM forward)."""
     prefix_cache: int = Field(4, ge=0)
@@ -262,6 +265,31 @@ class LearnerConfig(Section):
         return self
 
 
+class ActorConfig(Section):
+    """The actor service (``rstar actor``, ``actors/service.py``)."""
+
+    id: str | None = None
+    """Actor id in heartbeats and trees; None = ``<host>-<pid>``. Must be unique in the fleet."""
+    trees_in_flight: int | None = Field(None, ge=1)
+    """K: trees searched at once, their expansions batched; None = ``search.trees_in_flight``."""
+    fetch_batch: int = Field(4, ge=1)
+    """Most problems pulled in one fetch (never more than the free tree slots)."""
+    fetch_timeout_s: float = Field(1.0, gt=0)
+    """How long one fetch waits for problems (also how quickly a stop request is noticed)."""
+    in_progress_s: float | None = Field(None, gt=0)
+    """How often a running tree tells the broker it is still being worked on (extends ack_wait);
+    None = a third of ``broker.problems_ack_wait_s``."""
+    heartbeat_s: float = Field(10.0, gt=0)
+    """Seconds between heartbeats (keep well under ``broker.heartbeat_ttl_s``)."""
+    grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long in-flight trees may run on before their problems are returned (nak)."""
+    checkpoint_dir: Path | None = None
+    """Where downloaded checkpoints are cached, one directory per version; None =
+    ``data_dir/checkpoints``. Only the serving pair and the one being loaded are kept."""
+    swap_retry_s: float = Field(5.0, gt=0)
+    """Wait before retrying a checkpoint download that failed for a transient reason (broker away)."""
+
+
 class Config(Section):
     data_dir: Path = Path("data")
     model: ModelConfig = ModelConfig()
@@ -273,6 +301,7 @@ class Config(Section):
     api: ApiConfig = ApiConfig()
     train: TrainConfig = TrainConfig()
     learner: LearnerConfig = LearnerConfig()
+    actor: ActorConfig = ActorConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -306,20 +335,33 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _read_file(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        if p.suffix == ".json":  # a resolved config saved by dump_config
+            return json.loads(p.read_text())
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                env: dict[str, str] | None = None) -> Config:
-    """Build the Config from defaults, TOML file, environment and ``key=value`` overrides."""
+                env: dict[str, str] | None = None, preset: str | Path | None = None) -> Config:
+    """Build the Config from defaults, a preset, a TOML (or resolved JSON) file, environment and
+    ``key=value`` overrides, in that order."""
     env = os.environ if env is None else env
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = _read_file(Path(preset)) if preset else {}
     path = path or env.get("RSTAR_CONFIG")
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: {e}") from None
+        tree = _merge(tree, _read_file(Path(path)))
     for name, raw in env.items():
         # Only RSTAR_<field> / RSTAR_<SECTION>__<FIELD>; other RSTAR_* (RSTAR_LOG_LEVEL, ...) are not config.
         key = name[len("RSTAR_"):].lower() if name.startswith("RSTAR_") else ""

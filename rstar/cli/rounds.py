@@ -27,18 +27,8 @@ def _pts(x) -> str:
     return f"{100 * x:.0f}" if isinstance(x, (int, float)) else "–"
 
 
-def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
-               config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-    """Show every round: state, trees, solve rate, data, held-out accuracy, model versions."""
-    from store.db import open_store
-    from store.queries import list_rounds
-
-    cfg = get_config(config, overrides)
-    rows = list_rounds(open_store(cfg.store_url))
-    if as_json:
-        typer.echo(json.dumps(rows))
-        return
-    from rich.console import Console
+def rounds_table(rows: list[dict]):
+    """The rounds as a rich Table (also shown by the ``rstar up`` dashboard)."""
     from rich.table import Table
 
     sets: dict[str, list[str]] = {}  # evaluation set -> method labels, in first-seen order
@@ -62,7 +52,23 @@ def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON ro
         cells += ["/".join(_pts(acc.get(name, {}).get(label)) for label in labels) for name, labels in sets.items()]
         cells.append(r["policy_version"] or "–")
         t.add_row(*cells)
-    Console().print(t)
+    return t
+
+
+def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+               config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Show every round: state, trees, solve rate, data, held-out accuracy, model versions."""
+    from store.db import open_store
+    from store.queries import list_rounds
+
+    cfg = get_config(config, overrides)
+    rows = list_rounds(open_store(cfg.store_url))
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+
+    Console().print(rounds_table(rows))
 
 
 def register(app: typer.Typer) -> None:

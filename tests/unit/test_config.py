@@ -36,3 +36,16 @@ def test_store_url_defaults_to_sqlite_under_data_dir(tmp_path):
 def test_other_rstar_env_vars_are_not_config():
     cfg = load_config(None, env={"RSTAR_LOG_LEVEL": "DEBUG", "RSTAR_LOG_JSON": "1", "RSTAR_DATA_DIR": "/x"})
     assert str(cfg.data_dir) == "/x"
+
+
+def test_preset_below_file_and_resolved_json_round_trip(tmp_path):
+    from rstar.config import dump_config
+
+    preset = tmp_path / "p.toml"
+    preset.write_text("[search]\nrollouts = 3\nn_children = 2\n")
+    user = tmp_path / "u.toml"
+    user.write_text("[search]\nn_children = 7\n")
+    cfg = load_config(user, env={}, preset=preset)
+    assert cfg.search.rollouts == 3 and cfg.search.n_children == 7
+    dump_config(cfg, tmp_path / "resolved.json")
+    assert load_config(tmp_path / "resolved.json", env={}) == cfg

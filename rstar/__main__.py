@@ -1,0 +1,3 @@
+from rstar.cli import main
+
+main()

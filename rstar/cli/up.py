@@ -1,0 +1,49 @@
+"""``rstar up``: start everything on this machine and watch it learn (see ``rstar.up``)."""
+
+from __future__ import annotations
+
+import re
+
+import typer
+
+from rstar.cli import ConfigOpt, SetOpt
+
+
+def parse_duration(text: str | None) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1h30m`` → seconds."""
+    if not text:
+        return 0.0
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not parts or not any(parts.groups()):
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h", param_hint="--duration")
+    h, m, s = (float(x) if x else 0.0 for x in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def up(
+    preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
+    actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
+    dataset: str = typer.Option("synthetic", help="Problem pool to queue (any `rstar eval --dataset` name)."),
+    problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
+    limit: int = typer.Option(None, help="Queue at most this many problems."),
+    rounds: int = typer.Option(0, help="Stop once this round is published (0: run until Ctrl-C)."),
+    duration: str = typer.Option(None, help="Stop after this long, e.g. 15m or 2h."),
+    no_api: bool = typer.Option(False, "--no-api", help="Do not start the HTTP API."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Run broker, store, learner, actors and API as processes, with a live dashboard."""
+    from rstar.config import ConfigError, load_config
+    from rstar.up import UpOptions, preset_path, run_up
+
+    try:
+        cfg = load_config(config, overrides, preset=preset_path(preset) if preset else None)
+    except (ConfigError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    opts = UpOptions(actors=actors, dataset=None if problems else dataset, problems_file=problems,
+                     limit=limit, rounds=rounds, duration_s=parse_duration(duration), api=not no_api)
+    run_up(cfg, opts, config, overrides or [])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)

@@ -1,0 +1,152 @@
+"""``rstar up``: the whole system on one machine, each part its own process, with a live view.
+
+    rstar up [--preset quick] [--actors N] [--dataset synthetic] [--rounds N] [--duration 2h]
+
+What it does, in order:
+1. resolves the config (preset < --config < env < --set) and saves it as
+   ``<data_dir>/run/config.json``; every child gets exactly that file;
+2. starts (or joins) the embedded NATS server, its JetStream store in ``<data_dir>/nats``;
+3. migrates the store (SQLite in ``<data_dir>/rstar.db`` by default);
+4. queues the problem pool (stable ids: a rerun queues nothing new);
+5. starts the learner (ingest + rounds), N actors and the API as children
+   (``rstar.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
+6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop, then stops the
+   children (SIGTERM, grace period, SIGKILL) and the server.
+
+Running it again resumes: the store holds the rounds and trees, the broker the queue and the
+model pointer, the learner continues the round it was in, actors load the current pointer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rstar.config import Config, dump_config
+from rstar.log import get_logger
+from rstar.supervisor import Supervisor, rstar_argv
+
+log = get_logger("rstar.up")
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass
+class UpOptions:
+    actors: int = 1
+    dataset: str | None = "synthetic"
+    problems_file: str | None = None
+    limit: int | None = None
+    rounds: int = 0  # stop once this round is published (0 = run until stopped)
+    duration_s: float = 0.0  # stop after this long (0 = run until stopped)
+    api: bool = True
+    live: bool = True
+
+
+def preset_path(name: str) -> Path:
+    p = PRESETS / f"{name}.toml"
+    if not p.is_file():
+        names = ", ".join(sorted(x.stem for x in PRESETS.glob("*.toml")))
+        raise ValueError(f"unknown preset {name!r} (have: {names})")
+    return p
+
+
+async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
+    from broker.client import open_broker
+    from broker.problems import add_problems
+    from rstar.problems import load_problems, read_problems_jsonl
+
+    if opts.problems_file:
+        problems = read_problems_jsonl(opts.problems_file)
+    elif opts.dataset:
+        split = "train" if opts.dataset.startswith("synthetic") else None
+        problems = load_problems(opts.dataset, split=split, limit=opts.limit, seed=cfg.search.seed)
+    else:
+        return {"published": 0}
+    async with open_broker(cfg, "rstar-up-seed") as b:
+        counts = await add_problems(b, problems)
+    return {"problems": len(problems), "published": counts.published, "already_queued": counts.duplicates}
+
+
+async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: asyncio.Event,
+                 started: float) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from broker.client import open_broker
+    from rstar.dashboard import Snapshot, View, render
+
+    first_tree_at = first_swap_at = None
+    last = Snapshot()
+    async with open_broker(cfg, "rstar-up-view", setup=False) as b:
+        view = View(cfg, engine, b)
+        with Live(render(last, sup.status(), 0.0), console=Console(), refresh_per_second=1,
+                  auto_refresh=opts.live) as live:
+            while not stop.is_set():
+                sup.poll()
+                try:
+                    last = await view.snapshot()
+                except Exception as e:  # the view must not take the system down; show what failed
+                    last.error = f"{type(e).__name__}: {e}"
+                elapsed = time.monotonic() - started
+                if first_tree_at is None and last.trees:
+                    first_tree_at = elapsed
+                    log.info("first tree stored after %.0fs", elapsed)
+                if first_swap_at is None and last.swapped_actors:
+                    first_swap_at = elapsed
+                    log.info("first checkpoint swap observed after %.0fs", elapsed)
+                last.first_tree_s, last.first_swap_s = first_tree_at, first_swap_at
+                live.update(render(last, sup.status(), elapsed))
+                if not opts.live:
+                    live.refresh()
+                if opts.duration_s and elapsed >= opts.duration_s:
+                    log.info("--duration reached: stopping")
+                    return
+                if opts.rounds and last.published_round >= opts.rounds:
+                    log.info("round %d published: stopping", opts.rounds)
+                    return
+                try:
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+
+
+def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: list[str]) -> None:
+    from broker.server import embedded_server
+    from store.db import open_store
+
+    run_dir = (cfg.data_dir / "run").resolve()
+    resolved = run_dir / "config.json"
+    dump_config(cfg, resolved)
+    env = dict(os.environ)
+    with embedded_server(cfg) as url:
+        env["RSTAR_BROKER__URL"] = url
+        cfg = cfg.model_copy(update={"broker": cfg.broker.model_copy(update={"url": url})})
+        engine = open_store(cfg.store_url)
+        seeded = asyncio.run(seed_problems(cfg, opts))
+        log.info("problem pool: %s", seeded)
+        sup = Supervisor(run_dir / "logs", env)
+        sup.add("learner", rstar_argv(["learner"], str(resolved), []))
+        for i in range(opts.actors):
+            sup.add(f"actor-{i}", rstar_argv(["actor"], str(resolved), [f"actor.id=actor-{i}"]))
+        if opts.api:
+            sup.add("api", rstar_argv(["serve"], str(resolved), []))
+
+        stop = asyncio.Event()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await _watch(cfg, engine, sup, opts, stop, time.monotonic())
+
+        try:
+            asyncio.run(main())
+        finally:
+            log.info("stopping %d processes…", len(sup.children))
+            sup.stop(grace_s=60.0)
+    log.info("stopped; run `rstar up` again to resume (logs: %s)", run_dir / "logs")
