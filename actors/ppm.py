@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from actors.backends import kv_cache as kv
+from actors.backends import shared_prefix as sp
 from rstar.log import get_logger
 from rstar.models import ModelError, load_tokenizer, pick_device
 from rstar.steps import build_prompt
@@ -60,8 +62,11 @@ class PPM(torch.nn.Module):
                                position_ids=positions).last_hidden_state
         idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * idx).argmax(1)  # last 1 in the mask, left or right padded
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+        return self.value(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+    def value(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Pre-``tanh`` reward from the backbone's hidden state at the last token ``[B, H]``."""
+        return self.head(last_hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores in [-1, 1] (``tanh`` of ``reward``)."""
@@ -140,33 +145,69 @@ def ppm_text(question: str, steps: list[str], tokenizer) -> str:
 
 
 class PPMScorer:
-    """Batched scoring of texts with a PPM: ``score(texts) -> [float in [-1, 1]]``."""
+    """Batched scoring of texts with a PPM: ``score(texts) -> [float in [-1, 1]]``.
 
-    def __init__(self, ppm: PPM, tokenizer, max_batch: int = 64, version: str = ""):
-        self.ppm, self.tokenizer, self.max_batch = ppm.eval(), tokenizer, max_batch
-        self.version = version or Path(getattr(ppm, "source_dir", "ppm")).name
+    Texts scored together share long token prefixes (the chat header; siblings share their whole
+    trajectory but the last step). As in the decode loop, the common prefix of a batch is run
+    once and kept across calls (``actors.backends.shared_prefix``); each text then costs only
+    its own tokens. Texts are ordered by their token ids so that texts sharing a prefix land in
+    the same batch. Scores equal ``PPM.forward`` on the padded batch up to float rounding.
+    """
+
+    def __init__(self, ppm: PPM, tokenizer, max_batch: int = 64, version: str = "",
+                 prefix_entries: int = 4):
+        self.max_batch = max_batch
+        self.prefixes = kv.PrefixLRU(prefix_entries)
         self._lock = threading.Lock()  # score() and load_weights() never overlap
+        self._use(ppm, tokenizer, version or Path(getattr(ppm, "source_dir", "ppm")).name)
+
+    def _use(self, ppm: PPM, tokenizer, version: str) -> None:
+        self.ppm, self.tokenizer, self.version = ppm.eval(), tokenizer, version
+        self.shared = sp.supports(ppm.backbone)
+        if self.shared:
+            ppm.backbone.set_attn_implementation(sp.ATTN)
+        self.prefixes.clear()  # prefix KV belongs to the old weights
 
     def score(self, texts: list[str]) -> list[float]:
         if not texts:
             return []
+        ids = self.tokenizer(list(texts)).input_ids
+        if any(not x for x in ids):
+            raise ValueError("cannot score an empty text")
         out: list[float] = [0.0] * len(texts)
-        # Similar lengths together: less padding per batch.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: ids[i])
         with self._lock, torch.inference_mode():
-            dev = next(self.ppm.parameters()).device
             for a in range(0, len(order), self.max_batch):
                 idx = order[a:a + self.max_batch]
-                enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True)
-                scores = self.ppm(enc.input_ids.to(dev), enc.attention_mask.to(dev))
-                for i, s in zip(idx, scores.float().tolist()):
+                for i, s in zip(idx, self._score_ids([ids[i] for i in idx]).float().tolist()):
                     out[i] = s
         return out
+
+    def _score_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        weight = self.ppm.head.weight
+        dev, dtype = weight.device, self.ppm.backbone.dtype
+        prefix = None
+        if self.shared:
+            layers = self.ppm.backbone.config.get_text_config(decoder=True).num_hidden_layers
+            prefix = kv.prefix_for(ids, self.prefixes, self._forward, layers, dev, dtype)
+        lp = prefix.length if prefix else 0
+        inp, valid = kv.left_pad([x[lp:] for x in ids], self.tokenizer.pad_token_id, dev)
+        if not self.shared:
+            return self.ppm(inp, valid.long())
+        pos = lp + (valid.long().cumsum(1) - 1).clamp(min=0)
+        hidden = self._forward(inp, pos, kv.causal_mask(valid, dtype), None, prefix)
+        return torch.tanh(self.ppm.value(hidden[:, -1]))  # left padded: last token at -1
+
+    def _forward(self, input_ids, positions, mask, cache, prefix):
+        kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
+        return self.ppm.backbone(input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                                 past_key_values=cache, use_cache=cache is not None,
+                                 **kw).last_hidden_state
 
     def load_weights(self, path: str | Path, version: str) -> None:
         """Swap to the PPM saved at ``path`` between two ``score`` calls (same device, dtype)."""
         weight = self.ppm.head.weight
         ppm, tokenizer = load_ppm(path, str(weight.device), dtype=str(weight.dtype).split(".")[-1])
         with self._lock:
-            self.ppm, self.tokenizer, self.version = ppm, tokenizer, version
+            self._use(ppm, tokenizer, version)
         log.info("PPM swapped to %s (%s)", version, path)

@@ -1,4 +1,4 @@
-"""KV caching for the decode loop: one shared prompt prefix, per-row slabs, an LRU of prefixes.
+"""Attention over a prompt prefix held once for the whole batch, plus each row's own keys/values.
 
 Prompts in one call (and across calls) share a long head: the chat template, instructions and,
 before the bootstrap, ~300 tokens of worked examples. Instead of copying that head's keys and
@@ -12,9 +12,7 @@ This is registered as a transformers attention implementation (``shared_prefix_a
 the stock model forward runs unchanged; it gets the prefix through a forward kwarg and falls back
 to SDPA when none is given (so ``generate()`` and training on the same model still work).
 
-Per-row keys/values live in ``SlabCache``: buffers allocated once per call at their final length
-and filled in place, so a decode step copies nothing (``DynamicCache`` concatenates, rewriting
-the whole cache each step). ``PrefixLRU`` keeps prefix KV across calls, keyed by token ids.
+The per-row keys/values, the prefix KV and its cache across calls live in ``kv_cache``.
 
 Guaranteed: for the same weights the logits equal a plain forward over prefix+row tokens up to
 float rounding (tests compare them). Not supported: sliding-window or linear-attention layers
@@ -23,12 +21,10 @@ float rounding (tests compare them). Not supported: sliding-window or linear-att
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -113,114 +109,3 @@ def supports(model) -> bool:
     cfg = model.config.get_text_config(decoder=True)
     types = getattr(cfg, "layer_types", None) or ["full_attention"]
     return all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None)
-
-
-class _SlabLayer(CacheLayerMixin):
-    """One layer's per-row keys/values in a buffer of fixed capacity, filled left to right."""
-
-    is_sliding = False
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        B, H, _, D = key_states.shape
-        self.keys = key_states.new_empty(B, H, self.capacity, D)
-        self.values = value_states.new_empty(B, H, self.capacity, D)
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"slab cache overflow: {end} > {self.capacity}")
-        self.keys[:, :, self.length:end] = key_states
-        self.values[:, :, self.length:end] = value_states
-        self.length = end
-        # Views, not copies: [B, H] stay collapsible, so the matmuls read them in place.
-        return self.keys[:, :, :end], self.values[:, :, :end]
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return self.capacity
-
-
-class SlabCache(Cache):
-    """Per-row KV for one call: ``layers`` slabs of ``capacity`` tokens each."""
-
-    def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[_SlabLayer(capacity) for _ in range(num_layers)])
-
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep only the rows in ``index`` (finished rows leave the batch)."""
-        for layer in self.layers:
-            layer.keys, layer.values = layer.keys[index], layer.values[index]
-
-    def repeat_rows(self, n: torch.Tensor) -> None:
-        """Row i becomes ``n[i]`` consecutive rows (samples share their prefilled prompt)."""
-        if bool((n != 1).any()):
-            for layer in self.layers:
-                layer.keys = layer.keys.repeat_interleave(n, dim=0)
-                layer.values = layer.values.repeat_interleave(n, dim=0)
-
-    @staticmethod
-    def concat(parts: list["SlabCache"]) -> "SlabCache":
-        """Stack caches of the same length along the batch (prefill ran in groups)."""
-        out = parts[0]
-        if len(parts) > 1:
-            for i, layer in enumerate(out.layers):
-                layer.keys = torch.cat([p.layers[i].keys for p in parts])
-                layer.values = torch.cat([p.layers[i].values for p in parts])
-        return out
-
-
-def extend_prefix(base: SharedPrefix, rows: SlabCache, tokens: tuple[int, ...]) -> SharedPrefix:
-    """``base`` followed by the single row held in ``rows`` (which continued it)."""
-    keys, values = [], []
-    for i, layer in enumerate(rows.layers):
-        k, v = layer.keys[0, :, :layer.length], layer.values[0, :, :layer.length]
-        if base.length:
-            k, v = torch.cat([base.keys[i], k], dim=1), torch.cat([base.values[i], v], dim=1)
-        keys.append(k.contiguous())
-        values.append(v.contiguous())
-    return SharedPrefix(tokens, keys, values)
-
-
-class PrefixLRU:
-    """Prefix KV kept across calls, least recently used evicted past ``max_entries``."""
-
-    def __init__(self, max_entries: int = 4):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[int, ...], SharedPrefix] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def longest(self, tokens: tuple[int, ...]) -> SharedPrefix | None:
-        """The longest cached prefix of ``tokens`` (marked as used), or None."""
-        best = None
-        for key, entry in self._entries.items():
-            if len(key) <= len(tokens) and tokens[:len(key)] == key and \
-                    (best is None or len(key) > best.length):
-                best = entry
-        if best is not None:
-            self._entries.move_to_end(best.tokens)
-            self.hits += 1
-        else:
-            self.misses += 1
-        return best
-
-    def put(self, entry: SharedPrefix) -> None:
-        self._entries[entry.tokens] = entry
-        self._entries.move_to_end(entry.tokens)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -9,7 +9,7 @@ import torch
 
 from actors.backends import setup_backend
 from actors.backends import shared_prefix as sp
-from actors.backends.base import BackendError, GenParams
+from actors.backends.base import BackendError, GenParams, Generation
 from actors.backends.transformers_backend import TransformersBackend, _chunks, _sample
 from rstar.config import Config, ModelConfig
 from rstar.steps import build_prompt
@@ -62,6 +62,14 @@ def test_greedy_matches_hf_generate(tiny_model_dir, backend, monkeypatch, cpu_fl
     assert first == want
     assert again == want
     assert backend.prefixes.hits >= 1
+
+
+def test_grouped_prefill_without_prefix_cache_matches_hf(tiny_model_dir):
+    b = TransformersBackend(tiny_model_dir, device="cpu", prefill_tokens=1, prefix_entries=0)
+    prompts = _prompts(b.tokenizer)
+    params = GenParams(n=2, max_tokens=6, temperature=0.0, stop=())
+    want = _hf_greedy(tiny_model_dir, prompts, 6)
+    assert [[g.text for g in x] for x in b.generate(prompts, params)] == [[w, w] for w in want]
 
 
 def test_single_prompt_many_samples_share_one_prefill(tiny_model_dir, backend):
@@ -175,3 +183,27 @@ def test_vllm_missing_is_a_clear_error(tiny_model_dir):
 
     with pytest.raises(BackendError, match="pip install vllm"):
         VLLMBackend(tiny_model_dir, device="cpu")
+
+
+def test_vllm_outputs_map_to_generations():
+    """vLLM cannot run here; its CompletionOutput fields are mirrored by a plain dataclass."""
+    from dataclasses import dataclass
+
+    from actors.backends.vllm_backend import _generation
+
+    @dataclass
+    class Out:
+        text: str
+        token_ids: list[int]
+        finish_reason: str | None
+        stop_reason: int | str | None
+
+    stop = ("<end_of_step>",)
+    assert _generation(Out("x = 1\n", [1, 2, 3], "stop", "<end_of_step>"), stop) == \
+        Generation(text="x = 1\n", tokens=3, stopped=True, eos=False)
+    assert _generation(Out("x = 1\n<end_of_step>\nmore", [1] * 5, "stop", "<end_of_step>"),
+                       stop).text == "x = 1\n"
+    assert _generation(Out("done", [1, 2], "stop", None), stop) == \
+        Generation(text="done", tokens=2, stopped=False, eos=True)
+    assert _generation(Out("abc", [1] * 4, "length", None), stop) == \
+        Generation(text="abc", tokens=4, stopped=False, eos=False)

@@ -120,3 +120,17 @@ def test_one_pairwise_step_separates_the_pair(tiny_model_dir, tok):
         assert model.backbone.embed_tokens.weight.grad.abs().sum() > 0  # gradient reaches it
         opt.step()
     assert gaps[-1] > gaps[0]
+
+
+def test_scorer_shared_prefix_path_equals_plain_forward(ppm, tok, monkeypatch):
+    texts = [ppm_text("Tom has 3 apples and buys 5. How many?", STEPS[:k] + [f"x = {k}\n"], tok)
+             for k in range(3)] + [ppm_text("A different question entirely?", STEPS, tok)]
+    with torch.no_grad():
+        ppm.head.weight.normal_(generator=torch.Generator().manual_seed(2))
+    want = _scores(ppm, tok, texts, "left").tolist()
+    scorer = PPMScorer(ppm, tok, max_batch=3)
+    assert scorer.score(texts) == pytest.approx(want, abs=1e-5)
+    assert scorer.score(texts) == pytest.approx(want, abs=1e-5)  # prefix KV from the LRU
+    assert scorer.prefixes.hits >= 1
+    with pytest.raises(ValueError):
+        scorer.score([""])
