@@ -38,8 +38,11 @@ from actors.backends.base import GenParams
 from actors.backends.transformers_backend import TransformersBackend
 from actors.ppm import PPMScorer, ppm_from_policy, ppm_text
 from rstar.config import ModelConfig
+from rstar.log import get_logger
 from rstar.models import builtin_gguf, convert_gguf, load_causal_lm, resolve_model_dir
 from rstar.steps import STEP_END, build_prompt
+
+log = get_logger("benchmarks.backend_throughput")
 
 
 def questions(k: int) -> list[str]:
@@ -71,8 +74,10 @@ def loop_generate(backend, prompts: list[str], params: GenParams) -> tuple[int, 
 
 
 def row(shape: str, prompts: int, n: int, method: str, tokens: int, seconds: float) -> dict:
-    return {"shape": shape, "prompts": prompts, "n": n, "method": method, "tokens": tokens,
-            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    out = {"shape": shape, "prompts": prompts, "n": n, "method": method, "tokens": tokens,
+           "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    log.info("%s", out)  # progress on stderr: a full run takes minutes
+    return out
 
 
 def main() -> None:
