@@ -11,6 +11,7 @@ without few-shot examples, then the prefix steps and the compared steps).
 Pairs of whole trees are held out (``ppm_heldout_fraction`` of the tree ids, by a fixed hash; at
 least one tree when there are two or more), and the report gives the pairwise accuracy on them:
 the fraction of held-out pairs whose positive side scores strictly above the negative.
+``train.ppm_max_pairs`` caps the training pairs of a round (a seeded sample; 0 = all).
 
 Same training machinery as the policy (``learner.train_loop``): full fine-tune or LoRA (merged
 before saving), resumable after a kill, ``stop`` saves and raises ``TrainingInterrupted``. The
@@ -20,6 +21,7 @@ PPM directory is written atomically with its MANIFEST (sha256 of every file), re
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import threading
 import time
@@ -159,6 +161,10 @@ def train_ppm(pairs: list[PPMPair], policy_dir: Path, out_dir: Path, cfg: TrainC
 
     t0 = time.perf_counter()
     train, held = split_by_tree(pairs, cfg.ppm_heldout_fraction, cfg.seed)
+    if cfg.ppm_max_pairs and len(train) > cfg.ppm_max_pairs:
+        keep = sorted(random.Random(cfg.seed).sample(range(len(train)), cfg.ppm_max_pairs))
+        log.info("PPM: training on %d of %d pairs (train.ppm_max_pairs)", len(keep), len(train))
+        train = [train[i] for i in keep]
     if not train:
         raise ValueError(f"no PPM pairs to train on ({len(pairs)} pairs, {len(held)} held out)")
     tokenizer = load_tokenizer(policy_dir)

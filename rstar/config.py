@@ -201,6 +201,9 @@ class TrainConfig(Section):
     """Fraction of PPM pairs (by tree) held out to report pairwise accuracy."""
     ppm_batch_size: int = Field(4, ge=1)
     """Pairs per PPM micro-batch (each pair is two sequences)."""
+    ppm_max_pairs: int = Field(0, ge=0)
+    """Train the PPM on at most this many pairs of a round (a seeded sample); 0 = all of them.
+    A CPU budget knob: a pair costs about as much as two SFT examples."""
     log_every: int = Field(10, ge=1)
     """Optimizer steps between loss log lines when no progress bar is shown (the service)."""
     threads: int = Field(0, ge=0)

@@ -78,6 +78,13 @@ def test_stopped_training_saves_and_resumes(tiny_model_dir, tmp_path):
     verify_dir(tmp_path / "ppm")
 
 
+def test_max_pairs_caps_the_training_pairs_not_the_heldout_ones(tiny_model_dir, tmp_path):
+    full = split_by_tree(pairs(), 0.25)
+    rep = train_ppm(pairs(), tiny_model_dir, tmp_path / "ppm", cfg(ppm_max_pairs=5, ppm_epochs=1), tmp_path / "work",
+                    progress=False)
+    assert rep.train_pairs == 5 and rep.heldout_pairs == len(full[1]) and rep.pairs == len(pairs())
+
+
 def test_no_training_pairs_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no PPM pairs"):
         train_ppm([], tiny_model_dir, tmp_path / "ppm", cfg(), tmp_path / "work", progress=False)
