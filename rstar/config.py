@@ -230,6 +230,7 @@ class LearnerConfig(Section):
     teacher_rollouts: int = Field(4, ge=1)
     """MCTS rollouts per problem with the openai teacher."""
     teacher_seed: int = 0
+    """Seed of the teacher's problem sample (the curriculum generator, or a set's shuffle)."""
     round_quota: int = Field(200, ge=1)
     """New trees (``trees.round == R``) that close round R >= 1."""
     round_time_limit_s: float = Field(6 * 3600.0, gt=0)
@@ -249,15 +250,20 @@ class LearnerConfig(Section):
     eval_synthetic_n: int = Field(30, ge=0)
     """Held-out synthetic problems per evaluation (curriculum ``heldout`` split)."""
     eval_levels: list[int] = [1, 2, 3, 4, 5, 6]
+    """Curriculum levels of the held-out synthetic problems (taken in turn)."""
     eval_real: str | None = "svamp"
     """A real set whose held-out part (``eval_real_fraction``, hash split by ``eval_seed``) is
     evaluated; its pool part may be used for training. None skips it."""
     eval_real_n: int = Field(30, ge=0)
+    """Problems from the real set's held-out part per evaluation (0 skips it)."""
     eval_real_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of the real set held out; the teacher and training never see that part."""
     eval_k: int = Field(4, ge=1)
     """Samples for majority@k and rollouts for MCTS(+PPM)@k."""
     eval_methods: list[Literal["greedy", "majority", "mcts"]] = ["greedy", "majority", "mcts"]
+    """Methods evaluated each round (MCTS uses the round's PPM when it has one)."""
     eval_seed: int = 0
+    """Seed of the held-out sets (synthetic generator, real-set split): fixed across rounds."""
 
     @model_validator(mode="after")
     def _check_levels(self) -> "LearnerConfig":
