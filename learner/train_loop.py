@@ -19,6 +19,7 @@ n-th batch; the multi-GPU path is not exercised by the tests, which run on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -130,7 +131,9 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
     t0 = time.perf_counter()
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    acc = Accelerator(gradient_accumulation_steps=spec.grad_accum, cpu=not torch.cuda.is_available())
+    # Gradient accumulation by hand rather than accelerate's accumulate(): a run whose batch count
+    # is not a multiple of grad_accum still steps on its last, partial accumulation.
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     everything = batch_order(n_items, spec.epochs, spec.batch_size, spec.seed)
     per_proc = len(everything) // acc.num_processes
     if per_proc == 0:
@@ -160,25 +163,26 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(spec.desc, total=len(batches), completed=start)
         for b in range(start, len(batches)):
-            with acc.accumulate(model):
+            done = b + 1
+            sync = done % spec.grad_accum == 0 or done == len(batches)
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
                 loss = loss_fn(model, batches[b], acc.device)
-                acc.backward(loss)
+                acc.backward(loss / spec.grad_accum)
+            if sync:
                 opt.step()
                 sched.step()
                 opt.zero_grad()
             losses.append(float(loss.detach()))
-            done = b + 1
             bar.update(task, advance=1, description=f"{spec.desc} loss {losses[-1]:.3f}")
-            step_done = done % spec.grad_accum == 0
-            if not progress and step_done and (done // spec.grad_accum) % spec.log_every == 0:
+            step = math.ceil(done / spec.grad_accum)
+            if not progress and sync and step % spec.log_every == 0:
                 recent = losses[-spec.log_every * spec.grad_accum:]
-                log.info("%s: step %d/%d loss %.4f", spec.desc, done // spec.grad_accum, steps,
-                         sum(recent) / len(recent))
-            if done < len(batches) and step_done:
+                log.info("%s: step %d/%d loss %.4f", spec.desc, step, steps, sum(recent) / len(recent))
+            if done < len(batches) and sync:
                 if stop is not None and stop.is_set():
                     _save(acc, work_dir, done, fingerprint)
                     raise TrainingInterrupted(work_dir, done)
-                if (done // spec.grad_accum) % spec.save_every == 0:
+                if step % spec.save_every == 0:
                     _save(acc, work_dir, done, fingerprint)
     return LoopResult(model=acc.unwrap_model(model), batches=len(batches), steps=steps, losses=losses,
                       resumed_from_batch=start, seconds=round(time.perf_counter() - t0, 2))

@@ -70,6 +70,15 @@ def test_lora_saves_a_plain_merged_model(tiny_model_dir, tmp_path):
     assert any(not torch.equal(base[k], tuned[k]) for k in tuned)
 
 
+def test_gradient_accumulation_steps_on_a_partial_last_group(tiny_model_dir, tmp_path):
+    # 2 batches with grad_accum 4: only a partial group, which must still update the model.
+    rep = train_sft(EXAMPLES[:4], tiny_model_dir, tmp_path / "out", cfg(epochs=1, grad_accum=4), tmp_path / "work",
+                    progress=False)
+    assert rep.steps == 1
+    base, tuned = weights(tiny_model_dir), weights(tmp_path / "out")
+    assert any(not torch.equal(base[k], tuned[k]) for k in tuned)
+
+
 SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
