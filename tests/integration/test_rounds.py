@@ -7,6 +7,8 @@
   ``ppm_init_from_round``) and re-queues its unsolved problem with a larger rollout budget.
 - As a process: ``rstar learner`` stops cleanly on SIGTERM while waiting for trees, continues after
   a restart, ingests round-1 trees from TREES, publishes round 1 and exits (``--exit-when-done``).
+- Stopped mid-training, the controller returns after the trainer saved its state; the next one
+  resumes that training from the saved step.
 """
 
 from __future__ import annotations
@@ -212,4 +214,39 @@ async def test_learner_process_sigterm_restart_ingest_and_exit(nats_server, tmp_
             proc.wait()
         if proc.stderr and not proc.stderr.closed:
             proc.stderr.close()
+        engine.dispose()
+
+
+async def test_stop_mid_training_saves_and_the_next_controller_resumes_it(nats_server, tmp_path, tiny_model_dir):
+    from learner.rounds import run_controller
+    from learner.train_loop import LATEST
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    # Long enough to stop in the middle: 6 examples, 120 epochs of 2 batches, a save every 4 steps.
+    args = settings(nats_server.url, tmp_path, url, tiny_model_dir) + ["train.epochs=120", "train.save_every=4"]
+    cfg = load_config(overrides=args, env={})
+    engine = open_store(url)
+    work = round_dir(cfg, 0) / "sft-work"
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_controller(make_learner(cfg, engine), stop))
+        deadline = time.monotonic() + 120
+        while not (work / LATEST).exists():
+            assert not task.done() and time.monotonic() < deadline, "no training state saved"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)  # returns once the trainer saved at its next step
+        assert lt.get_round(engine, 0)["state"] == "training_policy"
+        assert (work / LATEST).exists() and not (round_dir(cfg, 0) / "policy").exists()
+
+        stop = asyncio.Event()
+        async with open_broker(cfg, "test-learner") as b:  # in case it gets as far as publishing
+            task = asyncio.create_task(run_controller(make_learner(cfg, engine, b), stop))
+            while lt.get_round(engine, 0)["state"] in ("collecting", "training_policy"):
+                assert not task.done() and time.monotonic() < deadline + 120, "policy training did not finish"
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(task, 60)
+        assert lt.get_round(engine, 0)["eval"]["sft"]["resumed_from_step"] >= 4
+    finally:
         engine.dispose()
