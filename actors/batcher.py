@@ -64,8 +64,15 @@ class _ScoreReq:
 class ModelWorker:
     """Serialises backend and PPM calls in one thread, batching concurrent requests."""
 
-    def __init__(self, backend: Backend, scorer=None, max_batch: int = 64):
+    def __init__(self, backend: Backend, scorer=None, max_batch: int = 64,
+                 linger_s: float = 0.25, linger_step_s: float = 0.02):
         self.backend = backend
+        # When the model frees up, the trees that just got their results are still running
+        # their candidates in the sandbox; dispatching at once would send a batch of one tree.
+        # So the dispatcher lingers while requests keep arriving (each step of linger_step_s
+        # that brings a new one extends it, up to linger_s) — milliseconds against calls of
+        # seconds. Measured: without it the search averaged 7 sequences a call instead of 32.
+        self.linger_s, self.linger_step_s = linger_s, linger_step_s
         self.scorer = scorer  # an object with .score(list[str]) -> list[float] and .version
         self.max_batch = max_batch
         self.stats = WorkerStats()
@@ -156,8 +163,21 @@ class ModelWorker:
                 reqs, self._score = self._score, []
                 await self._do_score(reqs)
             if self._gen:
+                await self._linger()
                 params, reqs = self._take_gen_batch()
                 await self._do_generate(params, reqs)
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_s
+        while loop.time() < deadline and not self._score and not self._between_calls:
+            queued = sum(r.params.n for r in self._gen)
+            if queued >= self.max_batch:
+                return
+            seen = len(self._gen)
+            await asyncio.sleep(self.linger_step_s)
+            if len(self._gen) == seen:
+                return
 
     async def _do_generate(self, params: GenParams, reqs: list[_GenReq]) -> None:
         version = self.backend.version  # swaps run in this task, so it cannot change mid-call
