@@ -164,6 +164,8 @@ class ModelWorker:
                 await self._do_score(reqs)
             if self._gen:
                 await self._linger()
+                if self._between_calls:  # a swap arrived while lingering: it goes first
+                    continue
                 params, reqs = self._take_gen_batch()
                 await self._do_generate(params, reqs)
 
