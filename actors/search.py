@@ -41,16 +41,17 @@ class SearchContext:
     actor_id: str = "local"
     round: int = 0
     grade: Callable[[str | None, str], bool] | None = None
-    _heads: dict[str, str] = field(default_factory=dict)
+    _heads: dict[tuple[str, bool], str] = field(default_factory=dict)
 
     def prompt(self, question: str, steps: list[str]) -> str:
         # The chat-formatted head (with few-shot examples) is the same for every node of a tree.
-        head = self._heads.get(question)
+        key = (question, self.generation.few_shot)  # a swap to a trained policy drops few-shot
+        head = self._heads.get(key)
         if head is None:
             head = fmt.build_prompt(question, [], self.chat_template, self.generation.few_shot)
             if len(self._heads) > 4096:
                 self._heads.clear()
-            self._heads[question] = head
+            self._heads[key] = head
         return head + fmt.render_steps(steps)
 
     def params(self, n: int, temperature: float | None = None) -> GenParams:

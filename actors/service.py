@@ -111,6 +111,9 @@ class Actor:
                     job.task.result()  # a failure here is a bug (publish/ack errors are handled)
 
     async def fetch(self, sub) -> None:
+        if self.cfg.actor.wait_for_model and not self.watcher.current.policy_sha256:
+            await asyncio.sleep(self.cfg.actor.fetch_timeout_s)  # no published model yet
+            return
         free = self.k - len(self.jobs)
         try:
             got = await fetch_problems(self.b, sub, min(free, self.cfg.actor.fetch_batch),

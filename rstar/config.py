@@ -295,6 +295,9 @@ class ActorConfig(Section):
     checkpoint_dir: Path | None = None
     """Where downloaded checkpoints are cached, one directory per version; None =
     ``data_dir/checkpoints``. Only the serving pair and the one being loaded are kept."""
+    wait_for_model: bool = False
+    """Pull no problems until a model pointer exists (``rstar up`` sets this while the learner's
+    bootstrap teacher trains round 0: base-model trees would use up the pool for nothing)."""
     swap_retry_s: float = Field(5.0, gt=0)
     """Wait before retrying a checkpoint download that failed for a transient reason (broker away)."""
 

@@ -119,6 +119,8 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
     from broker.server import embedded_server
     from store.db import open_store
 
+    if cfg.learner.teacher != "none":  # actors wait for the bootstrap policy (see ActorConfig)
+        cfg = cfg.model_copy(update={"actor": cfg.actor.model_copy(update={"wait_for_model": True})})
     run_dir = (cfg.data_dir / "run").resolve()
     resolved = run_dir / "config.json"
     dump_config(cfg, resolved)

@@ -116,3 +116,12 @@ async def test_search_runs_on_the_tiny_model(tiny_model_dir):
         stats = ctx.worker.stats.snapshot()
     assert tree.rollouts == 2 and tree.nodes[0].visits == 2
     assert stats["gen_tokens"] > 0 and stats["gen_calls"] >= 1
+
+
+def test_prompt_head_follows_the_few_shot_switch():
+    c = cfg()
+    ctx = SearchContext(worker=None, sandbox=None, search=c.search,
+                        generation=c.generation.model_copy(update={"few_shot": True}))
+    assert "Lena buys" in ctx.prompt("Q?", [])
+    ctx.generation = ctx.generation.model_copy(update={"few_shot": False})
+    assert "Lena buys" not in ctx.prompt("Q?", [])
