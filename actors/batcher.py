@@ -14,6 +14,7 @@ batch sizes. A model swap (``swap``) runs between two calls, never during one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class ModelWorker:
     """Serialises backend and PPM calls in one thread, batching concurrent requests."""
 
     def __init__(self, backend: Backend, scorer=None, max_batch: int = 64,
-                 linger_s: float = 0.25, linger_step_s: float = 0.02):
+                 linger_s: float = 1.0, linger_step_s: float = 0.02):
         self.backend = backend
         # When the model frees up, the trees that just got their results are still running
         # their candidates in the sandbox; dispatching at once would send a batch of one tree.
@@ -73,6 +74,9 @@ class ModelWorker:
         # that brings a new one extends it, up to linger_s) — milliseconds against calls of
         # seconds. Measured: without it the search averaged 7 sequences a call instead of 32.
         self.linger_s, self.linger_step_s = linger_s, linger_step_s
+        self.linger_frac = 0.1
+        self.clients = 0
+        self._last_call_s = 1.0
         self.scorer = scorer  # an object with .score(list[str]) -> list[float] and .version
         self.max_batch = max_batch
         self.stats = WorkerStats()
@@ -170,16 +174,37 @@ class ModelWorker:
                 await self._do_generate(params, reqs)
 
     async def _linger(self) -> None:
+        """Wait (briefly) for the other clients' requests before dispatching a call.
+
+        With registered clients (``client()``: every tree or chain in flight), wait until each
+        has a request queued, or the batch is full, or ``linger_frac`` of the last call's time
+        has passed (a tree stuck in a slow sandbox run must not stall the rest). Without
+        clients, wait while new requests keep arriving every ``linger_step_s``.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.linger_s
+        if self.clients:
+            budget = min(self.linger_s, self.linger_frac * self._last_call_s)
+        else:
+            budget = self.linger_s
+        deadline = loop.time() + budget
         while loop.time() < deadline and not self._score and not self._between_calls:
-            queued = sum(r.params.n for r in self._gen)
-            if queued >= self.max_batch:
+            if sum(r.params.n for r in self._gen) >= self.max_batch:
+                return
+            if self.clients and len(self._gen) >= self.clients:
                 return
             seen = len(self._gen)
-            await asyncio.sleep(self.linger_step_s)
-            if len(self._gen) == seen:
+            await asyncio.sleep(self.linger_step_s / (4 if self.clients else 1))
+            if not self.clients and len(self._gen) == seen:
                 return
+
+    @contextlib.asynccontextmanager
+    async def client(self):
+        """Mark one tree/chain as in flight for the linger rule (see ``_linger``)."""
+        self.clients += 1
+        try:
+            yield
+        finally:
+            self.clients -= 1
 
     async def _do_generate(self, params: GenParams, reqs: list[_GenReq]) -> None:
         version = self.backend.version  # swaps run in this task, so it cannot change mid-call
@@ -193,7 +218,8 @@ class ModelWorker:
                     r.future.set_exception(e)
             return
         finally:
-            self.stats.busy_s += time.perf_counter() - t0
+            self._last_call_s = time.perf_counter() - t0
+            self.stats.busy_s += self._last_call_s
         self.stats.gen_calls += 1
         self.stats.gen_sequences += len(reqs) * params.n
         for r, out in zip(reqs, outs):

@@ -145,10 +145,11 @@ async def search_tree(problem: Problem, ctx: SearchContext, rollouts: int | None
     tree = Tree(problem, c_uct=s.c_uct, max_depth=s.max_depth, ppm_init=s.ppm_init,
                 seed=s.seed)
     started = time.time()
-    for _ in range(rollouts or s.rollouts):
-        await rollout(tree, ctx, use_reference)
-        if on_rollout is not None:
-            on_rollout(tree)
+    async with ctx.worker.client():
+        for _ in range(rollouts or s.rollouts):
+            await rollout(tree, ctx, use_reference)
+            if on_rollout is not None:
+                on_rollout(tree)
     return tree_result(tree, ctx, started)
 
 
@@ -203,6 +204,11 @@ class Chain:
 
 async def sample_chain(problem: Problem, ctx: SearchContext, temperature: float) -> Chain:
     """One trajectory, step by step, each step executed; a step that fails ends the chain."""
+    async with ctx.worker.client():
+        return await _chain(problem, ctx, temperature)
+
+
+async def _chain(problem: Problem, ctx: SearchContext, temperature: float) -> Chain:
     steps: list[str] = []
     tokens = 0
     for _ in range(ctx.search.max_depth):
