@@ -175,9 +175,8 @@ def follow_pointer(ctx, pair: ModelPair) -> None:
     if not pair.policy_sha256:
         return
     ctx.search = ctx.search.model_copy(update={"ppm_init": bool(pair.ppm_version)})
-    if ctx.generation.few_shot:
+    if ctx.generation.few_shot:  # prompt heads are cached per few-shot setting: no stale ones
         ctx.generation = ctx.generation.model_copy(update={"few_shot": False})
-        ctx._heads.clear()  # the per-question prompt heads were built with the examples
 
 
 async def _start_search(stack: contextlib.AsyncExitStack, b: Broker, cfg: Config, actor_id: str,
