@@ -14,6 +14,7 @@ batch sizes. A model swap (``swap``) runs between two calls, never during one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class ModelWorker:
         self.linger_frac = 0.1
         self.clients = 0
         self._last_call_s = 1.0
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
         self.scorer = scorer  # an object with .score(list[str]) -> list[float] and .version
         self.max_batch = max_batch
         self.stats = WorkerStats()
@@ -113,6 +115,7 @@ class ModelWorker:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self._executor.shutdown(wait=False)
 
     def check(self) -> None:
         """Raise the dispatcher's error if it died (call from the owner's main loop)."""
@@ -161,7 +164,7 @@ class ModelWorker:
                 await self._wake.wait()
             while self._between_calls:
                 fn = self._between_calls.pop(0)
-                await asyncio.to_thread(fn)
+                await self._in_model_thread(fn)
             # Scoring first: a scored candidate unblocks a tree, which then queues more generation.
             if self._score:
                 reqs, self._score = self._score, []
@@ -172,6 +175,11 @@ class ModelWorker:
                     continue
                 params, reqs = self._take_gen_batch()
                 await self._do_generate(params, reqs)
+
+    async def _in_model_thread(self, fn, *args):
+        """Run ``fn`` on the worker's own thread: never queued behind other to_thread work
+        (graders, DB writes), so model time is model time."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _linger(self) -> None:
         """Wait (briefly) for the other clients' requests before dispatching a call.
@@ -210,7 +218,7 @@ class ModelWorker:
         version = self.backend.version  # swaps run in this task, so it cannot change mid-call
         t0 = time.perf_counter()
         try:
-            outs = await asyncio.to_thread(self.backend.generate, [r.prompt for r in reqs], params)
+            outs = await self._in_model_thread(self.backend.generate, [r.prompt for r in reqs], params)
         except Exception as e:  # deliver the failure to every waiter, keep serving
             log.exception("backend.generate failed for %d prompts", len(reqs))
             for r in reqs:
@@ -232,7 +240,7 @@ class ModelWorker:
         version = self.ppm_version
         t0 = time.perf_counter()
         try:
-            scores = await asyncio.to_thread(self.scorer.score, texts)
+            scores = await self._in_model_thread(self.scorer.score, texts)
         except Exception as e:
             log.exception("PPM scoring failed for %d texts", len(texts))
             for r in reqs:

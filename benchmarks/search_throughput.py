@@ -4,11 +4,12 @@
 
 One run, one loaded model, three measurements:
 
-- ``raw_tokens_per_s``: the backend alone, ``generate()`` on ``k`` root prompts × ``n`` samples
-  (batch B = k·n sequences, the batch the search asks for when all k trees expand at once).
+- ``raw_tokens_per_s``: the backend alone, ``generate()`` on B/n root prompts × ``n`` samples
+  (batch B = ``--batch`` sequences, the worker's ``max_batch``).
 - ``search_tokens_per_s``: generated tokens per wall second of ``search_many`` with ``k`` trees in
-  flight — expansions batched by ``actors.batcher.ModelWorker``, candidates executed in the
-  sandbox, grading, all concurrently.
+  flight — expansions batched by ``actors.batcher.ModelWorker`` into calls of at most B
+  sequences, candidates executed in the sandbox, grading, all concurrently. ``k`` defaults to
+  2·B/n: while some trees run their candidates in the sandbox, the others fill the batch.
 - ``lockstep_tokens_per_s``: the same search one tree at a time (k = 1), on fewer problems.
 - ``model_busy_fraction``: share of the search's wall time the model thread was computing.
 
@@ -55,13 +56,14 @@ async def run_search(cfg, backend, problems, k: int, rollouts: int) -> dict:
                 "mean_batch_sequences": round(s.gen_sequences / max(s.gen_calls, 1), 2)}
 
 
-def run_raw(cfg, backend, problems, k: int, n: int, repeats: int) -> dict:
+def run_raw(cfg, backend, problems, batch: int, n: int, repeats: int) -> dict:
     template = chat_template_for(backend.tokenizer)
     g = cfg.generation
     params = GenParams(n=n, max_tokens=g.max_step_tokens, temperature=g.temperature,
                        top_p=g.top_p, stop=tuple(fmt.STOP))
     backend.generate([fmt.build_prompt(problems[0].question, [], template)], GenParams(n=1, max_tokens=4))
     tokens, wall = 0, 0.0
+    k = max(1, batch // n)
     for r in range(repeats):
         batch = problems[r * k:(r + 1) * k] or problems[:k]
         prompts = [fmt.build_prompt(p.question, [], template, g.few_shot) for p in batch]
@@ -78,25 +80,27 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print only the JSON figures")
     ap.add_argument("--problems", type=int, default=24)
     ap.add_argument("--lockstep-problems", type=int, default=4)
-    ap.add_argument("--k", type=int, default=16, help="trees in flight")
+    ap.add_argument("--batch", type=int, default=32, help="B: sequences per backend call")
+    ap.add_argument("--k", type=int, default=0, help="trees in flight (default 2·B/n)")
     ap.add_argument("--n", type=int, default=4, help="candidates per expansion")
     ap.add_argument("--rollouts", type=int, default=2)
     ap.add_argument("--max-step-tokens", type=int, default=48)
     ap.add_argument("--raw-repeats", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="config override section.field=value")
     a = ap.parse_args()
+    a.k = a.k or max(1, 2 * a.batch // a.n)
     cfg = load_config(overrides=[f"search.n_children={a.n}", f"generation.max_step_tokens={a.max_step_tokens}",
-                                 f"model.max_batch={max(64, a.k * a.n)}", *a.set])
+                                 f"model.max_batch={a.batch}", *a.set])
     problems = synthetic_problems(a.problems, "heldout", (1, 2), seed=1)
     t0 = time.perf_counter()
     backend = setup_backend(cfg)
     load_s = time.perf_counter() - t0
-    raw = run_raw(cfg, backend, problems, a.k, a.n, a.raw_repeats)
+    raw = run_raw(cfg, backend, problems, a.batch, a.n, a.raw_repeats)
     search = asyncio.run(run_search(cfg, backend, problems, a.k, a.rollouts))
     lock = asyncio.run(run_search(cfg, backend, problems[:a.lockstep_problems], 1, a.rollouts))
     out = {
         "model": cfg.model.policy, "backend": backend.name, "load_s": round(load_s, 2),
-        "k": a.k, "n": a.n, "rollouts": a.rollouts, "max_step_tokens": a.max_step_tokens,
+        "batch": a.batch, "k": a.k, "n": a.n, "rollouts": a.rollouts, "max_step_tokens": a.max_step_tokens,
         "raw_tokens_per_s": raw["tokens_per_s"],
         "search_tokens_per_s": search["tokens_per_s"],
         "lockstep_tokens_per_s": lock["tokens_per_s"],
