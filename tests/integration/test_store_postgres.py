@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 
 import msgspec
 import pytest
@@ -19,12 +18,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased
 
 from rstar.schemas import Node, Problem, TreeResult
-from store.db import current_revision, head_revision, make_engine, migrate, open_store
+from store.db import current_revision, head_revision, open_store
 from store.models import Base, NodeRow, TreeRow
 from store.queries import TreeFilter, get_tree, list_trees, stats, trajectories
 from store.sample_trees import sample_problem, sample_tree
 from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import upsert_trees
+from store_helpers import migrate_at_once, run_at_once
 
 ADMIN_URL = os.environ.get("RSTAR_TEST_PG_ADMIN_URL", DEFAULT_ADMIN_URL)
 
@@ -66,25 +66,9 @@ def test_migrated_schema_equals_the_models(engine):
 
 
 def test_writers_migrating_one_fresh_database_at_once_all_succeed(fresh_pg_url):
-    engines = [make_engine(fresh_pg_url) for _ in range(3)]
-    start, errors = threading.Barrier(3), []
-
-    def run(engine):
-        start.wait()
-        try:
-            migrate(engine)
-        except Exception as e:  # surfaced by the assert below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors, revisions = migrate_at_once(fresh_pg_url, 3)
     assert errors == []
-    assert all(current_revision(e) == head_revision() for e in engines)
-    for e in engines:
-        e.dispose()
+    assert revisions == [head_revision()] * 3
 
 
 def test_copy_writer_round_trips_awkward_text_and_nulls(engine):
@@ -106,20 +90,12 @@ def test_copy_writer_round_trips_awkward_text_and_nulls(engine):
 def test_repeats_and_racing_writers_store_each_tree_once(fresh_pg_url):
     trees = [sample_tree(random.Random(i), 40, round=1) for i in range(30)]
     engines = [open_store(fresh_pg_url) for _ in range(3)]
-    results, errors = [], []
 
     def write(e, order):
-        try:
-            results.append(sum(upsert_trees(e, [trees[i] for i in order[k:k + 10]]) for k in range(0, 30, 10)))
-        except Exception as exc:  # surfaced by the assert below
-            errors.append(exc)
+        return sum(upsert_trees(e, [trees[i] for i in order[k:k + 10]]) for k in range(0, 30, 10))
 
     orders = [list(range(30)), list(range(29, -1, -1)), random.Random(5).sample(range(30), 30)]
-    threads = [threading.Thread(target=write, args=(e, o)) for e, o in zip(engines, orders)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    results, errors = run_at_once(write, list(zip(engines, orders)))
     assert not errors, errors
     assert sum(results) == 30
     assert upsert_trees(engines[0], trees) == 0

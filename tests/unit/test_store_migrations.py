@@ -3,8 +3,6 @@ of writers at once; pragmas and the default URL."""
 
 from __future__ import annotations
 
-import threading
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -12,6 +10,7 @@ from sqlalchemy import inspect, text
 from rstar.config import load_config
 from store.db import current_revision, head_revision, make_engine, migrate, open_store
 from store.models import Base
+from store_helpers import migrate_at_once
 
 
 def test_migrated_schema_equals_the_models(tmp_path):
@@ -51,22 +50,6 @@ def test_the_default_store_is_a_sqlite_file_under_data_dir(tmp_path):
 
 def test_writers_migrating_one_fresh_file_at_once_all_succeed(tmp_path):
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    engines = [make_engine(url) for _ in range(4)]
-    start, errors = threading.Barrier(4), []
-
-    def run(engine):
-        start.wait()
-        try:
-            migrate(engine)
-        except Exception as e:  # surfaced by the assert below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors, revisions = migrate_at_once(url, 4)
     assert errors == []
-    assert all(current_revision(e) == head_revision() for e in engines)
-    for e in engines:
-        e.dispose()
+    assert revisions == [head_revision()] * 4

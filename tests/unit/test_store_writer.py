@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 
 import msgspec
 import pytest
@@ -14,6 +13,7 @@ from store.db import open_store
 from store.models import NodeRow, ProblemRow, TreeRow
 from store.sample_trees import sample_problem, sample_tree
 from store.writer import InvalidProblemError, InvalidTreeError, check_tree, upsert_problems, upsert_trees
+from store_helpers import run_at_once
 
 
 @pytest.fixture
@@ -126,19 +126,11 @@ def test_concurrent_writers_of_the_same_trees_store_each_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'race.db'}"
     trees = _trees(20, seed=3)
     engines = [open_store(url) for _ in range(3)]
-    results, errors = [], []
 
     def write(e):
-        try:
-            results.append(sum(upsert_trees(e, trees[i:i + 5]) for i in range(0, 20, 5)))
-        except Exception as exc:  # surfaced below: the test fails with it
-            errors.append(exc)
+        return sum(upsert_trees(e, trees[i:i + 5]) for i in range(0, 20, 5))
 
-    threads = [threading.Thread(target=write, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_at_once(write, [(e,) for e in engines])
     assert not errors and sum(results) == 20
     assert _count(engines[0], NodeRow) == sum(len(t.nodes) for t in trees)
     for e in engines:
