@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from actors.sandbox import SandboxError, SandboxPool
+from actors.sandbox import SandboxPool
 from rstar.config import SandboxConfig
+from sandbox_helpers import start_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CFG = SandboxConfig(workers=2, timeout_s=2.0, cpu_s=2, memory_mb=256, max_output_chars=1000,
@@ -28,20 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
 
-async def start_pool(cfg: SandboxConfig = CFG) -> SandboxPool:
-    pool = SandboxPool(cfg)
-    try:
-        await pool.start()
-    except SandboxError as e:
-        if "isolation" in str(e):
-            pytest.skip(f"strict sandbox isolation unavailable here: {e}")
-        raise
-    return pool
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def pool():
-    pool = await start_pool()
+    pool = await start_pool(CFG)
     yield pool
     await pool.close()
 

@@ -16,21 +16,11 @@ import pytest_asyncio
 from actors.sandbox import ExecResult, SandboxError, SandboxPool, run_sync
 from rstar.config import SandboxConfig
 from rstar.steps import StepFormatError
+from sandbox_helpers import start_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 # snapshot_min_ms=0: cache every faithful prefix, however cheap, so the tests exercise it
 CFG = SandboxConfig(workers=2, timeout_s=3.0, cpu_s=3, grace_s=5.0, snapshot_min_ms=0.0)
-
-
-async def start_pool(cfg: SandboxConfig) -> SandboxPool:
-    pool = SandboxPool(cfg)
-    try:
-        await pool.start()
-    except SandboxError as e:
-        if "isolation" in str(e):
-            pytest.skip(f"strict sandbox isolation unavailable here: {e}")
-        raise
-    return pool
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
