@@ -63,6 +63,13 @@ class _ScoreReq:
     future: asyncio.Future
 
 
+def _fail(reqs: list[_GenReq] | list[_ScoreReq], error: BaseException) -> None:
+    """Deliver ``error`` to every request still waiting (a cancelled waiter is skipped)."""
+    for r in reqs:
+        if not r.future.done():
+            r.future.set_exception(error)
+
+
 class ModelWorker:
     """Serialises backend and PPM calls in one thread, batching concurrent requests."""
 
@@ -221,9 +228,7 @@ class ModelWorker:
             outs = await self._in_model_thread(self.backend.generate, [r.prompt for r in reqs], params)
         except Exception as e:  # deliver the failure to every waiter, keep serving
             log.exception("backend.generate failed for %d prompts", len(reqs))
-            for r in reqs:
-                if not r.future.done():
-                    r.future.set_exception(e)
+            _fail(reqs, e)
             return
         finally:
             self._last_call_s = time.perf_counter() - t0
@@ -241,11 +246,9 @@ class ModelWorker:
         t0 = time.perf_counter()
         try:
             scores = await self._in_model_thread(self.scorer.score, texts)
-        except Exception as e:
+        except Exception as e:  # deliver the failure to every waiter, keep serving
             log.exception("PPM scoring failed for %d texts", len(texts))
-            for r in reqs:
-                if not r.future.done():
-                    r.future.set_exception(e)
+            _fail(reqs, e)
             return
         finally:
             self.stats.busy_s += time.perf_counter() - t0
