@@ -9,6 +9,10 @@ never fight over the CPU cores.
 
 The worker also counts what the benchmark reports: generated tokens, busy seconds, calls and
 batch sizes. A model swap (``swap``) runs between two calls, never during one.
+
+A failed backend call fails exactly the requests it carried (the worker keeps serving). No
+request waits forever: when the worker is closed, or its dispatcher dies, every request still
+queued or in the call gets ``WorkerClosedError``, and new ones are refused with it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class _ScoreReq:
     future: asyncio.Future
 
 
+class WorkerClosedError(RuntimeError):
+    """The worker was closed, or its dispatcher died, while this request waited."""
+
+
 def _fail(reqs: list[_GenReq] | list[_ScoreReq], error: BaseException) -> None:
     """Deliver ``error`` to every request still waiting (a cancelled waiter is skipped)."""
     for r in reqs:
@@ -94,6 +102,8 @@ class ModelWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._between_calls: list[Callable[[], None]] = []
+        self._inflight: list[_GenReq] | list[_ScoreReq] = []  # the call the dispatcher is in
+        self._closed = False
 
     @property
     def policy_version(self) -> str:
@@ -112,17 +122,35 @@ class ModelWorker:
 
     def start(self) -> None:
         self.stats = WorkerStats()
+        self._closed = False
         self._task = asyncio.create_task(self._run(), name="model-worker")
+        self._task.add_done_callback(self._fail_waiting)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Stop the dispatcher and release the model thread; re-raises a dead dispatcher's error."""
+        self._closed = True
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+        finally:  # released even when the dispatcher's error is re-raised
             self._task = None
-        self._executor.shutdown(wait=False)
+            self._executor.shutdown(wait=False)
+
+    def _fail_waiting(self, task: asyncio.Task) -> None:
+        """The dispatcher ended (closed, or crashed): no request may wait for it forever."""
+        why = "closed" if task.cancelled() or task.exception() is None else \
+            f"dispatcher died: {task.exception()!r}"
+        waiting = [*self._inflight, *self._gen, *self._score]
+        self._inflight, self._gen, self._score = [], [], []
+        _fail(waiting, WorkerClosedError(f"model worker {why}"))
+
+    def _check_open(self) -> None:
+        if self._closed or (self._task is not None and self._task.done()):
+            raise WorkerClosedError("model worker is closed")
 
     def check(self) -> None:
         """Raise the dispatcher's error if it died (call from the owner's main loop)."""
@@ -131,6 +159,7 @@ class ModelWorker:
 
     async def generate(self, prompt: str, params: GenParams) -> tuple[list[Generation], str]:
         """``params.n`` continuations of ``prompt`` and the policy version that produced them."""
+        self._check_open()
         fut = asyncio.get_running_loop().create_future()
         self._gen.append(_GenReq(prompt, params, fut))
         self._wake.set()
@@ -140,6 +169,7 @@ class ModelWorker:
         """PPM scores in [-1, 1] for ``texts`` and the PPM version; Nones without a PPM."""
         if self.scorer is None or not texts:
             return [None] * len(texts), self.ppm_version
+        self._check_open()
         fut = asyncio.get_running_loop().create_future()
         self._score.append(_ScoreReq(texts, fut))
         self._wake.set()
@@ -174,14 +204,18 @@ class ModelWorker:
                 await self._in_model_thread(fn)
             # Scoring first: a scored candidate unblocks a tree, which then queues more generation.
             if self._score:
-                reqs, self._score = self._score, []
+                reqs = self._inflight = self._score
+                self._score = []
                 await self._do_score(reqs)
+                self._inflight = []
             if self._gen:
                 await self._linger()
                 if self._between_calls:  # a swap arrived while lingering: it goes first
                     continue
                 params, reqs = self._take_gen_batch()
+                self._inflight = reqs
                 await self._do_generate(params, reqs)
+                self._inflight = []
 
     async def _in_model_thread(self, fn, *args):
         """Run ``fn`` on the worker's own thread: never queued behind other to_thread work
