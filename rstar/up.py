@@ -132,12 +132,6 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
         seeded = asyncio.run(seed_problems(cfg, opts))
         log.info("problem pool: %s", seeded)
         sup = Supervisor(run_dir / "logs", env)
-        sup.add("learner", rstar_argv(["learner"], str(resolved), []))
-        for i in range(opts.actors):
-            sup.add(f"actor-{i}", rstar_argv(["actor"], str(resolved), [f"actor.id=actor-{i}"]))
-        if opts.api:
-            sup.add("api", rstar_argv(["serve"], str(resolved), []))
-
         stop = asyncio.Event()
 
         async def main() -> None:
@@ -146,9 +140,17 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
                 loop.add_signal_handler(sig, stop.set)
             await _watch(cfg, engine, sup, opts, stop, time.monotonic())
 
+        # Children run in their own sessions (Ctrl-C does not reach them): once one is started,
+        # any failure, even starting the next, must still stop it.
         try:
+            sup.add("learner", rstar_argv(["learner"], str(resolved), []))
+            for i in range(opts.actors):
+                sup.add(f"actor-{i}", rstar_argv(["actor"], str(resolved), [f"actor.id=actor-{i}"]))
+            if opts.api:
+                sup.add("api", rstar_argv(["serve"], str(resolved), []))
             asyncio.run(main())
         finally:
             log.info("stopping %d processes…", len(sup.children))
             sup.stop(grace_s=60.0)
+            engine.dispose()
     log.info("stopped; run `rstar up` again to resume (logs: %s)", run_dir / "logs")
