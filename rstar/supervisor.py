@@ -112,5 +112,8 @@ class Supervisor:
                 c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0fs: killing it", c.name, grace_s)
-                os.killpg(c.proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # its whole group exited just now: nothing to kill
+                    pass
                 c.proc.wait()
