@@ -10,7 +10,8 @@ model and the sandbox; this module only keeps the numbers right.
   unvisited children first — highest PPM score first when there is one, else in sampling order.
 - Values: a terminal node is worth +1 when its answer matches the reference and −1 otherwise
   (terminal-guided search). Without a reference (inference), a terminal node is worth its PPM
-  score, or 0 without a PPM. A dead end (no candidate ran, or the depth limit) is worth −1.
+  score, or 0 without a PPM. A dead end (no candidate ran, or the depth limit) is worth −1; a
+  node none of whose candidates ran is expanded again (fresh samples) when selected again.
 - PPM-augmented Q (``ppm_init``, paper rounds ≥ 3): a new node starts with its PPM score as one
   virtual visit, so ``Q = (ppm_score + sum of backed-up values) / (visits + 1)``.
 - Q of a node is the mean of the values backed up through it.
@@ -105,8 +106,10 @@ class Tree:
             idx = self.best_child(idx)
 
     def needs_expansion(self, idx: int) -> bool:
+        """Not expanded yet — or expanded with no candidate that ran: sample again (the dead end
+        was backed up as −1, so UCT only comes back here when the alternatives look no better)."""
         n = self.nodes[idx]
-        return not n.terminal and not n.expanded and n.depth < self.max_depth
+        return not n.terminal and not n.children and n.depth < self.max_depth
 
     def expand(self, idx: int, candidates: list[Candidate]) -> list[int]:
         """Attach the candidates that ran as children of ``idx`` (identical steps kept once)."""

@@ -69,8 +69,10 @@ def test_dead_ends_and_depth_limit_are_worth_minus_one():
     assert not t.needs_expansion(a)  # at the depth limit
     assert t.leaf_value(a) == -1.0
     t2 = tree()
-    t2.expand(0, [])  # nothing ran
-    assert t2.select() == 0 and not t2.needs_expansion(0) and t2.leaf_value(0) == -1.0
+    t2.expand(0, [])  # nothing ran: worth -1 now, sampled afresh when selected again
+    assert t2.select() == 0 and t2.leaf_value(0) == -1.0 and t2.needs_expansion(0)
+    (b,) = t2.expand(0, [cand("x = 2\n")])
+    assert t2.nodes[0].children == [b] and not t2.needs_expansion(0)
 
 
 def test_terminal_values_with_and_without_reference():
