@@ -186,6 +186,12 @@ class Tree:
         votes = Counter(self.nodes[i].answer for i in terms)
         return max(terms, key=lambda i: (votes[self.nodes[i].answer], self.mean_q(i)))
 
+    def answer_node(self) -> int | None:
+        """The terminal whose answer the tree gives: the best verified one (highest mean Q) when
+        some terminal was graded correct, else ``best_terminal``."""
+        correct = [i for i in self.terminals() if self.nodes[i].correct]
+        return max(correct, key=self.mean_q) if correct else self.best_terminal()
+
     def to_nodes(self) -> list[Node]:
         return [Node(idx=n.idx, parent=n.parent, depth=n.depth, text=n.text,
                      code_output=n.code_output, visits=n.visits, q=round(self.q(n.idx), 6),

@@ -154,15 +154,12 @@ async def search_tree(problem: Problem, ctx: SearchContext, rollouts: int | None
 
 
 def tree_result(tree: Tree, ctx: SearchContext, started: float) -> TreeResult:
-    best = tree.best_terminal()
-    correct = [i for i in tree.terminals() if tree.nodes[i].correct]
-    if correct:  # with a reference, the best answer is the best verified one
-        best = max(correct, key=tree.mean_q)
+    best = tree.answer_node()
     return TreeResult(
         tree_id=uuid.uuid4().hex, problem=tree.problem,
         actor_id=ctx.actor_id, policy_version=ctx.worker.policy_version,
         ppm_version=ctx.worker.ppm_version, started_at=started, finished_at=time.time(),
-        nodes=tree.to_nodes(), solved=bool(correct),
+        nodes=tree.to_nodes(), solved=tree.solved(),
         best_answer=tree.nodes[best].answer if best is not None else None,
         round=ctx.round, rollouts=tree.rollouts)
 

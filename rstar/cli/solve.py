@@ -15,14 +15,11 @@ EXAMPLE = ("A baker makes 24 muffins. She sells 3 boxes of 6 muffins each. "
 
 
 def best_path(tree) -> list[int]:
-    """Node path of the answer the search gives, or of the most promising unfinished line."""
-    idx = tree.best_terminal()
-    if idx is None:
-        leaves = [n.idx for n in tree.nodes if not n.children and n.idx]
-        if not leaves:
-            return []
-        idx = max(leaves, key=lambda i: (tree.nodes[i].depth, tree.mean_q(i)))
-    return tree.path(idx)
+    """Without an answer: node path of the most promising unfinished line (deepest, best Q)."""
+    leaves = [n.idx for n in tree.nodes if not n.children and n.idx]
+    if not leaves:
+        return []
+    return tree.path(max(leaves, key=lambda i: (tree.nodes[i].depth, tree.mean_q(i))))
 
 
 def solve(
@@ -70,12 +67,8 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
     finally:
         await ctx_cm.__aexit__(None, None, None)
 
-    path = best_path(tree)
-    best = tree.best_terminal()
-    correct_terms = [i for i in tree.terminals() if tree.nodes[i].correct]
-    if correct_terms:
-        best = max(correct_terms, key=tree.mean_q)
-        path = tree.path(best)
+    best = tree.answer_node()
+    path = tree.path(best) if best is not None else best_path(tree)
     final = tree.nodes[best].answer if best is not None else None
     out = {
         "question": question, "answer": final,

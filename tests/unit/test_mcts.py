@@ -102,3 +102,11 @@ def test_to_nodes_keeps_every_node_and_its_provenance():
     assert [n.idx for n in nodes] == [0, 1]
     assert nodes[1].parent == 0 and nodes[1].depth == 1 and nodes[1].policy_version == "p1"
     assert nodes[1].q == 1.0 and nodes[1].visits == 1 and nodes[1].ppm_score == 0.2
+
+
+def test_answer_node_prefers_the_best_verified_terminal():
+    t = tree()
+    a, b, c = t.expand(0, [cand("answer = 5\n", True, "5", False), cand("answer = 5 \n", True, "5", False),
+                           cand("answer = 4\n", True, "4", True)])
+    assert t.nodes[t.best_terminal()].answer == "5"  # majority without the reference
+    assert t.answer_node() == c and t.solved()
