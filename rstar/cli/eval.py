@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import typer
@@ -56,16 +57,13 @@ async def _eval(cfg, problems, dataset, method, k, as_json):
     from learner.evaluate import evaluate
 
     console = Console(stderr=True)
-    with console.status("loading model and sandbox…"):
-        ctx_cm = setup_search(cfg)
-        ctx = await ctx_cm.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # the spinner covers loading only
+        with console.status("loading model and sandbox…"):
+            ctx = await stack.enter_async_context(setup_search(cfg))
         with Progress(console=console, transient=as_json) as bar:
             task = bar.add_task(f"{method} on {dataset}", total=len(problems))
             return await evaluate(problems, ctx, method, k, dataset=dataset,
                                   on_done=lambda _: bar.advance(task))
-    finally:
-        await ctx_cm.__aexit__(None, None, None)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -48,10 +49,9 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
     console = Console(stderr=as_json)
     n_rollouts = rollouts or cfg.search.rollouts
     problem = Problem(id=problem_id("cli", question), source="cli", question=question, answer=answer)
-    with console.status("loading model and sandbox…"):
-        ctx_cm = setup_search(cfg)
-        ctx = await ctx_cm.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # the spinner covers loading only
+        with console.status("loading model and sandbox…"):
+            ctx = await stack.enter_async_context(setup_search(cfg))
         s = cfg.search
         tree = Tree(problem, c_uct=s.c_uct, max_depth=s.max_depth, ppm_init=s.ppm_init, seed=s.seed)
         t0 = time.perf_counter()
@@ -64,8 +64,6 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
                 bar.update(task, advance=1, nodes=len(tree.nodes))
         elapsed = time.perf_counter() - t0
         stats = ctx.worker.stats.snapshot()
-    finally:
-        await ctx_cm.__aexit__(None, None, None)
 
     best = tree.answer_node()
     path = tree.path(best) if best is not None else best_path(tree)
