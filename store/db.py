@@ -23,7 +23,9 @@ then review the generated file under ``store/migrations/versions`` before commit
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from alembic import command
@@ -79,10 +81,10 @@ def _setup_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         # would autocommit statement by statement. Take transaction control: BEGIN is ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        _enable_wal(cur, busy_timeout_s)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -91,6 +93,23 @@ def _setup_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         # failing when a read transaction tries to upgrade to a write after another commit.
         mode = conn.get_execution_options().get("sqlite_begin", "")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def _enable_wal(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
+    """Switch the file to WAL (a no-op once it is). Switching a fresh file takes its exclusive
+    lock, and when several connections try at once SQLite answers the loser "database is locked"
+    at once, without waiting on the busy timeout (it would deadlock otherwise): retry until then."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.2)
 
 
 def alembic_config(connection=None) -> AlembicConfig:
