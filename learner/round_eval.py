@@ -53,6 +53,17 @@ def method_label(method: str, k: int, with_ppm: bool) -> str:
     return f"mcts+ppm@{k}" if with_ppm else f"mcts@{k}"
 
 
+def method_column(label: str) -> str:
+    """One name for a method across rounds: MCTS@k and MCTS+PPM@k become ``mcts(+ppm)@k`` (the
+    round's PPM, or its absence, says which ran); greedy and majority@k stay as they are."""
+    return "mcts(+ppm)@" + label.split("@")[1] if label.startswith("mcts") else label
+
+
+def method_rank(label: str) -> int:
+    """Display order of a method label: greedy, majority, MCTS (anything else last)."""
+    return next((i for i, m in enumerate(("greedy", "majority", "mcts")) if label.startswith(m)), 3)
+
+
 def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
     """The search settings of an evaluation: the round's models, no few-shot, PPM-augmented with a PPM."""
     return cfg.model_copy(update={
@@ -63,20 +74,37 @@ def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
 
 
 async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir: Path,
-                         ppm_dir: Path | None, round: int) -> dict:
-    """``{"sets": {name: {"n": n, "greedy": acc, "majority@k": acc, "mcts(+ppm)@k": acc}}, "seconds": s}``."""
+                         ppm_dir: Path | None, round: int, done: dict | None = None,
+                         on_figure=None) -> dict:
+    """``{"sets": {name: {"n": n, "greedy": acc, "majority@k": acc, "mcts(+ppm)@k": acc}}, "seconds": s}``.
+
+    ``done`` (the same shape) holds figures an interrupted evaluation already stored: those are
+    kept, not recomputed. ``await on_figure(figures)`` runs after each new figure, so a caller
+    can store progress (``learner.round_stages.evaluate_published`` does).
+    """
     from actors.runtime import setup_search
     from learner.evaluate import evaluate
 
     t0 = time.perf_counter()
     lc = cfg.learner
-    out: dict[str, dict] = {}
+    prior = float((done or {}).get("seconds", 0.0))
+    out: dict[str, dict] = {name: dict(figs) for name, figs in ((done or {}).get("sets") or {}).items()}
+
+    def figures() -> dict:
+        return {"sets": out, "seconds": float(f"{prior + time.perf_counter() - t0:.2f}")}  # `round` is the round here
+
+    todo = [(name, m) for name in sets for m in lc.eval_methods
+            if method_label(m, lc.eval_k, ppm_dir is not None) not in out.get(name, {})]
+    if not todo:
+        return figures()
     async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round=round) as ctx:
-        for name, problems in sets.items():
-            out[name] = {"n": len(problems)}
-            for method in lc.eval_methods:
-                res = await evaluate(problems, ctx, method, lc.eval_k, dataset=name)
-                out[name][method_label(method, lc.eval_k, ppm_dir is not None)] = res.accuracy
-                log.info("round %d eval: %s %s = %.3f (%d problems, %.0fs)", round, name,
-                         method_label(method, lc.eval_k, ppm_dir is not None), res.accuracy, res.n, res.seconds)
-    return {"sets": out, "seconds": float(f"{time.perf_counter() - t0:.2f}")}  # `round` is the round here
+        for name, method in todo:
+            label = method_label(method, lc.eval_k, ppm_dir is not None)
+            res = await evaluate(sets[name], ctx, method, lc.eval_k, dataset=name)
+            out.setdefault(name, {})["n"] = len(sets[name])
+            out[name][label] = res.accuracy
+            log.info("round %d eval: %s %s = %.3f (%d problems, %.0fs)", round, name, label, res.accuracy,
+                     res.n, res.seconds)
+            if on_figure is not None:
+                await on_figure(figures())
+    return figures()

@@ -94,9 +94,11 @@ async def _collect(L: Learner, row: dict) -> bool:
 
         patch["bootstrap"] = (await run_bootstrap(L.cfg, L.engine, L.exclude)).as_dict()
     counts = await asyncio.to_thread(lt.tree_counts, L.engine, r)
+    # A collecting round follows the configured quota (a restart with a new round_quota applies it).
+    quota = row["quota"] if r == 0 else lc.round_quota
     if not patch:
         age = (datetime.now(timezone.utc) - row["started_at"]).total_seconds()
-        if counts["trees"] < row["quota"] and (age < lc.round_time_limit_s or counts["trees"] == 0):
+        if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
     sel = await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, lc.sft_rounds_window, L.exclude)
     if not sel.sft and r > 0:
@@ -108,7 +110,7 @@ async def _collect(L: Learner, row: dict) -> bool:
     counts["solve_rate"] = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
     patch |= {"collect": counts, "data": {"sft_examples": len(sel.sft), "ppm_pairs": len(sel.pairs),
                                           "problems": sel.problems, "solved_problems": sel.solved_problems}}
-    return await _commit(L, r, "collecting", "training_policy", patch, sel=sel)
+    return await _commit(L, r, "collecting", "training_policy", patch, sel=sel, quota=quota)
 
 
 async def _train_policy(L: Learner, row: dict) -> bool:
@@ -131,21 +133,38 @@ async def _train_ppm(L: Learner, row: dict) -> bool:
     if not complete(d / "ppm"):
         pairs = await asyncio.to_thread(data.ppm_pairs, L.engine, r)
         if not pairs:
-            return await _commit(L, r, "training_ppm", "evaluating", {"ppm": {"note": "no pairs: no PPM"}})
+            return await _commit(L, r, "training_ppm", "publishing", {"ppm": {"note": "no pairs: no PPM"}})
         rep = await _in_thread(L, train_ppm, pairs, d / "policy", d / "ppm", L.cfg.train, d / "ppm-work")
         _write_json(d / "ppm.json", asdict(rep))
     rep = _read_json(d / "ppm.json")
-    return await _commit(L, r, "training_ppm", "evaluating",
+    return await _commit(L, r, "training_ppm", "publishing",
                          {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")})
 
 
-async def _evaluate(L: Learner, row: dict) -> bool:
+async def evaluate_published(L: Learner, row: dict) -> None:
+    """Evaluate a published round's pair and store the figures (``eval.accuracy``); no state move.
+
+    Runs beside the round stages (``learner.rounds.run_evaluator``), so the actors search with
+    the new pair while it is being evaluated; an interrupted evaluation resumes from the figures
+    it stored, method by method.
+    """
     from learner.round_eval import evaluate_round
 
     r, d = row["round"], round_dir(L.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
-    figures = await evaluate_round(L.cfg, L.sets, d / "policy", ppm, r)
-    return await _commit(L, r, "evaluating", "publishing", {"accuracy": figures})
+
+    async def store(patch: dict) -> None:
+        def run() -> None:
+            with lt.begin(L.engine) as conn:
+                lt.merge_eval(conn, r, patch)
+        await asyncio.to_thread(run)
+
+    # Each finished figure is stored at once (``accuracy_partial``): a restart resumes from it.
+    done = (row["eval"] or {}).get("accuracy_partial")
+    figures = await evaluate_round(L.cfg, L.sets, d / "policy", ppm, r, done=done,
+                                   on_figure=lambda figs: store({"accuracy_partial": figs}))
+    await store({"accuracy": figures, "accuracy_partial": None})
+    log.info("round %d: evaluated in %.0fs", r, figures["seconds"])
 
 
 async def _publish(L: Learner, row: dict) -> bool:
@@ -159,7 +178,7 @@ async def _publish(L: Learner, row: dict) -> bool:
     ev = row["eval"] or {}
     pub = await publish_pair(L.broker, L.engine, round=r, policy_dir=d / "policy", ppm_dir=ppm,
                              announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
-                             base=base_model(L.cfg), policy_metrics={"sft": ev.get("sft"), "accuracy": ev.get("accuracy")},
+                             base=base_model(L.cfg), policy_metrics={"sft": ev.get("sft")},
                              ppm_metrics={"ppm": ev.get("ppm")})
     unsolved = await asyncio.to_thread(lt.unsolved_problems, L.engine, r, lc.requeue_rollouts)
     for p in unsolved:  # the same attempt id twice is deduplicated by the broker
@@ -167,10 +186,11 @@ async def _publish(L: Learner, row: dict) -> bool:
         await requeue_problem(L.broker, Problem(id=p.id, source=p.source, question=p.question, answer=p.answer,
                                                 meta=meta), attempt=f"r{r + 1}")
     last = bool(lc.max_rounds) and r >= lc.max_rounds
-    return await _commit(L, r, "publishing", "published", {"requeued": len(unsolved)},
+    return await _commit(L, r, row["state"], "published", {"requeued": len(unsolved)},
                          nxt=None if last else r + 1, policy_version=pub.policy.version,
                          ppm_version=pub.ppm.version if pub.ppm else None)
 
 
 STAGES = {"collecting": _collect, "training_policy": _train_policy, "training_ppm": _train_ppm,
-          "evaluating": _evaluate, "publishing": _publish}
+          "publishing": _publish,
+          "evaluating": _publish}  # rounds stored before evaluation ran beside publishing

@@ -1,13 +1,15 @@
-"""The round controller: collect → select → train policy → train PPM → evaluate → publish → next.
+"""The round controller: collect → select → train policy → train PPM → publish → next, and evaluate.
 
     L = make_learner(cfg, engine, broker)
     await run_controller(L, stop)             # rstar learner runs this beside ingest
 
 Round R's state lives in the ``rounds`` table and moves one way:
-``collecting → training_policy → training_ppm → evaluating → publishing → published``; each move
-is one transaction together with what the finished stage produced (the selected rows, the training
-reports, the evaluation figures), so a restarted learner continues the round it was in and redoes
-no finished stage. Stage outputs on disk (``data_dir/learner/round-R/{policy,ppm}``, written
+``collecting → training_policy → training_ppm → publishing → published``; each move is one
+transaction together with what the finished stage produced (the selected rows, the training
+reports), so a restarted learner continues the round it was in and redoes no finished stage.
+Evaluation does not gate publishing: a second loop (``run_evaluator``) evaluates each published
+round whose figures are missing while the actors already search with its pair (on a CPU box the
+evaluation of round R overlaps the collection of round R + 1 instead of idling the actors). Stage outputs on disk (``data_dir/learner/round-R/{policy,ppm}``, written
 atomically with a MANIFEST) are checked before training; a half-trained model resumes from its
 training state (``learner.train_loop``).
 
@@ -19,9 +21,10 @@ training state (``learner.train_loop``).
 - **training_policy**: SFT from the base model (``learner.base_model``), as the paper.
 - **training_ppm**: PPM from this round's policy, when the round has pairs (round 0's linear
   teacher trees have none: round 0 publishes a policy without a PPM).
-- **evaluating**: greedy / majority@k / MCTS(+PPM)@k on the held-out sets, PPM pairwise accuracy.
 - **publishing**: Object Store, checkpoints rows, pointer ``round = R + 1`` (``learner.publish``);
   problems round R left unsolved are re-queued with ``meta["rollouts"] = requeue_rollouts``.
+- **evaluation** (after publishing, beside the next round): greedy / majority@k / MCTS(+PPM)@k on
+  the held-out sets, stored as ``eval.accuracy``; PPM pairwise accuracy comes from PPM training.
 
 Contract with the actors (DESIGN §4). An actor tags each tree with the pointer's ``round`` (0
 before any pointer exists), drops the few-shot prompt once it runs a published policy (they are
@@ -29,7 +32,9 @@ fine-tuned on the bare prompt), searches a problem with ``meta["rollouts"]`` rol
 and enables PPM-augmented search (``search.ppm_init``) exactly when the pointer carries a PPM —
 the learner announces a PPM only for rounds ``>= learner.ppm_init_from_round`` (paper: 3), so
 rounds 1-2 stay terminal-guided and the actors need no learner setting of their own.
-Trees that arrive for a round after it closed stay in the store, tagged with that round, unused.
+Trees that arrive for a round after it closed stay in the store, tagged with that round; later
+rounds select from them when ``sft_rounds_window > 1`` (the learning preset: 72 trees of round 1
+arrived in all, 16 closed it).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from rstar.schemas import Problem
 from store import learner_tables as lt
 
 log = get_logger("learner.rounds")
-STATES = ("collecting", "training_policy", "training_ppm", "evaluating", "publishing", "published")
+STATES = ("collecting", "training_policy", "training_ppm", "publishing", "published")
 
 
 @dataclass
@@ -98,17 +103,67 @@ async def step(L: Learner) -> bool:
     return await STAGES[row["state"]](L, row)
 
 
+async def _until_done_or_stop(coro, stop: asyncio.Event, name: str) -> asyncio.Task:
+    """Run ``coro`` as a task; return it once it is done or ``stop`` is set (it may still run)."""
+    work = asyncio.create_task(coro, name=name)
+    waiter = asyncio.create_task(stop.wait(), name=f"{name}-stop")
+    await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    return work
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
 async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+    """The round stages and the evaluator side by side; an error in one stops the other."""
+    tasks = [asyncio.create_task(run_rounds(L, stop, exit_when_done), name="learner-round-stages"),
+             asyncio.create_task(run_evaluator(L, stop, exit_when_done), name="learner-evaluator")]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            await fut
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_evaluator(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+    """Evaluate published rounds without figures, newest first, until ``stop`` (cancelled then).
+
+    With ``exit_when_done`` it returns once the last configured round is published and evaluated.
+    """
+    from learner.round_stages import evaluate_published
+
+    while not stop.is_set():
+        row = await asyncio.to_thread(lt.unevaluated_round, L.engine)
+        if row is not None and L.sets:
+            work = await _until_done_or_stop(evaluate_published(L, row), stop, "learner-evaluate")
+            if not work.done():
+                work.cancel()  # on restart it resumes from the figures it stored
+            try:
+                await work
+            except asyncio.CancelledError:
+                if not stop.is_set():
+                    raise
+            continue
+        if exit_when_done and finished(L.cfg, await asyncio.to_thread(lt.last_round, L.engine)):
+            return
+        await _pause(stop, L.cfg.learner.poll_s)
+
+
+async def run_rounds(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
     """Run rounds until ``stop`` is set, or the last round is published with ``exit_when_done``.
 
     On stop, a training stage finishes its current optimizer step, saves its state and returns;
-    the other stages (bootstrap, evaluation, publishing) are cancelled and redone on restart.
+    the other stages (bootstrap, publishing) are cancelled and redone on restart.
     """
     while not stop.is_set():
-        work = asyncio.create_task(step(L), name="learner-round-step")
-        waiter = asyncio.create_task(stop.wait(), name="learner-stop-wait")
-        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        work = await _until_done_or_stop(step(L), stop, "learner-round-step")
         if not work.done():
             L.stop.set()  # a training thread sees it after its current step
             if not L.training:
@@ -125,7 +180,4 @@ async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool =
         if not moved:
             if exit_when_done and finished(L.cfg, await asyncio.to_thread(lt.last_round, L.engine)):
                 return
-            try:
-                await asyncio.wait_for(stop.wait(), L.cfg.learner.poll_s)
-            except asyncio.TimeoutError:
-                pass
+            await _pause(stop, L.cfg.learner.poll_s)

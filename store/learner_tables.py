@@ -48,6 +48,18 @@ def last_round(engine: Engine) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
+def unevaluated_round(engine: Engine) -> dict[str, Any] | None:
+    """The newest published round whose ``eval`` has no ``accuracy`` yet, or None.
+
+    Newest first: the serving pair's figures matter most, and a learner that falls behind
+    (evaluation slower than rounds) still reports on its latest model; older rounds fill in later.
+    """
+    with engine.connect() as c:
+        rows = c.execute(select(*RoundRow.__table__.c).where(RoundRow.state == "published")
+                         .order_by(RoundRow.round.desc())).all()
+    return next((dict(r._mapping) for r in rows if "accuracy" not in (r.eval or {})), None)
+
+
 def open_round(conn: Connection, round: int, quota: int) -> None:
     """Insert round ``round`` in state ``collecting`` unless it exists."""
     if conn.execute(select(RoundRow.round).where(RoundRow.round == round)).first() is None:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from broker.checkpoints import fetch_checkpoint, get_pointer
 from broker.client import open_broker, publish_tree
 from broker.problems import fetch_problems, problems_subscription
-from learner.round_stages import round_dir
+from learner.round_stages import evaluate_published, round_dir
 from learner.rounds import make_learner, step
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
@@ -105,7 +105,18 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
         async with open_broker(cfg, "test-learner") as b:
             L = make_learner(cfg, engine, b)
             await _steps_until(L, 1, "collecting")
+            # Publishing does not wait for evaluation: the evaluator fills in the figures after.
+            assert "accuracy" not in lt.get_round(engine, 0)["eval"]
+            assert lt.unevaluated_round(engine)["round"] == 0
+            # An evaluation interrupted after its first figure resumes from it (not recomputed).
+            with lt.begin(engine) as conn:
+                lt.merge_eval(conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 6, "greedy": 0.5}},
+                                                             "seconds": 1.0}})
+            await evaluate_published(L, lt.get_round(engine, 0))
+            assert lt.unevaluated_round(engine) is None
             r0 = lt.get_round(engine, 0)
+            assert r0["eval"]["accuracy"]["sets"]["synthetic"]["greedy"] == 0.5
+            assert r0["eval"]["accuracy_partial"] is None and r0["eval"]["accuracy"]["seconds"] > 1.0
             assert r0["state"] == "published" and r0["eval"]["bootstrap"]["stored"] == 6
             assert r0["eval"]["data"] == {"sft_examples": 6, "ppm_pairs": 0, "problems": 6, "solved_problems": 6}
             assert set(r0["eval"]["accuracy"]["sets"]["synthetic"]) == {"n", "greedy", "majority@2", "mcts@2"}
@@ -132,6 +143,7 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             # A restarted controller goes on from training_ppm: the policy is not trained again.
             L2 = make_learner(cfg, engine, b)
             await _steps_until(L2, 2, "collecting")
+            await evaluate_published(L2, lt.unevaluated_round(engine))
             r1 = lt.get_round(engine, 1)
             assert (policy.stat().st_mtime_ns, policy.stat().st_ino, r1["eval"]["sft"]) == before
             assert r1["state"] == "published" and r1["eval"]["collect"]["solve_rate"] == round(2 / 3, 4)
