@@ -300,6 +300,12 @@ class ActorConfig(Section):
     bootstrap teacher trains round 0: base-model trees would use up the pool for nothing)."""
     swap_retry_s: float = Field(5.0, gt=0)
     """Wait before retrying a checkpoint download that failed for a transient reason (broker away)."""
+    nice: int = Field(0, ge=0, le=19)
+    """CPU niceness the actor process takes at start (its threads and sandbox workers inherit
+    it). On a machine the actor shares with the learner (``rstar up`` on a CPU), a positive value
+    lets training and evaluation go first: measured on a 2-core box, round-1 SFT ran at
+    11.9 s/example beside an equal-priority actor and an evaluation, round 0's at 5.6 s/example
+    beside one other process."""
 
 
 class Config(Section):

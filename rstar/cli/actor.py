@@ -16,11 +16,15 @@ def register(app: typer.Typer) -> None:
               as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON.")) -> None:
         """Search problems from PROBLEMS until SIGINT/SIGTERM, then finish or return in-flight ones."""
         import asyncio
+        import os
         import signal
+
+        cfg = get_config(config, overrides)
+        if cfg.actor.nice:
+            os.nice(cfg.actor.nice)  # before any thread or sandbox worker exists: they inherit it
 
         from actors.service import run_actor
 
-        cfg = get_config(config, overrides)
         if actor_id:
             cfg.actor.id = actor_id
 

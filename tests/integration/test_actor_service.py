@@ -204,12 +204,14 @@ async def test_fleet_survives_sigkill_two_swaps_a_bad_pointer_and_sigterm(nats_s
             a.p.wait()
             assert a.p.returncode == -signal.SIGKILL
             procs.remove(a)
-            procs.append(Proc("C", overrides, tmp_path))  # joins late: starts on the pointer's pair
+            procs.append(Proc("C", overrides + ["actor.nice=5"], tmp_path))  # joins late: starts on the pointer's pair
             await add_problems(b, _problems(8, 14))
             await _until(lambda: _logged(procs, "redelivered"), 30, "A's problems to be picked up")
             await _until(lambda: _serving(b, procs, {"B"}, POLICIES[1]), 60, "B to swap to round 1")
             await set_pointer(b, r2)
             await _until(lambda: _serving(b, procs, {"B", "C"}, POLICIES[2]), 90, "B and C on round 2")
+            base = os.getpriority(os.PRIO_PROCESS, bb.p.pid)  # what the test runs at
+            assert os.getpriority(os.PRIO_PROCESS, procs[-1].p.pid) == min(19, base + 5)  # actor.nice
             await add_problems(b, _problems(14, 20))
             corrupt = ModelRef(version="policy-r3", object=r2.policy.object, sha256="0" * 64)
             await set_pointer(b, ModelPointer(round=3, policy=corrupt, ppm=r2.ppm))
