@@ -24,6 +24,7 @@ class Snapshot:
     round: int | None = None
     round_state: str = "–"
     published_round: int = -1
+    evaluated_round: int = -1  # highest published round with evaluation figures
     pointer: str = "base model (no checkpoint yet)"
     rounds: list[dict] = field(default_factory=list)
     actors: list[dict] = field(default_factory=list)
@@ -60,6 +61,8 @@ class View:
             s.round, s.round_state = rounds[-1]["round"], rounds[-1]["state"]
             done = [r["round"] for r in rounds if r["state"] == "published"]
             s.published_round = max(done) if done else -1
+            evaluated = [r["round"] for r in rounds if r["state"] == "published" and "accuracy" in (r.get("eval") or {})]
+            s.evaluated_round = max(evaluated) if evaluated else -1
         if pointer is not None:
             s.pointer = f"round {pointer.round}: {pointer.policy.version}" + (
                 f" + {pointer.ppm.version}" if pointer.ppm else "")

@@ -20,13 +20,16 @@ model pointer, the learner continues the round it was in, actors load the curren
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rstar.config import Config, dump_config
+from rstar.schemas import Problem
 from rstar.log import get_logger
 from rstar.supervisor import Supervisor, rstar_argv
 
@@ -55,16 +58,39 @@ def preset_path(name: str) -> Path:
     return p
 
 
+def pool_problems(cfg: Config, datasets: str, limit: int | None = None) -> list[Problem]:
+    """The problem pool for ``--dataset a+b``: the sets interleaved, none the learner holds out.
+
+    Sets joined by ``+`` (``synthetic:1-6+svamp``) are taken in turn (one problem from each set, then the next), so every
+    round sees all of them. The set named by ``learner.eval_real`` contributes only its pool part
+    (the held-out part is the learner's evaluation set); the curriculum teacher's demonstrated
+    problems are left out, so actors search only problems the teacher never showed.
+    """
+    from learner.bootstrap import teacher_problems
+    from rstar.problems import load_problems, split_pool_heldout
+
+    lc = cfg.learner
+    skip = {p.id for p in teacher_problems(cfg)} if lc.teacher != "none" else set()
+    sets = []
+    for name in (x.strip() for x in datasets.split("+") if x.strip()):
+        split = "train" if name.startswith("synthetic") else None
+        problems = load_problems(name, split=split, seed=cfg.search.seed)
+        if name == lc.eval_real:
+            problems = split_pool_heldout(problems, lc.eval_real_fraction, lc.eval_seed)[0]
+        sets.append([p for p in problems if p.id not in skip])
+    mixed = [p for group in itertools.zip_longest(*sets) for p in group if p is not None]
+    return mixed if limit is None else mixed[:limit]
+
+
 async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
     from broker.client import open_broker
     from broker.problems import add_problems
-    from rstar.problems import load_problems, read_problems_jsonl
+    from rstar.problems import read_problems_jsonl
 
     if opts.problems_file:
         problems = read_problems_jsonl(opts.problems_file)
     elif opts.dataset:
-        split = "train" if opts.dataset.startswith("synthetic") else None
-        problems = load_problems(opts.dataset, split=split, limit=opts.limit, seed=cfg.search.seed)
+        problems = pool_problems(cfg, opts.dataset, opts.limit)
     else:
         return {"published": 0}
     async with open_broker(cfg, "rstar-up-seed") as b:
@@ -73,7 +99,13 @@ async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
 
 
 async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: asyncio.Event,
-                 started: float) -> None:
+                 start_children: Callable[[], None]) -> None:
+    """Read the starting state, start the children, then show the dashboard until told to stop.
+
+    The starting state (trees, pointer) is read before any child runs, so a resumed run's old
+    trees and pointer are never taken for this run's first tree or first swap, however late the
+    first live snapshot comes on a loaded machine.
+    """
     from rich.console import Console
     from rich.live import Live
 
@@ -81,9 +113,18 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
     from rstar.dashboard import Snapshot, View, render
 
     first_tree_at = first_swap_at = None
+    lc = cfg.learner
+    evaluates = bool(lc.eval_synthetic_n or (lc.eval_real and lc.eval_real_n))
     last = Snapshot()
     async with open_broker(cfg, "rstar-up-view", setup=False) as b:
         view = View(cfg, engine, b)
+        try:
+            base = await view.snapshot()
+        except Exception as e:
+            log.warning("could not read the starting state (%s: %s): milestones count from zero", type(e).__name__, e)
+            base = Snapshot()
+        start_children()
+        started = time.monotonic()
         with Live(render(last, sup.status(), 0.0), console=Console(), refresh_per_second=1,
                   auto_refresh=opts.live) as live:
             while not stop.is_set():
@@ -93,10 +134,10 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
                 except Exception as e:  # the view must not take the system down; show what failed
                     last.error = f"{type(e).__name__}: {e}"
                 elapsed = time.monotonic() - started
-                if first_tree_at is None and last.trees:
+                if first_tree_at is None and last.trees > base.trees:
                     first_tree_at = elapsed
                     log.info("first tree stored after %.0fs", elapsed)
-                if first_swap_at is None and last.swapped_actors:
+                if first_swap_at is None and last.swapped_actors and last.pointer != base.pointer:
                     first_swap_at = elapsed
                     log.info("first checkpoint swap observed after %.0fs", elapsed)
                 last.first_tree_s, last.first_swap_s = first_tree_at, first_swap_at
@@ -106,8 +147,9 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
                 if opts.duration_s and elapsed >= opts.duration_s:
                     log.info("--duration reached: stopping")
                     return
-                if opts.rounds and last.published_round >= opts.rounds:
-                    log.info("round %d published: stopping", opts.rounds)
+                if opts.rounds and last.published_round >= opts.rounds and (
+                        last.evaluated_round >= opts.rounds or not evaluates):
+                    log.info("round %d published and evaluated: stopping", opts.rounds)
                     return
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
@@ -138,16 +180,18 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await _watch(cfg, engine, sup, opts, stop, time.monotonic())
+            await _watch(cfg, engine, sup, opts, stop, start_children)
 
-        # Children run in their own sessions (Ctrl-C does not reach them): once one is started,
-        # any failure, even starting the next, must still stop it.
-        try:
+        def start_children() -> None:
             sup.add("learner", rstar_argv(["learner"], str(resolved), []))
             for i in range(opts.actors):
                 sup.add(f"actor-{i}", rstar_argv(["actor"], str(resolved), [f"actor.id=actor-{i}"]))
             if opts.api:
                 sup.add("api", rstar_argv(["serve"], str(resolved), []))
+
+        # Children run in their own sessions (Ctrl-C does not reach them): once one is started,
+        # any failure, even starting the next, must still stop it.
+        try:
             asyncio.run(main())
         finally:
             log.info("stopping %d processes…", len(sup.children))

@@ -23,7 +23,8 @@ def parse_duration(text: str | None) -> float:
 def up(
     preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
     actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
-    dataset: str = typer.Option("synthetic", help="Problem pool to queue (any `rstar eval --dataset` name)."),
+    dataset: str = typer.Option("synthetic", help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
+                                 "(a real set's held-out part and the teacher's problems are left out)."),
     problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
     limit: int = typer.Option(None, help="Queue at most this many problems."),
     rounds: int = typer.Option(0, help="Stop once this round is published (0: run until Ctrl-C)."),
