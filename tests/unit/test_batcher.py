@@ -44,14 +44,20 @@ async def test_a_failed_call_reaches_every_waiter_and_the_worker_keeps_serving()
         assert gens[0].text == "again" and version == "v1"
 
 
-async def test_close_fails_the_call_in_flight_and_the_queued_requests():
-    backend = GatedBackend()
+async def _one_in_flight_one_queued(backend: GatedBackend):
+    """A started worker whose backend holds one call at its gate, with a second request queued."""
     w = ModelWorker(backend, linger_s=0.0)
     w.start()
     first = asyncio.create_task(w.generate("in flight", PARAMS))
     await asyncio.to_thread(backend.entered.wait, 5)
     queued = asyncio.create_task(w.generate("queued", PARAMS))
     await asyncio.sleep(0.05)
+    return w, first, queued
+
+
+async def test_close_fails_the_call_in_flight_and_the_queued_requests():
+    backend = GatedBackend()
+    w, first, queued = await _one_in_flight_one_queued(backend)
     await w.close()
     backend.gate.set()
     for t in (first, queued):
@@ -63,12 +69,7 @@ async def test_close_fails_the_call_in_flight_and_the_queued_requests():
 
 async def test_a_dead_dispatcher_fails_its_waiters_and_check_raises():
     backend = GatedBackend(bad=True)
-    w = ModelWorker(backend, linger_s=0.0)
-    w.start()
-    first = asyncio.create_task(w.generate("a", PARAMS))
-    await asyncio.to_thread(backend.entered.wait, 5)
-    queued = asyncio.create_task(w.generate("b", PARAMS))
-    await asyncio.sleep(0.05)
+    w, first, queued = await _one_in_flight_one_queued(backend)
     backend.gate.set()
     for t in (first, queued):
         with pytest.raises(WorkerClosedError, match="dispatcher died: AttributeError"):
