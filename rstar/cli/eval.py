@@ -18,6 +18,8 @@ def eval_cmd(
     method: str = typer.Option("greedy", help="greedy | majority | mcts"),
     k: int = typer.Option(8, help="Samples for majority, rollouts for mcts."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: accuracy, n, method, dataset, ..."),
+    out: str = typer.Option(None, "--out", help="Append each problem's outcome to this JSONL file as it "
+                            "finishes; running the same command again resumes (skips those done)."),
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
 ) -> None:
@@ -33,7 +35,15 @@ def eval_cmd(
         problems = load_problems(dataset, split=split, limit=limit, seed=cfg.search.seed)
     except (ProblemFileError, ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e), param_hint="--dataset") from None
-    result = asyncio.run(_eval(cfg, problems, dataset, method, k, as_json))
+    eval_log = None
+    if out is not None:
+        from learner.eval_log import EvalLog, EvalLogError, run_key
+
+        try:
+            eval_log = EvalLog(out, run_key(cfg, dataset, split, method, k))
+        except (EvalLogError, OSError) as e:
+            raise typer.BadParameter(str(e), param_hint="--out") from None
+    result = asyncio.run(_eval(cfg, problems, dataset, method, k, as_json, eval_log))
     if as_json:
         out = {f: getattr(result, f) for f in result.__struct_fields__ if f != "outcomes"}
         print(json.dumps(out))
@@ -49,21 +59,40 @@ def eval_cmd(
     Console().print(t)
 
 
-async def _eval(cfg, problems, dataset, method, k, as_json):
+async def _eval(cfg, problems, dataset, method, k, as_json, eval_log):
+    import time
+
     from rich.console import Console
     from rich.progress import Progress
 
     from actors.runtime import setup_search
     from learner.evaluate import evaluate
 
+    todo = problems if eval_log is None else [p for p in problems if p.id not in eval_log.done]
     console = Console(stderr=True)
+    if eval_log is not None and len(todo) < len(problems):
+        console.print(f"resuming {eval_log.path}: {len(problems) - len(todo)} of {len(problems)} problems done",
+                      soft_wrap=True)
     async with contextlib.AsyncExitStack() as stack:  # the spinner covers loading only
-        with console.status("loading model and sandbox…"):
-            ctx = await stack.enter_async_context(setup_search(cfg))
+        if todo:
+            with console.status("loading model and sandbox…"):
+                ctx = await stack.enter_async_context(setup_search(cfg))
         with Progress(console=console, transient=as_json) as bar:
-            task = bar.add_task(f"{method} on {dataset}", total=len(problems))
-            return await evaluate(problems, ctx, method, k, dataset=dataset,
-                                  on_done=lambda _: bar.advance(task))
+            task = bar.add_task(f"{method} on {dataset}", total=len(problems),
+                                completed=len(problems) - len(todo))
+            t0 = time.perf_counter()
+
+            def done(outcome) -> None:
+                if eval_log is not None:
+                    eval_log.record(outcome, time.perf_counter() - t0, ctx.worker.stats.gen_tokens - tokens0)
+                bar.advance(task)
+
+            if todo:
+                tokens0 = ctx.worker.stats.gen_tokens
+                result = await evaluate(todo, ctx, method, k, dataset=dataset, on_done=done)
+    if eval_log is None:
+        return result
+    return eval_log.result([p.id for p in problems], dataset, method, k)
 
 
 def register(app: typer.Typer) -> None:
