@@ -2,9 +2,9 @@
 
     async with open_broker(cfg, "actor-1") as b:        # embedded server if broker.url is None
         await publish_tree(b, tree)                     # compressed / chunked to fit
-        await dead_letter(b, msg, error); await msg.term()
 
-The PROBLEMS queue (add, fetch, requeue) is in ``broker.problems``.
+The PROBLEMS queue (add, fetch, requeue) is in ``broker.problems``, dead letters in
+``broker.dead_letters``.
 
 Guaranteed: the connection reconnects forever (disconnects and reconnects are logged); every
 publish carries a ``Nats-Msg-Id`` and is retried on timeouts, no-responders and 503s for
@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import AsyncIterator
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from broker.codec import encode_tree
@@ -141,38 +139,3 @@ async def publish_tree(b: Broker, tree: TreeResult) -> list[api.PubAck]:
     for f in encode_tree(tree, b.max_payload, b.cfg.compress_min_bytes):
         acks.append(await publish(b, TREES_SUBJECT, f.data, f.headers))
     return acks
-
-
-def _header_safe(text: str, limit: int = 2000) -> str:
-    return " ".join(text.split())[:limit]
-
-
-async def dead_letter(b: Broker, msg: Msg, error: BaseException | str) -> api.PubAck:
-    """Copy ``msg`` (data and headers) to ``rstar.dlq.<subject>`` with the error in its headers.
-
-    The caller then acks or terms the original; a retried dead-letter is deduplicated.
-    """
-    headers: dict[str, str] = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
-    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    headers["Rstar-Error"] = _header_safe(reason)
-    headers["Rstar-Error-Type"] = "str" if isinstance(error, str) else type(error).__name__
-    headers["Rstar-Dlq-Subject"] = msg.subject
-    stream, seq, delivered = _source(msg)
-    headers.update({"Rstar-Dlq-Stream": stream, "Rstar-Dlq-Seq": str(seq), "Rstar-Dlq-Delivered": str(delivered),
-                    "Nats-Msg-Id": f"dlq:{stream}:{seq}" if seq else f"dlq:{uuid.uuid4().hex}"})
-    subject = "rstar.dlq." + msg.subject.removeprefix("rstar.")
-    log.warning("dead-lettering %s #%s: %s", stream, seq, headers["Rstar-Error"][:300])
-    return await publish(b, subject, msg.data, headers)
-
-
-def _source(msg: Msg) -> tuple[str, int, int]:
-    try:
-        md = msg.metadata
-        return md.stream, md.sequence.stream, md.num_delivered
-    except (nats.errors.NotJSMessageError, AttributeError, ValueError):
-        return "core", 0, 0
-
-
-def dlq_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
-    """The ``Rstar-Error``/``Rstar-Dlq-*`` headers of a dead-lettered message (for tools and tests)."""
-    return {k: v for k, v in (headers or {}).items() if k.startswith(("Rstar-Error", "Rstar-Dlq-"))}

@@ -25,7 +25,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from broker.client import Broker, dead_letter, publish
+from broker.client import Broker, publish
+from broker.dead_letters import dead_letter
 from broker.streams import (ACTORS_CONSUMER, PROBLEMS_REQUEUE_SUBJECT, PROBLEMS_STREAM, PROBLEMS_SUBJECT,
                             SEEN_PROBLEMS_BUCKET, kv_key)
 from rstar.schemas import Problem, SchemaError, decode, encode

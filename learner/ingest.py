@@ -36,7 +36,8 @@ from nats.aio.msg import Msg
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
-from broker.client import Broker, BrokerUnavailableError, dead_letter, open_broker
+from broker.client import Broker, BrokerUnavailableError, open_broker
+from broker.dead_letters import dead_letter
 from broker.codec import ChunkError, Reassembler, decode_tree, is_part
 from broker.streams import INGEST_CONSUMER, TREES_STREAM
 from rstar.config import Config

@@ -3,9 +3,10 @@
     rstar learner [--exit-when-done] [--set learner.round_quota=100 ...]
     python -m learner.service ...              # the same command
 
-Two named tasks on one broker connection and one store engine: ``learner-ingest``
-(``learner.ingest.ingest_loop``: TREES → SQL, ack after commit) and ``learner-rounds``
-(``learner.rounds.run_controller``). If either ends with an error, the other is stopped and the
+Three named tasks on one broker connection and one store engine: ``learner-ingest``
+(``learner.ingest.ingest_loop``: TREES → SQL, ack after commit), ``learner-rounds``
+(``learner.rounds.run_controller``) and ``learner-dlq`` (``broker.dead_letters``: problems no
+actor ever finished go to the DLQ). If one ends with an error, the others are stopped and the
 error fails the process (a supervisor restarts it; all state is in the store and the broker, so
 it continues where it was). SIGINT/SIGTERM set one stop event: ingest finishes the batch it is
 writing, a training stage finishes its optimizer step and saves its resumable state, evaluation
@@ -29,6 +30,7 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
                       progress: bool = False) -> None:
     """Ingest and run rounds until ``stop`` is set (or the last round is published, if asked)."""
     from broker.client import open_broker
+    from broker.dead_letters import watch_exhausted_problems
     from learner.ingest import ingest_loop
     from learner.rounds import make_learner, run_controller
     from store.db import open_store
@@ -38,11 +40,12 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
         async with open_broker(cfg, "rstar-learner") as b:
             L = await asyncio.to_thread(make_learner, cfg, engine, b, progress)
             tasks = [asyncio.create_task(ingest_loop(b, engine, stop), name="learner-ingest"),
-                     asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds")]
+                     asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds"),
+                     asyncio.create_task(watch_exhausted_problems(b, stop), name="learner-dlq")]
             log.info("learner: ingesting into %s, rounds under %s", engine.url.render_as_string(hide_password=True),
                      cfg.data_dir / "learner")
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            stop.set()  # one task ended (stop, error, or all rounds done): end the other
+            stop.set()  # one task ended (stop, error, or all rounds done): end the others
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for task, res in zip(tasks, results):
                 if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):

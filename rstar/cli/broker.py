@@ -1,4 +1,5 @@
-"""``rstar broker up`` runs the embedded NATS server on its own; ``rstar broker dlq`` lists poison messages."""
+"""``rstar broker up`` runs the embedded NATS server on its own; ``rstar broker dlq`` lists poison messages
+and replays them (``--replay SEQ``, ``--replay-all``)."""
 
 from __future__ import annotations
 
@@ -55,30 +56,37 @@ def register(app: typer.Typer) -> None:
     @group.command("dlq")
     def dlq(limit: int = typer.Option(50, min=1, help="Show at most this many, newest last."),
             as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+            replay_seqs: list[int] = typer.Option(None, "--replay", help="Publish this dead letter back to its "
+                                                  "original subject and delete it (repeatable)."),
+            replay_all: bool = typer.Option(False, "--replay-all", help="Replay every dead letter."),
             config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-        """List dead-lettered messages with their errors (they stay in the DLQ stream)."""
+        """List dead-lettered messages with their errors; replay them once the cause is fixed."""
         import asyncio
 
-        from nats.js.errors import NotFoundError
-
-        from broker.client import dlq_headers, open_broker
-        from broker.streams import DLQ_STREAM
+        from broker.client import open_broker
+        from broker.dead_letters import list_dead_letters, replay
 
         cfg = get_config(config, overrides)
+        if replay_seqs and replay_all:
+            raise typer.BadParameter("give --replay SEQ or --replay-all, not both", param_hint="--replay")
 
         async def run():
             async with open_broker(cfg, "rstar-broker-dlq") as br:
-                state = (await br.js.stream_info(DLQ_STREAM)).state
-                rows = []
-                for seq in range(max(state.first_seq, state.last_seq - limit + 1), state.last_seq + 1):
-                    try:
-                        m = await br.js.get_msg(DLQ_STREAM, seq)
-                    except NotFoundError:  # aged out or deleted
-                        continue
-                    rows.append({"seq": seq, "subject": m.subject, "bytes": len(m.data or b""), **dlq_headers(m.headers)})
-                return state.messages, rows
+                if replay_seqs or replay_all:
+                    return await replay(br, None if replay_all else replay_seqs)
+                return await list_dead_letters(br, limit)
 
-        total, rows = asyncio.run(run())
+        try:
+            result = asyncio.run(run())
+        except LookupError as e:
+            raise typer.BadParameter(str(e.args[0]), param_hint="--replay") from None
+        if replay_seqs or replay_all:
+            for seq, subject in result:
+                typer.echo(json.dumps({"replayed": seq, "subject": subject}) if as_json else f"replayed #{seq} to {subject}")
+            if not as_json:
+                typer.echo(f"{len(result)} dead letter(s) replayed")
+            return
+        total, rows = result
         if as_json:
             for r in rows:
                 typer.echo(json.dumps(r))

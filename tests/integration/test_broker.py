@@ -12,6 +12,7 @@ import pytest
 from nats.js import api
 
 from broker.client import open_broker, publish, publish_tree
+from broker.dead_letters import list_dead_letters, replay, watch_exhausted_problems
 from broker.codec import PARTS, Reassembler, decode_tree
 from broker.problems import add_problems, fetch_problems, problems_subscription, requeue_problem
 from broker.server import embedded_server, start_server
@@ -108,6 +109,43 @@ async def test_fetch_problems_dead_letters_bad_ones(server):
         assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
+async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(server):
+    cfg = _cfg(server.url, "broker.problems_max_deliver=2", "broker.problems_ack_wait_s=0.5")
+    async with open_broker(cfg, "t") as b:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_exhausted_problems(b, stop))
+        await asyncio.sleep(0.1)  # subscribed before the advisory can come
+        doomed, fine = _problems(2)
+        await add_problems(b, [doomed, fine])
+        sub = await problems_subscription(b)
+        for attempt in (1, 2):  # an actor takes the problem and dies, twice
+            got = await fetch_problems(b, sub, batch=2, timeout=3)
+            for p, m in got:
+                if p.id == fine.id:
+                    await m.ack()
+            assert doomed.id in [p.id for p, _ in got], attempt
+            await asyncio.sleep(0.7)
+        for _ in range(20):  # the server gives up (and announces it) on an actor's next fetch
+            assert await fetch_problems(b, sub, batch=2, timeout=0.2) == []
+            total, rows = await list_dead_letters(b, limit=10)
+            if total:
+                break
+        [row] = rows
+        assert row["subject"] == "rstar.dlq.problems.new" and row["Rstar-Dlq-Delivered"] == "2"
+        assert "delivered 2 times without an ack" in row["Rstar-Error"]
+        assert (await b.js.stream_info(PROBLEMS_STREAM)).state.messages == 0  # moved, not copied
+
+        with pytest.raises(LookupError, match="no dead letter #999"):
+            await replay(b, [999])
+        assert await replay(b, [row["seq"]]) == [(row["seq"], PROBLEMS_SUBJECT)]
+        assert await list_dead_letters(b, limit=10) == (0, [])
+        [(p, m)] = await fetch_problems(b, sub, batch=2, timeout=3)  # back in the queue, intact
+        assert p == doomed
+        await m.ack()
+        stop.set()
+        assert await watcher == 1
+
+
 async def test_a_tree_of_megabytes_is_chunked_under_max_payload_and_reassembles(server):
     tree = _big_tree(4.0)
     async with open_broker(_cfg(server.url), "t") as b:
@@ -193,6 +231,16 @@ def test_rstar_broker_up_runs_until_sigterm_and_dlq_lists_dead_letters(tmp_path)
                              timeout=60)
         [row] = [json.loads(line) for line in out.stdout.splitlines()]
         assert row["subject"] == "rstar.dlq.problems.new" and "not valid JSON" in row["Rstar-Error"]
+        out = subprocess.run([rstar, "broker", "dlq", "--replay", "99", *sets], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and "no dead letter #99" in out.stderr
+        out = subprocess.run([rstar, "broker", "dlq", "--replay-all", "--json", *sets], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert [json.loads(line) for line in out.stdout.splitlines()] == [
+            {"replayed": row["seq"], "subject": PROBLEMS_SUBJECT}]
+        out = subprocess.run([rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and out.stdout == ""
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, proc.stderr.read().decode()
