@@ -30,17 +30,21 @@ log = get_logger("broker.checkpoints")
 
 async def put_checkpoint(b: Broker, model_dir: Path, version: str) -> ModelRef:
     """Upload a checkpoint directory (verified against its manifest) as object ``version``."""
-    data, digest = await asyncio.to_thread(pack, Path(model_dir))
     obs = await b.js.object_store(CHECKPOINTS_BUCKET)
-    try:
-        info = await obs.get_info(version)
-        if info.headers and info.headers.get("Rstar-Sha256") == digest:
-            return ModelRef(version=version, object=version, sha256=digest)
-    except nats.js.errors.ObjectNotFoundError:
-        pass
-    with timed(log, f"put checkpoint {version} ({len(data) / 1e6:.0f} MB)"):
-        await obs.put(version, data, meta=nats.js.api.ObjectMeta(
-            name=version, headers={"Rstar-Sha256": digest}))
+    model_dir = Path(model_dir)
+    with tempfile.TemporaryFile(dir=model_dir.parent) as f:  # the tar streams through a file
+        digest = await asyncio.to_thread(pack, model_dir, f)
+        try:
+            info = await obs.get_info(version)
+            if info.headers and info.headers.get("Rstar-Sha256") == digest:
+                return ModelRef(version=version, object=version, sha256=digest)
+        except nats.js.errors.ObjectNotFoundError:
+            pass
+        size = f.seek(0, 2)
+        f.seek(0)
+        with timed(log, f"put checkpoint {version} ({size / 1e6:.0f} MB)"):
+            await obs.put(version, f, meta=nats.js.api.ObjectMeta(
+                name=version, headers={"Rstar-Sha256": digest}))
     return ModelRef(version=version, object=version, sha256=digest)
 
 
@@ -58,8 +62,7 @@ async def fetch_checkpoint(b: Broker, ref: ModelRef, out_dir: Path) -> Path:
         except nats.js.errors.DigestMismatchError as e:
             raise CheckpointError(f"checkpoint object {ref.object!r} arrived damaged: {e}") from None
         f.seek(0)
-        data = f.read()
-    return await asyncio.to_thread(unpack, data, ref.sha256, out_dir)
+        return await asyncio.to_thread(unpack, f, ref.sha256, out_dir)
 
 
 async def _models_kv(b: Broker) -> KeyValue:

@@ -10,13 +10,13 @@ uncompressed tar for the broker (safetensors do not compress) and back, checking
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 MANIFEST = "MANIFEST.json"
 
@@ -95,11 +95,12 @@ def save_model_dir(model, tokenizer, out_dir: Path, extra: dict[str, bytes] | No
     return out_dir
 
 
-def pack(d: Path) -> tuple[bytes, str]:
-    """The directory as one tar (deterministic order and metadata) and its sha256."""
+def pack(d: Path, out: BinaryIO) -> str:
+    """Write the directory into ``out`` as one tar (deterministic order and metadata), streamed
+    file by file so a checkpoint never sits in memory; returns the tar's sha256."""
     verify_dir(d)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    start = out.tell()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 info = tarfile.TarInfo(p.relative_to(d).as_posix())
@@ -107,18 +108,23 @@ def pack(d: Path) -> tuple[bytes, str]:
                 info.mtime = 0
                 with open(p, "rb") as f:
                     tar.addfile(info, f)
-    data = buf.getvalue()
-    return data, hashlib.sha256(data).hexdigest()
+    out.seek(start)
+    digest = hashlib.file_digest(out, "sha256").hexdigest()
+    out.seek(start)
+    return digest
 
 
-def unpack(data: bytes, sha256: str, out_dir: Path) -> Path:
-    """Check the digest, extract safely into ``out_dir`` atomically, verify the manifest."""
-    got = hashlib.sha256(data).hexdigest()
+def unpack(src: BinaryIO, sha256: str, out_dir: Path) -> Path:
+    """Check the digest of the tar in ``src`` (read from its current position), extract it
+    safely into ``out_dir`` atomically, verify the manifest. Streams: memory stays flat."""
+    start = src.tell()
+    got = hashlib.file_digest(src, "sha256").hexdigest()
     if got != sha256:
         raise CheckpointError(f"checkpoint digest {got[:12]}… does not match the pointer's {sha256[:12]}…")
+    src.seek(start)
     tmp = atomic_dir(out_dir)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with tarfile.open(fileobj=src, mode="r:") as tar:
             tar.extractall(tmp, filter="data")  # refuses absolute paths, .., links outside
         verify_dir(tmp)
         replace_dir(tmp, out_dir)

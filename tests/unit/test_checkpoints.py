@@ -27,11 +27,17 @@ def test_commit_writes_manifest_and_replaces_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp or old dirs left
 
 
+def packed(d):
+    buf = io.BytesIO()
+    digest = pack(d, buf)
+    return buf.getvalue(), digest
+
+
 def test_pack_unpack_round_trips_bit_exactly(tmp_path):
     d = make_ckpt(tmp_path)
-    data, digest = pack(d)
-    assert pack(d) == (data, digest)  # deterministic
-    out = unpack(data, digest, tmp_path / "copy")
+    data, digest = packed(d)
+    assert packed(d) == (data, digest)  # deterministic
+    out = unpack(io.BytesIO(data), digest, tmp_path / "copy")
     for p in d.rglob("*"):
         if p.is_file():
             assert (out / p.relative_to(d)).read_bytes() == p.read_bytes()
@@ -39,9 +45,9 @@ def test_pack_unpack_round_trips_bit_exactly(tmp_path):
 
 def test_corrupt_file_and_wrong_digest_are_refused(tmp_path):
     d = make_ckpt(tmp_path)
-    data, digest = pack(d)
+    data, digest = packed(d)
     with pytest.raises(CheckpointError, match="does not match"):
-        unpack(data[:-10] + b"0123456789", digest, tmp_path / "bad")
+        unpack(io.BytesIO(data[:-10] + b"0123456789"), digest, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     (d / "model.safetensors").write_bytes(b"flipped")
     with pytest.raises(CheckpointError, match="sha256"):
@@ -52,10 +58,10 @@ def test_truncated_or_hostile_archives_are_refused(tmp_path):
     import hashlib
 
     d = make_ckpt(tmp_path)
-    data, _ = pack(d)
+    data, _ = packed(d)
     half = data[: len(data) // 2]
     with pytest.raises(CheckpointError):
-        unpack(half, hashlib.sha256(half).hexdigest(), tmp_path / "half")
+        unpack(io.BytesIO(half), hashlib.sha256(half).hexdigest(), tmp_path / "half")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("../escape.txt")
@@ -63,5 +69,5 @@ def test_truncated_or_hostile_archives_are_refused(tmp_path):
         tar.addfile(info, io.BytesIO(b"bad"))
     evil = buf.getvalue()
     with pytest.raises(CheckpointError):
-        unpack(evil, hashlib.sha256(evil).hexdigest(), tmp_path / "evil")
+        unpack(io.BytesIO(evil), hashlib.sha256(evil).hexdigest(), tmp_path / "evil")
     assert not (tmp_path / "escape.txt").exists()
