@@ -26,9 +26,17 @@ from rstar.schemas import Problem
 log = get_logger("learner.round_eval")
 
 
+def has_eval_sets(cfg: Config) -> bool:
+    """Whether ``eval_sets`` has anything to evaluate on (without loading the sets)."""
+    lc = cfg.learner
+    return bool(lc.eval_synthetic_n or (lc.eval_real and lc.eval_real_n))
+
+
 def eval_sets(cfg: Config) -> dict[str, list[Problem]]:
     lc = cfg.learner
     sets: dict[str, list[Problem]] = {}
+    if not has_eval_sets(cfg):
+        return sets
     if lc.eval_synthetic_n:
         from rstar.curriculum import synthetic_problems
 

@@ -110,11 +110,11 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
     from rich.live import Live
 
     from broker.client import open_broker
+    from learner.round_eval import has_eval_sets
     from rstar.dashboard import Snapshot, View, render
 
     first_tree_at = first_swap_at = None
-    lc = cfg.learner
-    evaluates = bool(lc.eval_synthetic_n or (lc.eval_real and lc.eval_real_n))
+    evaluates = has_eval_sets(cfg)
     last = Snapshot()
     async with open_broker(cfg, "rstar-up-view", setup=False) as b:
         view = View(cfg, engine, b)
