@@ -5,7 +5,9 @@ Each child is ``python -m rstar <command>`` with the parent's config file and ov
 stdout/stderr go to ``<log_dir>/<name>.log``. A child that exits on its own is restarted with
 exponential backoff (1 s … 60 s), like compose's ``restart: unless-stopped``; one that keeps
 dying within seconds is reported in ``status()``. ``stop()`` sends SIGTERM to all, waits
-``grace_s``, then SIGKILLs what is left.
+``grace_s``, then SIGKILLs what is left. A supervisor killed outright (SIGKILL, OOM) cannot do
+that: each child also watches for its parent's death (``exit_with_parent``) and then stops
+itself with SIGTERM, so no orphaned learner or actor goes on beside the next ``rstar up``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,26 @@ from pathlib import Path
 from rstar.log import get_logger
 
 log = get_logger("rstar.supervisor")
+
+PARENT_ENV = "RSTAR_SUPERVISOR_PID"
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """In a supervised child: SIGTERM ourselves (the graceful path) once the supervisor is gone.
+
+    A no-op outside a supervisor. Polls ``getppid`` from a daemon thread: when the parent dies
+    the child is re-parented, so the parent id changes."""
+    pid = os.environ.pop(PARENT_ENV, None)  # not inherited further (sandbox workers, nats-server)
+    if not pid or not pid.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(pid):
+            time.sleep(poll_s)
+        log.warning("supervisor pid %s is gone: stopping", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @dataclass
@@ -64,7 +87,8 @@ class Supervisor:
             out.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(c.argv)}\n".encode())
             out.flush()
             # A new session: Ctrl-C in the terminal reaches rstar up only, which stops children in order.
-            c.proc = subprocess.Popen(c.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            c.proc = subprocess.Popen(c.argv, stdout=out, stderr=subprocess.STDOUT,
+                                      env={**self.env, PARENT_ENV: str(os.getpid())},
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         c.started_at = time.monotonic()
 

@@ -44,3 +44,43 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
     assert time.monotonic() - t0 < 10
     assert stubborn.proc.returncode == -9 and polite.proc.returncode == -15
     assert not sup.alive("stubborn") and not sup.alive("polite")
+
+
+def test_children_stop_when_the_supervisor_is_killed_outright(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # A supervisor process (as `rstar up` is) with one real rstar service: the NATS broker.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from rstar.supervisor import Supervisor, rstar_argv\n"
+        f"sup = Supervisor(Path({str(tmp_path / 'logs')!r}), dict(__import__('os').environ))\n"
+        f"c = sup.add('broker', rstar_argv(['broker', 'up'], None, ['broker.embedded_port={port}', "
+        f"'data_dir=\"{tmp_path}\"']))\n"
+        "print(c.proc.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    log = tmp_path / "logs" / "broker.log"
+    assert _wait(lambda: "NATS JetStream at" in log.read_text(), timeout=30)
+    os.kill(parent.pid, signal.SIGKILL)  # no chance to stop its children
+    parent.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as f:  # exited but not reaped (a zombie) counts as gone
+            return f.read().split(")")[-1].split()[0] == "Z"
+
+    assert _wait(lambda: gone(child), timeout=20), log.read_text()
+    assert "supervisor pid" in log.read_text()
+    with pytest.raises(OSError):  # it stopped its nats-server on the way out (SIGTERM path)
+        socket.create_connection(("127.0.0.1", port), timeout=1)
