@@ -35,6 +35,8 @@ def eval_cmd(
         problems = load_problems(dataset, split=split, limit=limit, seed=cfg.search.seed)
     except (ProblemFileError, ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e), param_hint="--dataset") from None
+    if not problems:
+        raise typer.BadParameter(f"{dataset} gave no problems (--limit {limit})", param_hint="--limit")
     eval_log = None
     if out is not None:
         from learner.eval_log import EvalLog, EvalLogError, run_key
