@@ -37,6 +37,7 @@ from rstar.log import get_logger
 log = get_logger("rstar.broker.dlq")
 
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+_DLQ_HEADER_PREFIXES = ("Rstar-Error", "Rstar-Dlq-")  # what dead-lettering adds to a message
 
 
 def _header_safe(text: str, limit: int = 2000) -> str:
@@ -75,7 +76,7 @@ async def dead_letter(b: Broker, msg: Msg, error: BaseException | str) -> api.Pu
 
 def dlq_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     """The ``Rstar-Error``/``Rstar-Dlq-*`` headers of a dead-lettered message (for tools and tests)."""
-    return {k: v for k, v in (headers or {}).items() if k.startswith(("Rstar-Error", "Rstar-Dlq-"))}
+    return {k: v for k, v in (headers or {}).items() if k.startswith(_DLQ_HEADER_PREFIXES)}
 
 
 async def dead_letter_exhausted(b: Broker, advisory: Mapping[str, Any]) -> bool:
@@ -151,7 +152,7 @@ async def replay(b: Broker, seqs: Iterable[int] | None = None) -> list[tuple[int
                 continue
             raise LookupError(f"no dead letter #{seq} (see `rstar broker dlq`)") from None
         headers = {k: v for k, v in (m.headers or {}).items()
-                   if k != "Nats-Msg-Id" and not k.startswith(("Rstar-Error", "Rstar-Dlq-"))}
+                   if k != "Nats-Msg-Id" and not k.startswith(_DLQ_HEADER_PREFIXES)}
         subject = (m.headers or {}).get("Rstar-Dlq-Subject") or "rstar." + m.subject.removeprefix("rstar.dlq.")
         headers["Nats-Msg-Id"] = f"replay:{seq}:{uuid.uuid4().hex[:8]}"
         await publish(b, subject, m.data or b"", headers)
