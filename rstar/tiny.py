@@ -45,8 +45,13 @@ def _corpus() -> list[str]:
     return lines
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512) -> Path:
-    """Write a tiny random Llama + trained BPE tokenizer to ``out_dir``; returns ``out_dir``."""
+def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512,
+                    head_dim: int | None = None) -> Path:
+    """Write a tiny random Llama + trained BPE tokenizer to ``out_dir``; returns ``out_dir``.
+
+    ``head_dim`` defaults to hidden/heads = 12; vLLM's CPU attention needs one of its supported
+    sizes (32 works), so its tests build the model with ``head_dim=32``.
+    """
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -69,6 +74,7 @@ def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512) -> Path
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=48, intermediate_size=192, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        head_dim=head_dim or 48 // 4,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, initializer_range=0.2)
     # A wide init makes next-token distributions peaked rather than uniform, so greedy decoding

@@ -167,15 +167,6 @@ def test_sampler_greedy_and_nucleus():
     assert torch.allclose(freq[:3], torch.tensor([0.5, 0.3, 0.1]) / 0.9, atol=0.015)
 
 
-def test_vllm_backend_when_installed(tiny_model_dir):
-    pytest.importorskip("vllm", reason="vLLM is not installed here (optional 3.5 GB extra)")
-    from actors.backends.vllm_backend import VLLMBackend
-
-    b = VLLMBackend(tiny_model_dir, device="cpu", dtype="float32")
-    out = b.generate(["Problem: 1 + 1\n"], GenParams(n=2, max_tokens=4, stop=()))
-    assert len(out[0]) == 2 and all(1 <= g.tokens <= 4 for g in out[0])
-
-
 def test_vllm_missing_is_a_clear_error(tiny_model_dir):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed")
