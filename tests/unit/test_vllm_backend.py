@@ -72,7 +72,7 @@ def test_sampling_gives_n_continuations_and_stops_before_the_delimiter(vllm_back
     assert len({g.text for gens in out for g in gens}) > 3  # samples, not one row repeated
 
 
-def test_hot_swap_in_place_then_back(models, vllm_backend):
+def test_hot_swap_then_back(models, vllm_backend):
     greedy = GenParams(n=1, max_tokens=8, temperature=0.0, stop=())
     before = _texts(vllm_backend, greedy)
     vllm_backend.load_weights(str(models[1]), "b")
