@@ -10,9 +10,9 @@ A dead letter keeps the original bytes and headers (its ``Nats-Msg-Id`` aside) o
 ``rstar.dlq.<subject>``, with the reason in ``Rstar-Error`` and its origin in ``Rstar-Dlq-*``.
 A problem delivered ``broker.problems_max_deliver`` times without an ack (every actor that took
 it died or timed out) is never delivered again; the server announces it with a max-deliveries
-advisory, and ``watch_exhausted_problems`` moves it from PROBLEMS to the DLQ so it is not lost
-silently. Advisories are not stored: one that comes while no learner runs is missed (the
-problem stays in PROBLEMS, undelivered). Replay publishes the original bytes and headers to the
+advisory, which the EXHAUSTED stream keeps, and ``watch_exhausted_problems`` moves the problem
+from PROBLEMS to the DLQ so it is not lost silently, then acks the advisory. An advisory that
+comes while no learner runs waits in EXHAUSTED for the next one. Replay publishes the original bytes and headers to the
 original subject under a new message id, then deletes the dead letter.
 """
 
@@ -31,12 +31,11 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from broker.client import Broker, publish
-from broker.streams import ACTORS_CONSUMER, DLQ_STREAM, PROBLEMS_STREAM
+from broker.streams import DLQ_MOVER_CONSUMER, DLQ_STREAM, EXHAUSTED_STREAM, EXHAUSTED_SUBJECT, PROBLEMS_STREAM
 from rstar.log import get_logger
 
 log = get_logger("rstar.broker.dlq")
 
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 _DLQ_HEADER_PREFIXES = ("Rstar-Error", "Rstar-Dlq-")  # what dead-lettering adds to a message
 
 
@@ -98,23 +97,24 @@ async def dead_letter_exhausted(b: Broker, advisory: Mapping[str, Any]) -> bool:
 
 
 async def watch_exhausted_problems(b: Broker, stop: asyncio.Event) -> int:
-    """Dead-letter every problem the actors' consumer gives up on, until ``stop``; returns how many."""
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    subject = MAX_DELIVERIES_ADVISORY.format(stream=PROBLEMS_STREAM, consumer=ACTORS_CONSUMER)
-    sub = await b.nc.subscribe(subject, cb=queue.put)
+    """Dead-letter every problem the actors' consumer gave up on, stored advisories first, until
+    ``stop``; returns how many were moved. An advisory is acked only after its move."""
+    sub = await b.js.pull_subscribe(EXHAUSTED_SUBJECT, durable=DLQ_MOVER_CONSUMER, stream=EXHAUSTED_STREAM)
     moved = 0
     try:
         while not stop.is_set():
             try:
-                msg = await asyncio.wait_for(queue.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+                msgs = await sub.fetch(16, timeout=1.0)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 continue
-            try:
-                moved += await dead_letter_exhausted(b, json.loads(msg.data))
-            except (ValueError, KeyError) as e:
-                log.warning("ignoring a malformed max-deliveries advisory: %s", e)
+            for msg in msgs:
+                try:
+                    moved += await dead_letter_exhausted(b, json.loads(msg.data))
+                except (ValueError, KeyError, TypeError) as e:
+                    log.warning("ignoring a malformed max-deliveries advisory: %s", e)
+                await msg.ack()
     finally:
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
+        with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
             await sub.unsubscribe()
     return moved
 

@@ -5,7 +5,9 @@
 | PROBLEMS | stream, work queue | ``rstar.problems.>``; a message leaves when an actor acks it |
 | TREES | stream, limits | ``rstar.trees``; kept ``trees_max_age_s`` after ingest as a replay window |
 | DLQ | stream, limits | ``rstar.dlq.>``; poison messages, original bytes, error in ``Rstar-Error*`` headers |
+| EXHAUSTED | stream, work queue | the server's max-deliveries advisories for ``actors``, kept until the learner moves their problem to the DLQ |
 | actors | pull consumer on PROBLEMS | ack_wait ``problems_ack_wait_s``, max_deliver ``problems_max_deliver`` |
+| dlq-mover | pull consumer on EXHAUSTED | the learner's; an advisory is acked once its problem is in the DLQ |
 | ingest | pull consumer on TREES | ack_wait ``trees_ack_wait_s``, redelivers without limit (a DB outage loses nothing) |
 | models | KV | key ``current``: the ModelPointer (history kept for rollback) |
 | actors | KV | one key per actor: its Heartbeat, gone ``heartbeat_ttl_s`` after the last |
@@ -43,6 +45,9 @@ TREES_SUBJECT = "rstar.trees"
 DLQ_STREAM = "DLQ"
 DLQ_TREES_SUBJECT = "rstar.dlq.trees"
 ACTORS_CONSUMER = "actors"
+EXHAUSTED_STREAM = "EXHAUSTED"
+EXHAUSTED_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{PROBLEMS_STREAM}.{ACTORS_CONSUMER}"
+DLQ_MOVER_CONSUMER = "dlq-mover"
 INGEST_CONSUMER = "ingest"
 MODELS_BUCKET = "models"
 MODELS_KEY = "current"
@@ -77,6 +82,12 @@ def _stream_configs(cfg: BrokerConfig) -> list[api.StreamConfig]:
             storage=api.StorageType.FILE, duplicate_window=cfg.dedup_window_s,
             max_age=cfg.dlq_max_age_s or None,
             description="poison messages with their error in Rstar-Error headers"),
+        # Advisories are plain messages the server sends once; captured here, one that comes while
+        # no learner runs waits for the next instead of being missed.
+        api.StreamConfig(
+            name=EXHAUSTED_STREAM, subjects=[EXHAUSTED_SUBJECT], retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE, max_age=cfg.dlq_max_age_s or None,
+            description="max-deliveries advisories of problems no actor finished (for the DLQ)"),
     ]
 
 
@@ -92,6 +103,10 @@ def _consumer_configs(cfg: BrokerConfig) -> list[tuple[str, api.ConsumerConfig]]
             ack_wait=cfg.trees_ack_wait_s, max_deliver=-1,
             deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=20_000,
             description="learner ingest; ack after the SQL commit")),
+        (EXHAUSTED_STREAM, api.ConsumerConfig(
+            durable_name=DLQ_MOVER_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0,
+            max_deliver=-1, deliver_policy=api.DeliverPolicy.ALL,
+            description="learner; ack once the advisory's problem is in the DLQ")),
     ]
 
 

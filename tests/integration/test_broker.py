@@ -16,7 +16,8 @@ from broker.dead_letters import list_dead_letters, replay, watch_exhausted_probl
 from broker.codec import PARTS, Reassembler, decode_tree
 from broker.problems import add_problems, fetch_problems, problems_subscription, requeue_problem
 from broker.server import embedded_server, start_server
-from broker.streams import (ACTORS_BUCKET, ACTORS_CONSUMER, CHECKPOINTS_BUCKET, DLQ_STREAM, INGEST_CONSUMER,
+from broker.streams import (ACTORS_BUCKET, ACTORS_CONSUMER, CHECKPOINTS_BUCKET, DLQ_STREAM, EXHAUSTED_STREAM,
+                            INGEST_CONSUMER,
                             MODELS_BUCKET, PROBLEMS_STREAM, PROBLEMS_SUBJECT, TREES_STREAM, TREES_SUBJECT)
 from rstar.config import load_config
 from rstar.schemas import Node, Problem, TreeResult, problem_id
@@ -110,11 +111,9 @@ async def test_fetch_problems_dead_letters_bad_ones(server):
 
 
 async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(server):
+    """No learner runs while the problem is given up on: the stored advisory waits for the next."""
     cfg = _cfg(server.url, "broker.problems_max_deliver=2", "broker.problems_ack_wait_s=0.5")
     async with open_broker(cfg, "t") as b:
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(watch_exhausted_problems(b, stop))
-        await asyncio.sleep(0.1)  # subscribed before the advisory can come
         doomed, fine = _problems(2)
         await add_problems(b, [doomed, fine])
         sub = await problems_subscription(b)
@@ -127,13 +126,26 @@ async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(server):
             await asyncio.sleep(0.7)
         for _ in range(20):  # the server gives up (and announces it) on an actor's next fetch
             assert await fetch_problems(b, sub, batch=2, timeout=0.2) == []
+            if (await b.js.stream_info(EXHAUSTED_STREAM)).state.messages:
+                break
+        assert (await b.js.stream_info(PROBLEMS_STREAM)).state.messages == 1  # still there, undelivered
+        assert await list_dead_letters(b, limit=10) == (0, [])
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_exhausted_problems(b, stop))  # a learner starts
+        for _ in range(50):
             total, rows = await list_dead_letters(b, limit=10)
             if total:
                 break
+            await asyncio.sleep(0.1)
         [row] = rows
         assert row["subject"] == "rstar.dlq.problems.new" and row["Rstar-Dlq-Delivered"] == "2"
         assert "delivered 2 times without an ack" in row["Rstar-Error"]
         assert (await b.js.stream_info(PROBLEMS_STREAM)).state.messages == 0  # moved, not copied
+        for _ in range(50):  # the advisory is acked (gone from the work queue) after the move
+            if not (await b.js.stream_info(EXHAUSTED_STREAM)).state.messages:
+                break
+            await asyncio.sleep(0.1)
+        assert (await b.js.stream_info(EXHAUSTED_STREAM)).state.messages == 0
 
         with pytest.raises(LookupError, match="no dead letter #999"):
             await replay(b, [999])
