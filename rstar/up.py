@@ -10,8 +10,10 @@ What it does, in order:
 4. queues the problem pool (stable ids: a rerun queues nothing new);
 5. starts the learner (ingest + rounds), N actors and the API as children
    (``rstar.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
-6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop, then stops the
-   children (SIGTERM, grace period, SIGKILL) and the server.
+6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop (``--rounds N``: round N
+   published, evaluated and reported served by an actor's heartbeat, or ``SERVE_GRACE_S`` after
+   it was out, with a warning), then stops the children (SIGTERM, grace period, SIGKILL) and the
+   server.
 
 Running it again resumes: the store holds the rounds and trees, the broker the queue and the
 model pointer, the learner continues the round it was in, actors load the current pointer.
@@ -36,6 +38,7 @@ from rstar.supervisor import Supervisor, rstar_argv
 log = get_logger("rstar.up")
 
 PRESETS = Path(__file__).parent / "presets"
+SERVE_GRACE_S = 180.0  # --rounds N: how long to wait for an actor to serve round N's pair once it is out
 
 
 @dataclass
@@ -44,7 +47,7 @@ class UpOptions:
     dataset: str | None = "synthetic"
     problems_file: str | None = None
     limit: int | None = None
-    rounds: int = 0  # stop once this round is published (0 = run until stopped)
+    rounds: int = 0  # stop once this round is published, evaluated and served (0 = run until stopped)
     duration_s: float = 0.0  # stop after this long (0 = run until stopped)
     api: bool = True
     live: bool = True
@@ -113,7 +116,7 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
     from learner.round_eval import has_eval_sets
     from rstar.dashboard import Snapshot, View, render
 
-    first_tree_at = first_swap_at = None
+    first_tree_at = first_swap_at = done_at = None
     evaluates = has_eval_sets(cfg)
     last = Snapshot()
     async with open_broker(cfg, "rstar-up-view", setup=False) as b:
@@ -149,8 +152,16 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
                     return
                 if opts.rounds and last.published_round >= opts.rounds and (
                         last.evaluated_round >= opts.rounds or not evaluates):
-                    log.info("round %d published and evaluated: stopping", opts.rounds)
-                    return
+                    # A bounded run ends once its last pair is in service, not merely published:
+                    # wait (bounded) until an actor's heartbeat reports the pointer's policy.
+                    done_at = done_at if done_at is not None else elapsed
+                    if last.swapped_actors or not opts.actors:
+                        log.info("round %d published and evaluated: stopping", opts.rounds)
+                        return
+                    if elapsed - done_at >= SERVE_GRACE_S:
+                        log.warning("round %d published and evaluated, but no actor reported serving it "
+                                    "within %.0fs: stopping", opts.rounds, SERVE_GRACE_S)
+                        return
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
                 except asyncio.TimeoutError:

@@ -27,7 +27,7 @@ def up(
                                  "(a real set's held-out part and the teacher's problems are left out)."),
     problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
     limit: int = typer.Option(None, help="Queue at most this many problems."),
-    rounds: int = typer.Option(0, help="Stop once this round is published (0: run until Ctrl-C)."),
+    rounds: int = typer.Option(0, help="Stop once this round is published, evaluated and served by an actor (0: run until Ctrl-C)."),
     duration: str = typer.Option(None, help="Stop after this long, e.g. 15m or 2h."),
     no_api: bool = typer.Option(False, "--no-api", help="Do not start the HTTP API."),
     config: str = ConfigOpt,
