@@ -49,3 +49,17 @@ def test_preset_below_file_and_resolved_json_round_trip(tmp_path):
     assert cfg.search.rollouts == 3 and cfg.search.n_children == 7
     dump_config(cfg, tmp_path / "resolved.json")
     assert load_config(tmp_path / "resolved.json", env={}) == cfg
+
+
+@pytest.mark.parametrize("name", ["quick", "learning"])
+def test_shipped_presets_load(name):
+    """Every preset `rstar up --preset` offers is valid config (unknown keys are errors)."""
+    import tomllib
+
+    from rstar.up import preset_path
+
+    path = preset_path(name)
+    cfg = load_config(None, env={}, preset=path)
+    for section, values in tomllib.loads(path.read_text()).items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (section, key)
