@@ -3,6 +3,7 @@
 import pytest
 
 from rstar.config import ConfigError, load_config
+from rstar.up import PRESETS
 
 
 def test_precedence_toml_env_overrides(tmp_path):
@@ -51,7 +52,7 @@ def test_preset_below_file_and_resolved_json_round_trip(tmp_path):
     assert load_config(tmp_path / "resolved.json", env={}) == cfg
 
 
-@pytest.mark.parametrize("name", ["quick", "learning"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS.glob("*.toml")))
 def test_shipped_presets_load(name):
     """Every preset `rstar up --preset` offers is valid config (unknown keys are errors)."""
     import tomllib
