@@ -41,6 +41,7 @@ class SearchContext:
     actor_id: str = "local"
     round: int = 0
     grade: Callable[[str | None, str], bool] | None = None
+    use_ppm: bool = True  # False: never score candidates, even when the worker has a PPM
     _heads: dict[tuple[str, bool], str] = field(default_factory=dict)
 
     def prompt(self, question: str, steps: list[str]) -> str:
@@ -111,7 +112,7 @@ async def _run_candidates(ctx: SearchContext, problem: Problem, prefix: list[str
         cands.append(Candidate(text=t, code_output=r.stdout, terminal=terminal, answer=answer,
                                correct=correct, ppm_score=None, gen_tokens=tokens[t],
                                policy_version=policy_version, ppm_version=""))
-    if cands and ctx.worker.scorer is not None:
+    if cands and ctx.use_ppm and ctx.worker.scorer is not None:
         tmpl = ctx.ppm_template or (lambda q, s: fmt.build_prompt(q, s, ctx.chat_template, False))
         scores, ppm_version = await ctx.worker.score([tmpl(problem.question, prefix + [c.text])
                                                       for c in cands])

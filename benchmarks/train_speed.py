@@ -12,8 +12,8 @@ Measured on the configured policy (default: the built-in SmolLM2-135M), with the
   reference solutions (levels 1-3), the bootstrap round's data.
 - ``ppm_s_per_pair``: the same for the PPM, on pairs of a reference solution against the same
   solution with a wrong last step, the PPM initialised from the policy just trained.
-- ``eval``: seconds (and generated tokens) per problem of greedy, majority@k and MCTS@k with
-  that policy on ``--eval-problems`` held-out problems searched together (a policy trained on a
+- ``eval``: seconds (and generated tokens) per problem of greedy, majority@k, MCTS@k and
+  MCTS+PPM@k (with the PPM just trained) with that policy on ``--eval-problems`` held-out problems searched together (a policy trained on a
   few examples only: its chains differ from a trained policy's, and a bigger set batches more).
 
 ``estimate`` scales these to one round at the default config: SFT on ``sft_per_problem`` ×
@@ -65,16 +65,17 @@ def ppm_pairs(n: int) -> list[PPMPair]:
     return out
 
 
-async def eval_seconds(cfg, policy_dir: Path, n: int) -> dict[str, float]:
-    """Wall seconds per problem of each evaluation method on ``n`` held-out problems at once."""
+async def eval_seconds(cfg, policy_dir: Path, n: int, ppm_dir: Path | None = None) -> dict[str, float]:
+    """Wall seconds per problem of each evaluation method on ``n`` held-out problems at once
+    (MCTS+PPM@k too when ``ppm_dir`` is given)."""
     from actors.runtime import setup_search
     from learner.evaluate import evaluate
     from learner.round_eval import eval_config
 
     problems = synthetic_problems(n, "heldout", (1, 2, 3))
     out: dict[str, float] = {}
-    async with setup_search(eval_config(cfg, policy_dir, None)) as ctx:
-        for method in ("greedy", "majority", "mcts"):
+    async with setup_search(eval_config(cfg, policy_dir, ppm_dir)) as ctx:
+        for method in ("greedy", "majority", "mcts") + (("mcts+ppm",) if ppm_dir is not None else ()):
             res = await evaluate(problems, ctx, method, cfg.learner.eval_k)
             out[f"{method}_s_per_problem"] = round(res.seconds / n, 2)
             out[f"{method}_tokens_per_problem"] = round(res.gen_tokens / n, 1)
@@ -106,7 +107,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ppm = train_ppm(ppm_pairs(args.pairs), tmp / "policy", tmp / "ppm", cfg.train, tmp / "ppm-work", progress=False)
         ppm_wall = time.perf_counter() - t0
-        ev = asyncio.run(eval_seconds(cfg, tmp / "policy", args.eval_problems)) if args.eval_problems else {}
+        ev = asyncio.run(eval_seconds(cfg, tmp / "policy", args.eval_problems, tmp / "ppm")) if args.eval_problems else {}
 
     t, lc, s = cfg.train, cfg.learner, cfg.search
     sft_n = t.sft_per_problem * lc.round_quota * args.solve_rate * t.epochs

@@ -1,17 +1,29 @@
-"""The per-round evaluation: held-out problems that training never sees, three methods.
+"""The per-round evaluation: held-out problems that training never sees, up to four methods.
 
     sets = eval_sets(cfg)                         # {"synthetic": [...], "svamp": [...]}
     figures = await evaluate_round(cfg, sets, policy_dir, ppm_dir, round=2)
+    figures["sets"]["synthetic"]["greedy"]        # {"n": 30, "correct": 12, "accuracy": 0.4,
+                                                  #  "by_level": {"1": {"n": 5, "correct": 4}, ...}}
 
 Held-out sets (``learner.eval_*``): the synthetic curriculum's ``heldout`` split (disjoint from
 its train split by construction) at ``eval_levels``, and the held-out part of a real set
 (``split_pool_heldout`` by ``eval_seed``); the round controller passes their ids to data
 selection as ``exclude``, so none of them ever becomes a training example even if an actor
-searched it. Methods (``learner.evaluate``): greedy, majority@k and MCTS@k — MCTS+PPM@k when the
-round has a PPM (PPM-augmented Q, answer by PPM score), else answer by majority over the tree.
+searched it. Methods (``learner.evaluate``, ``learner.eval_methods``): greedy, majority@k, MCTS@k
+(no PPM: answer by majority over the tree's terminal answers) and, when the round has a PPM,
+MCTS+PPM@k (PPM-augmented Q, answer by PPM score), both MCTS methods at the same rollout budget k.
 
 The policy is evaluated without few-shot examples: after the bootstrap it writes the step format
-on its own (and that is the prompt it was fine-tuned on). Figures are accuracies in [0, 1].
+on its own (and that is the prompt it was fine-tuned on).
+
+The record of a set and method (``record``) holds the counts, so a script can recheck it and put
+an interval on it (``rstar.stats.wilson``): ``n`` problems, ``correct`` answers, ``accuracy`` =
+correct / n (4 decimals), ``by_level`` — the same counts per curriculum level (``problem.meta
+["level"]``, keys as strings) for the problems that have one, an empty dict for a set without
+levels — and ``correct_ids``, the ids of the problems answered correctly (sorted), so two rounds
+or methods on the same set can be compared problem by problem (``paired_p``). Documents stored
+before these records held the accuracy as a bare float; ``read_record`` reads either shape (a
+float gives ``n`` and ``correct`` None).
 """
 
 from __future__ import annotations
@@ -53,27 +65,95 @@ def eval_ids(sets: dict[str, list[Problem]]) -> frozenset[str]:
     return frozenset(p.id for ps in sets.values() for p in ps)
 
 
-def method_label(method: str, k: int, with_ppm: bool) -> str:
-    if method == "greedy":
-        return "greedy"
-    if method == "majority":
-        return f"majority@{k}"
-    return f"mcts+ppm@{k}" if with_ppm else f"mcts@{k}"
-
-
-def method_column(label: str) -> str:
-    """One name for a method across rounds: MCTS@k and MCTS+PPM@k become ``mcts(+ppm)@k`` (the
-    round's PPM, or its absence, says which ran); greedy and majority@k stay as they are."""
-    return "mcts(+ppm)@" + label.split("@")[1] if label.startswith("mcts") else label
+def method_label(method: str, k: int) -> str:
+    """The label of a method's figures: ``greedy``, ``majority@k``, ``mcts@k``, ``mcts+ppm@k``."""
+    return "greedy" if method == "greedy" else f"{method}@{k}"
 
 
 def method_rank(label: str) -> int:
-    """Display order of a method label: greedy, majority, MCTS (anything else last)."""
-    return next((i for i, m in enumerate(("greedy", "majority", "mcts")) if label.startswith(m)), 3)
+    """Display order of a method label: greedy, majority, MCTS, MCTS+PPM (anything else last)."""
+    return next((i for i, m in enumerate(("greedy", "majority@", "mcts@", "mcts+ppm@")) if label.startswith(m)), 4)
+
+
+def record(problems: list[Problem], outcomes) -> dict:
+    """The stored figures of one set and method from its per-problem outcomes (objects with
+    ``problem_id`` and ``correct``, e.g. ``learner.evaluate.ProblemOutcome``)."""
+    level = {p.id: p.meta.get("level") for p in problems}
+    by_level: dict[str, dict[str, int]] = {}
+    n = correct = 0
+    for o in outcomes:
+        n += 1
+        correct += bool(o.correct)
+        lv = level.get(o.problem_id)
+        if lv is not None:
+            b = by_level.setdefault(str(lv), {"n": 0, "correct": 0})
+            b["n"] += 1
+            b["correct"] += bool(o.correct)
+    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0,
+            "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
+            "correct_ids": sorted(o.problem_id for o in outcomes if o.correct)}
+
+
+def level_key(level: str):
+    """Sort key of ``by_level`` keys: numeric levels in numeric order, then any others."""
+    return (0, int(level), "") if level.isdigit() else (1, 0, level)
+
+
+def read_record(value) -> dict | None:
+    """One stored figure in the record shape, whichever shape it was stored in.
+
+    A record gives ``{"n", "correct", "accuracy", "by_level", "correct_ids"}`` (accuracy
+    recomputed from the counts when they are there; ``correct_ids`` None when not stored); a
+    bare float (documents from before the records) gives its accuracy with ``n``, ``correct`` and
+    ``correct_ids`` None and no levels; anything else gives None.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return {"n": None, "correct": None, "accuracy": float(value), "by_level": {}, "correct_ids": None}
+    if not isinstance(value, dict):
+        return None
+    n, correct = value.get("n"), value.get("correct")
+    counted = isinstance(n, int) and isinstance(correct, int) and 0 <= correct <= n
+    acc = value.get("accuracy")
+    by_level = {str(k): {"n": int(v["n"]), "correct": int(v["correct"])}
+                for k, v in (value.get("by_level") or {}).items()
+                if isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("correct"), int)}
+    if counted and n:
+        acc = round(correct / n, 4)
+    return {"n": n if counted else None, "correct": correct if counted else None,
+            "accuracy": float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
+            "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
+            "correct_ids": sorted(map(str, ids)) if isinstance(ids := value.get("correct_ids"), list) else None}
+
+
+def paired_p(a: dict, b: dict) -> float | None:
+    """McNemar's exact two-sided p value between two records of the same set (two rounds, or two
+    methods), from their ``correct_ids``; None when either lacks them or their ``n`` differ."""
+    from rstar.stats import mcnemar_exact_counts
+
+    if a.get("correct_ids") is None or b.get("correct_ids") is None or a.get("n") != b.get("n"):
+        return None
+    sa, sb = set(a["correct_ids"]), set(b["correct_ids"])
+    return mcnemar_exact_counts(len(sa - sb), len(sb - sa))
+
+
+def round_records(ev: dict | None) -> dict[str, dict[str, dict]]:
+    """``{set: {method label: record}}`` of a round's ``eval`` document (``eval.accuracy``), every
+    figure through ``read_record``; empty when the round has no figures yet."""
+    sets = ((ev or {}).get("accuracy") or {}).get("sets") or {}
+    out: dict[str, dict[str, dict]] = {}
+    for name, figs in sets.items():
+        for label, value in (figs or {}).items():
+            rec = read_record(value) if label != "n" else None
+            if rec is not None and rec["accuracy"] is not None:
+                out.setdefault(name, {})[label] = rec
+    return out
 
 
 def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
-    """The search settings of an evaluation: the round's models, no few-shot, PPM-augmented with a PPM."""
+    """The search settings of an evaluation: the round's models, no few-shot, the PPM loaded when
+    there is one (``learner.evaluate.method_context`` decides per method whether it is used)."""
     return cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"policy": str(policy_dir), "backend": "transformers",
                                               "ppm": str(ppm_dir) if ppm_dir else None}),
@@ -81,14 +161,22 @@ def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
         "search": cfg.search.model_copy(update={"ppm_init": ppm_dir is not None})})
 
 
+def round_methods(cfg: Config, with_ppm: bool) -> list[str]:
+    """The methods a round evaluates: ``learner.eval_methods``, without ``mcts+ppm`` when the
+    round has no PPM."""
+    return [m for m in cfg.learner.eval_methods if with_ppm or m != "mcts+ppm"]
+
+
 async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir: Path,
                          ppm_dir: Path | None, round: int, done: dict | None = None,
                          on_figure=None) -> dict:
-    """``{"sets": {name: {"n": n, "greedy": acc, "majority@k": acc, "mcts(+ppm)@k": acc}}, "seconds": s}``.
+    """``{"sets": {name: {"n": n, label: record, ...}}, "seconds": s}``, a ``record`` per method label
+    (``greedy``, ``majority@k``, ``mcts@k``, ``mcts+ppm@k``).
 
     ``done`` (the same shape) holds figures an interrupted evaluation already stored: those are
-    kept, not recomputed. ``await on_figure(figures)`` runs after each new figure, so a caller
-    can store progress (``learner.round_stages.evaluate_published`` does).
+    kept as they are (a bare float from an older document included), not recomputed.
+    ``await on_figure(figures)`` runs after each new figure, so a caller can store progress
+    (``learner.round_stages.evaluate_published`` does).
     """
     from actors.runtime import setup_search
     from learner.evaluate import evaluate
@@ -101,18 +189,17 @@ async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir
     def figures() -> dict:
         return {"sets": out, "seconds": float(f"{prior + time.perf_counter() - t0:.2f}")}  # `round` is the round here
 
-    todo = [(name, m) for name in sets for m in lc.eval_methods
-            if method_label(m, lc.eval_k, ppm_dir is not None) not in out.get(name, {})]
+    todo = [(name, m) for name in sets for m in round_methods(cfg, ppm_dir is not None)
+            if method_label(m, lc.eval_k) not in out.get(name, {})]
     if not todo:
         return figures()
     async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round=round) as ctx:
         for name, method in todo:
-            label = method_label(method, lc.eval_k, ppm_dir is not None)
+            label = method_label(method, lc.eval_k)
             res = await evaluate(sets[name], ctx, method, lc.eval_k, dataset=name)
             out.setdefault(name, {})["n"] = len(sets[name])
-            out[name][label] = res.accuracy
-            log.info("round %d eval: %s %s = %.3f (%d problems, %.0fs)", round, name, label, res.accuracy,
-                     res.n, res.seconds)
+            out[name][label] = record(sets[name], res.outcomes)
+            log.info("round %d eval: %s %s = %d/%d (%.0fs)", round, name, label, res.correct, res.n, res.seconds)
             if on_figure is not None:
                 await on_figure(figures())
     return figures()

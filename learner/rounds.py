@@ -23,8 +23,9 @@ training state (``learner.train_loop``).
   teacher trees have none: round 0 publishes a policy without a PPM).
 - **publishing**: Object Store, checkpoints rows, pointer ``round = R + 1`` (``learner.publish``);
   problems round R left unsolved are re-queued with ``meta["rollouts"] = requeue_rollouts``.
-- **evaluation** (after publishing, beside the next round): greedy / majority@k / MCTS(+PPM)@k on
-  the held-out sets, stored as ``eval.accuracy``; PPM pairwise accuracy comes from PPM training.
+- **evaluation** (after publishing, beside the next round): greedy / majority@k / MCTS@k, and
+  MCTS+PPM@k when the round has a PPM, on the held-out sets, stored as ``eval.accuracy`` (counts
+  per set, method and level: ``learner.round_eval``); PPM pairwise accuracy comes from PPM training.
 
 Contract with the actors (DESIGN §4). An actor tags each tree with the pointer's ``round`` (0
 before any pointer exists), drops the few-shot prompt once it runs a published policy (they are

@@ -259,9 +259,10 @@ class LearnerConfig(Section):
     eval_real_fraction: float = Field(0.2, gt=0, lt=1)
     """Share of the real set held out; the teacher and training never see that part."""
     eval_k: int = Field(4, ge=1)
-    """Samples for majority@k and rollouts for MCTS(+PPM)@k."""
-    eval_methods: list[Literal["greedy", "majority", "mcts"]] = ["greedy", "majority", "mcts"]
-    """Methods evaluated each round (MCTS uses the round's PPM when it has one)."""
+    """Samples for majority@k and rollouts for MCTS@k and MCTS+PPM@k."""
+    eval_methods: list[Literal["greedy", "majority", "mcts", "mcts+ppm"]] = ["greedy", "majority", "mcts", "mcts+ppm"]
+    """Methods evaluated each round: ``mcts`` never uses a PPM; ``mcts+ppm`` runs on rounds that
+    have one (PPM-augmented Q, answer by PPM score) and is skipped on the others."""
     eval_seed: int = 0
     """Seed of the held-out sets (synthetic generator, real-set split): fixed across rounds."""
 

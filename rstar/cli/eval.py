@@ -1,4 +1,5 @@
-"""``rstar eval``: accuracy of the policy (+PPM) on a dataset by greedy, majority@k or MCTS@k."""
+"""``rstar eval``: accuracy of the policy (+PPM) on a dataset by greedy, majority@k, MCTS@k or
+MCTS+PPM@k (``--method mcts+ppm``, needs ``model.ppm``; ``mcts`` never uses a PPM)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ def eval_cmd(
     dataset: str = typer.Option("synthetic", help="synthetic | gsm8k | math500 | mawps | svamp | asdiv | FILE.jsonl"),
     split: str = typer.Option(None, help="Dataset split (synthetic: heldout by default)."),
     limit: int = typer.Option(20, help="Number of problems."),
-    method: str = typer.Option("greedy", help="greedy | majority | mcts"),
-    k: int = typer.Option(8, help="Samples for majority, rollouts for mcts."),
+    method: str = typer.Option("greedy", help="greedy | majority | mcts | mcts+ppm (needs model.ppm)"),
+    k: int = typer.Option(8, help="Samples for majority, rollouts for mcts / mcts+ppm."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: accuracy, n, method, dataset, ..."),
     out: str = typer.Option(None, "--out", help="Append each problem's outcome to this JSONL file as it "
                             "finishes; running the same command again resumes (skips those done)."),
@@ -24,9 +25,11 @@ def eval_cmd(
     overrides: list[str] = SetOpt,
 ) -> None:
     """Evaluate on a dataset and print an accuracy table."""
-    if method not in ("greedy", "majority", "mcts"):
-        raise typer.BadParameter("method must be greedy, majority or mcts", param_hint="--method")
+    if method not in ("greedy", "majority", "mcts", "mcts+ppm"):
+        raise typer.BadParameter("method must be greedy, majority, mcts or mcts+ppm", param_hint="--method")
     cfg = get_config(config, overrides)
+    if method == "mcts+ppm" and not cfg.model.ppm:
+        raise typer.BadParameter("mcts+ppm needs a PPM: --set model.ppm=DIR", param_hint="--method")
     from rstar.problems import ProblemFileError, load_problems
 
     if dataset == "synthetic" and split is None:

@@ -1,19 +1,30 @@
 """``rstar rounds``: the learner's rounds — state, data, held-out accuracy, models.
 
-    rstar rounds [--json | --markdown] [--plot FILE.png]
+    rstar rounds [--json | --markdown] [--levels] [--plot FILE.png [--control-store URL | --control-json FILE]]
 
-One row per round from the store's ``rounds`` table (written by ``learner.rounds``): its state,
-the trees collected and the share of their problems solved, the SFT examples and PPM pairs
-selected, the PPM's pairwise accuracy on held-out pairs, held-out accuracy per evaluation set as
-``greedy / majority@k / MCTS(+PPM)@k`` of the models trained on that round, and the policy
-version. ``--json`` prints the rows with their full ``eval`` documents (PPM version, training
-reports, bootstrap figures); ``--markdown`` the same table as Markdown (for a README);
-``--plot`` also draws accuracy and solve rate per round (``rstar.rounds_plot``, `plot` extra).
+From the store's ``rounds`` table (written by ``learner.rounds``), two tables. Rounds: one row per
+round with its state, the trees collected and the share of their problems solved, the SFT
+examples and PPM pairs selected, the PPM's pairwise accuracy on held-out pairs and the policy
+version. Held-out accuracy: one row per evaluated round and set, its size ``n`` and a column per
+method (``greedy``, ``majority@k``, ``mcts@k``, ``mcts+ppm@k``) of the models trained on that
+round, each ``acc [lo–hi]`` in % with the 95 % Wilson interval (``rstar.stats.wilson``; a figure
+stored as a bare accuracy, before the records kept counts, shows without one).
+
+``--markdown`` prints the tables as Markdown (for a README); ``--levels`` adds a table per
+evaluation set with curriculum levels: correct/n per level, per round and method. ``--json``
+prints the rows (``store.queries.list_rounds``: round, state, quota, times, versions and the full
+``eval`` document) each with ``accuracy``: ``{set: {method label: {"n", "correct", "accuracy",
+"lo", "hi", "by_level": {level: {"n", "correct"}}}}}`` (``json_rows``; ``n``, ``correct``, ``lo``
+and ``hi`` are null for a figure stored as a bare accuracy). ``--plot`` draws accuracy with its
+intervals, per-level accuracy and solve rate per round (``rstar.rounds_plot``, `plot` extra);
+``--control-store`` / ``--control-json`` (a saved ``--json`` output) add a control run's greedy
+accuracy to it, dashed.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -24,84 +35,210 @@ def _pct(x) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) else "–"
 
 
-def _pts(x) -> str:
-    return f"{100 * x:.0f}" if isinstance(x, (int, float)) else "–"
+def interval(rec: dict | None) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of a record (``learner.round_eval.read_record``), or None when its
+    counts are unknown."""
+    from rstar.stats import wilson
+
+    if not rec or rec.get("n") is None or rec.get("correct") is None:
+        return None
+    return wilson(rec["correct"], rec["n"])
 
 
-def _by_column(figs: dict) -> dict:
-    from learner.round_eval import method_column
+def accuracy_cell(rec: dict | None) -> str:
+    """``52 [46–58]``: accuracy and its 95 % Wilson interval in whole %; ``52`` without counts."""
+    if not rec or rec.get("accuracy") is None:
+        return "–"
+    ci = interval(rec)
+    acc = f"{100 * rec['accuracy']:.0f}"
+    return acc if ci is None else f"{acc} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
 
-    return {method_column(k): v for k, v in figs.items() if k != "n"}
+
+def round_accuracy(row: dict) -> dict[str, dict[str, dict]]:
+    """``{set: {label: {"n", "correct", "accuracy", "lo", "hi", "by_level"}}}`` of one round."""
+    from learner.round_eval import round_records
+
+    out: dict[str, dict[str, dict]] = {}
+    for name, recs in round_records(row.get("eval")).items():
+        for label, rec in recs.items():
+            ci = interval(rec)
+            out.setdefault(name, {})[label] = {
+                "n": rec["n"], "correct": rec["correct"], "accuracy": rec["accuracy"],
+                "lo": round(ci[0], 4) if ci else None, "hi": round(ci[1], 4) if ci else None,
+                "by_level": rec["by_level"]}
+    return out
+
+
+def json_rows(rows: list[dict]) -> list[dict]:
+    """The rows of ``--json``: every field of ``list_rounds`` plus ``accuracy`` (``round_accuracy``)."""
+    return [{**r, "accuracy": round_accuracy(r)} for r in rows]
+
+
+def _methods(rows: list[dict]) -> list[str]:
+    """The method labels of every evaluated round and set, in display order."""
+    from learner.round_eval import method_rank, round_records
+
+    labels = {lb for r in rows for recs in round_records(r.get("eval")).values() for lb in recs}
+    return sorted(labels, key=lambda lb: (method_rank(lb), lb))
 
 
 def rounds_table(rows: list[dict]):
-    """The rounds as a rich Table (also shown by the ``rstar up`` dashboard)."""
+    """The rounds as a rich Table: state, trees, solve rate, data, PPM accuracy, policy version."""
     from rich.table import Table
 
-    from learner.round_eval import method_rank
-
-    sets: dict[str, list[str]] = {}  # evaluation set -> method columns: greedy, majority, MCTS
-    for r in rows:
-        for name, figs in ((r["eval"] or {}).get("accuracy") or {}).get("sets", {}).items():
-            labels = sets.setdefault(name, [])
-            labels += [k for k in _by_column(figs) if k not in labels]
-    for labels in sets.values():
-        labels.sort(key=method_rank)
-    t = Table(title="rstar rounds", caption="held-out accuracy (%) per set: " + ", ".join(
-        f"{name} = {' / '.join(labels)}" for name, labels in sets.items()) if sets else None)
+    t = Table(title="rstar rounds")
     for col in ("round", "state", "trees", "solved", "SFT ex", "pairs", "PPM acc"):
         t.add_column(col, justify="right")
-    for name in sets:
-        t.add_column(f"{name} %", justify="right", no_wrap=True)
     t.add_column("policy", no_wrap=True)
     for r in rows:
-        ev = r["eval"] or {}
+        ev = r.get("eval") or {}
         collect, data = ev.get("collect") or {}, ev.get("data") or {}
-        acc = (ev.get("accuracy") or {}).get("sets", {})
-        cells = [str(r["round"]), r["state"], str(collect.get("trees", "–")), _pct(collect.get("solve_rate")),
-                 str(data.get("sft_examples", "–")), str(data.get("ppm_pairs", "–")), _pct(ev.get("ppm_pairwise_acc"))]
-        cells += ["/".join(_pts(_by_column(acc.get(name, {})).get(label)) for label in labels)
-                  for name, labels in sets.items()]
-        cells.append(r["policy_version"] or "–")
-        t.add_row(*cells)
+        t.add_row(str(r["round"]), r["state"], str(collect.get("trees", "–")), _pct(collect.get("solve_rate")),
+                  str(data.get("sft_examples", "–")), str(data.get("ppm_pairs", "–")), _pct(ev.get("ppm_pairwise_acc")),
+                  r.get("policy_version") or "–")
     return t
 
 
-def rounds_markdown(rows: list[dict]) -> str:
-    """The table of ``rounds_table`` as Markdown (evaluation sets as ``greedy / majority / MCTS``)."""
-    t = rounds_table(rows)
-    head = [c.header for c in t.columns]
+def accuracy_table(rows: list[dict]):
+    """Held-out accuracy as a rich Table: a row per evaluated round and set, a column per method,
+    each cell ``acc [lo–hi]`` in % (``accuracy_cell``); None when no round has figures."""
+    from rich.table import Table
+
+    from learner.round_eval import round_records
+
+    labels = _methods(rows)
+    if not labels:
+        return None
+    bare = False
+    t = Table(title="held-out accuracy", caption="accuracy % [95 % Wilson interval]")
+    for col in ("round", "set", "n", *labels):
+        t.add_column(col, justify="right" if col != "set" else "left", no_wrap=True)
+    for r in rows:
+        sizes = {name: figs.get("n") for name, figs in
+                 (((r.get("eval") or {}).get("accuracy") or {}).get("sets") or {}).items() if isinstance(figs, dict)}
+        for name, recs in round_records(r.get("eval")).items():
+            bare = bare or any(rec["n"] is None for rec in recs.values())
+            t.add_row(str(r["round"]), name, str(sizes.get(name, "–")), *(accuracy_cell(recs.get(lb)) for lb in labels))
+    if bare:
+        t.caption += "; a figure without an interval was stored without its counts"
+    return t
+
+
+def levels_tables(rows: list[dict]) -> list:
+    """Per evaluation set with curriculum levels, a rich Table: a row per round and method,
+    ``correct/n`` per level (``–`` where the round has no figure for it)."""
+    from rich.table import Table
+
+    from learner.round_eval import level_key, method_rank, round_records
+
+    levels: dict[str, list[str]] = {}
+    for r in rows:
+        for name, recs in round_records(r.get("eval")).items():
+            for rec in recs.values():
+                have = levels.setdefault(name, [])
+                have += [lv for lv in rec["by_level"] if lv not in have]
+    out = []
+    for name, lvs in levels.items():
+        if not lvs:
+            continue
+        lvs.sort(key=level_key)
+        t = Table(title=f"held-out {name} by level", caption="correct / n per curriculum level")
+        for col in ("round", "method", *(f"L{lv}" for lv in lvs), "all"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            recs = round_records(r.get("eval")).get(name, {})
+            for label in sorted(recs, key=lambda lb: (method_rank(lb), lb)):
+                rec = recs[label]
+                if not rec["by_level"]:
+                    continue
+                cells = [f"{rec['by_level'][lv]['correct']}/{rec['by_level'][lv]['n']}" if lv in rec["by_level"]
+                         else "–" for lv in lvs]
+                t.add_row(str(r["round"]), label, *cells, f"{rec['correct']}/{rec['n']}")
+        out.append(t)
+    return out
+
+
+def table_markdown(t) -> str:
+    """A rich Table as a Markdown table (header line breaks become spaces), caption below."""
+    head = [str(c.header).replace("\n", " ") for c in t.columns]
     cells = [list(c.cells) for c in t.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(":---" if c.justify == "left" else "---:" for c in t.columns) + "|"]
     lines += ["| " + " | ".join(str(col[i]) for col in cells) + " |" for i in range(t.row_count)]
     return "\n".join(lines) + (f"\n\n{t.caption}" if t.caption else "")
 
 
-def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
-               markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
+def report_tables(rows: list[dict], levels: bool = False) -> list:
+    """The tables ``rstar rounds`` prints: rounds, held-out accuracy (once a round has figures),
+    and with ``levels`` the ``levels_tables``."""
+    acc = accuracy_table(rows)
+    return [rounds_table(rows)] + ([acc] if acc is not None else []) + (levels_tables(rows) if levels else [])
+
+
+def rounds_markdown(rows: list[dict], levels: bool = False) -> str:
+    """The tables of ``report_tables`` as Markdown, each after its title in bold (but the first)."""
+    tables = report_tables(rows, levels)
+    return "\n\n".join([table_markdown(tables[0])] + [f"**{t.title}**\n\n" + table_markdown(t) for t in tables[1:]])
+
+
+def load_rows_json(path: str | Path) -> list[dict]:
+    """Rows saved from ``rstar rounds --json``; ValueError when the file is not such a list."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in rows):
+        raise ValueError(f"{path}: not a list of rounds as `rstar rounds --json` prints them")
+    return rows
+
+
+def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON rows (with accuracy records)."),
+               markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+               levels: bool = typer.Option(False, "--levels", help="Also show accuracy per curriculum level."),
                plot: str = typer.Option(None, "--plot", help="Also draw the rounds to this PNG (needs matplotlib)."),
+               control_store: str = typer.Option(
+                   None, "--control-store", help="With --plot: a control run's store URL; its greedy line is drawn dashed."),
+               control_json: str = typer.Option(
+                   None, "--control-json", help="With --plot: a control run's saved `rstar rounds --json` output."),
                config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
     """Show every round: state, trees, solve rate, data, held-out accuracy, model versions."""
     from store.db import open_store
     from store.queries import list_rounds
 
+    if (control_store or control_json) and not plot:
+        raise typer.BadParameter("a control run is only drawn on a plot: add --plot FILE.png",
+                                 param_hint="--control-store/--control-json")
+    if control_store and control_json:
+        raise typer.BadParameter("give one control run", param_hint="--control-store/--control-json")
     cfg = get_config(config, overrides)
     rows = list_rounds(open_store(cfg.store_url))
     if plot:
         from rstar.rounds_plot import plot_rounds
 
+        control = None
+        if control_json:
+            try:
+                control = load_rows_json(control_json)
+            except ValueError as e:
+                raise typer.BadParameter(str(e), param_hint="--control-json") from None
+        elif control_store:
+            control = list_rounds(open_store(control_store))
+        if control is not None and not control:
+            raise typer.BadParameter("the control run has no rounds", param_hint="--control-store/--control-json")
         try:
-            plot_rounds(rows, plot)
+            plot_rounds(rows, plot, control_rows=control)
         except RuntimeError as e:
             raise typer.BadParameter(str(e), param_hint="--plot") from None
     if as_json:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps(json_rows(rows)))
     elif markdown:
-        typer.echo(rounds_markdown(rows))
+        typer.echo(rounds_markdown(rows, levels=levels))
     else:
         from rich.console import Console
 
-        Console().print(rounds_table(rows))
+        console = Console()
+        for t in report_tables(rows, levels):
+            console.print(t)
 
 
 def register(app: typer.Typer) -> None:

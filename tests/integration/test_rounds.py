@@ -109,17 +109,27 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             assert "accuracy" not in lt.get_round(engine, 0)["eval"]
             assert lt.unevaluated_round(engine)["round"] == 0
             # An evaluation interrupted after its first figure resumes from it (not recomputed).
+            partial = {"n": 2, "correct": 1, "accuracy": 0.5, "by_level": {"1": {"n": 1, "correct": 1},
+                                                                         "2": {"n": 1, "correct": 0}}}
             with lt.begin(engine) as conn:
-                lt.merge_eval(conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 6, "greedy": 0.5}},
+                lt.merge_eval(conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 2, "greedy": partial}},
                                                              "seconds": 1.0}})
             await evaluate_published(L, lt.get_round(engine, 0))
             assert lt.unevaluated_round(engine) is None
             r0 = lt.get_round(engine, 0)
-            assert r0["eval"]["accuracy"]["sets"]["synthetic"]["greedy"] == 0.5
+            syn = r0["eval"]["accuracy"]["sets"]["synthetic"]
+            assert syn["greedy"] == partial
             assert r0["eval"]["accuracy_partial"] is None and r0["eval"]["accuracy"]["seconds"] > 1.0
             assert r0["state"] == "published" and r0["eval"]["bootstrap"]["stored"] == 6
             assert r0["eval"]["data"] == {"sft_examples": 6, "ppm_pairs": 0, "problems": 6, "solved_problems": 6}
-            assert set(r0["eval"]["accuracy"]["sets"]["synthetic"]) == {"n", "greedy", "majority@2", "mcts@2"}
+            assert set(syn) == {"n", "greedy", "majority@2", "mcts@2"}  # no PPM in round 0: no MCTS+PPM
+            for label in ("majority@2", "mcts@2"):  # records that add up, level by level
+                rec = syn[label]
+                assert rec["n"] == 2 and set(rec["by_level"]) == {"1", "2"} and 0 <= rec["correct"] <= 2
+                assert sum(b["n"] for b in rec["by_level"].values()) == rec["n"]
+                assert sum(b["correct"] for b in rec["by_level"].values()) == rec["correct"]
+                assert len(rec["correct_ids"]) == rec["correct"]
+            assert r0["eval"]["accuracy"]["sets"]["svamp"]["greedy"]["by_level"] == {}
             assert r0["ppm_version"] is None and "ppm_pairwise_acc" not in r0["eval"]
             pointer = await get_pointer(b)
             assert pointer.round == 1 and pointer.ppm is None and pointer.policy.version == r0["policy_version"]
@@ -149,7 +159,7 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             assert r1["state"] == "published" and r1["eval"]["collect"]["solve_rate"] == round(2 / 3, 4)
             assert r1["eval"]["data"]["sft_examples"] == 2 and r1["eval"]["data"]["ppm_pairs"] > 0
             assert 0.0 <= r1["eval"]["ppm_pairwise_acc"] <= 1.0
-            assert "mcts+ppm@2" in r1["eval"]["accuracy"]["sets"]["svamp"]
+            assert {"mcts@2", "mcts+ppm@2"} <= set(r1["eval"]["accuracy"]["sets"]["svamp"])  # both, same k
             pointer = await get_pointer(b)
             assert pointer.round == 2 and pointer.ppm is not None and pointer.ppm.version == r1["ppm_version"]
             ckpts = list_checkpoints(engine)
@@ -174,6 +184,9 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
         rows = json.loads(res.stdout)
         assert [(r["round"], r["state"]) for r in rows] == [(0, "published"), (1, "published"), (2, "collecting")]
         assert rows[1]["eval"]["ppm_pairwise_acc"] == r1["eval"]["ppm_pairwise_acc"]
+        got = rows[1]["accuracy"]["svamp"]["mcts+ppm@2"]
+        stored = r1["eval"]["accuracy"]["sets"]["svamp"]["mcts+ppm@2"]
+        assert (got["n"], got["correct"], got["by_level"]) == (stored["n"], stored["correct"], {})
         res = CliRunner(env={"COLUMNS": "160"}).invoke(app, ["rounds", *sets])
         assert res.exit_code == 0 and "published" in res.stdout and r1["policy_version"] in res.stdout
         res = CliRunner().invoke(app, ["train", "ppm", "--round", "1", "--out", str(tmp_path / "by-hand"), "--json", *sets])
