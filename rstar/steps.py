@@ -107,9 +107,14 @@ INSTRUCTIONS = (
 
 
 def user_message(question: str, few_shot: bool = True) -> str:
-    """The user turn: instructions, optional worked examples, then the question."""
-    parts = [INSTRUCTIONS]
+    """The user turn: with ``few_shot``, instructions and worked examples; then the question.
+
+    Without ``few_shot`` it is the bare ``Problem: …\nSolution:`` that a policy fine-tuned on the
+    format is trained on and searched with (instructions would only add prefill to every call).
+    """
+    parts = []
     if few_shot:
+        parts.append(INSTRUCTIONS)
         for q, steps in FEW_SHOT:
             parts.append(f"Problem: {q}\nSolution:\n{render_steps(steps)}")
     parts.append(f"Problem: {question.strip()}\nSolution:")

@@ -47,7 +47,7 @@ def test_prompt_contains_examples_question_and_steps_so_far():
     p = fmt.build_prompt("How many?", ["# s\nx = 1\n"])
     assert "Problem: How many?" in p and p.endswith("# s\nx = 1\n<end_of_step>\n")
     assert fmt.STEP_END in fmt.user_message("q") and "Lena buys" in p
-    assert "Lena buys" not in fmt.build_prompt("How many?", [], few_shot=False)
+    assert fmt.build_prompt("How many?", [], few_shot=False) == "Problem: How many?\nSolution:\n"
     chat = fmt.build_prompt("Q?", [], chat_template=lambda m: f"<u>{m[0]['content']}</u><a>")
     assert chat.startswith("<u>") and chat.endswith("</u><a>")
 
