@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from learner.train_loop import (LoopSpec, apply_lora, batch_order, clear_state, merge_lora,
+from learner.train_loop import (LoopSpec, apply_lora, clear_state, merge_lora, run_batches,
                                  run_loop)
 from rstar import steps as fmt
 from rstar.config import TrainConfig
@@ -85,11 +85,11 @@ def collate(batch: list[dict], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def spec_from(cfg: TrainConfig, desc: str, lr: float, epochs: int, batch_size: int) -> LoopSpec:
+def spec_from(cfg: TrainConfig, desc: str, lr: float, epochs: int, batch_size: int, steps: int = 0) -> LoopSpec:
     return LoopSpec(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=cfg.grad_accum,
                     warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                     save_every=cfg.save_every, seed=cfg.seed, log_every=cfg.log_every, desc=desc,
-                    threads=cfg.threads)
+                    threads=cfg.threads, steps=steps)
 
 
 def fingerprint(data: list, spec: LoopSpec, *extra: str) -> str:
@@ -121,18 +121,19 @@ def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: Tr
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, "CAUSAL_LM")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    spec = spec_from(cfg, "SFT", cfg.lr, cfg.epochs, cfg.batch_size)
+    spec = spec_from(cfg, "SFT", cfg.lr, cfg.epochs, cfg.batch_size, cfg.steps)
 
     def loss_fn(m, idx: list[int], device):
         batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], pad).items()}
         return m(**batch).loss
 
+    lengths = [len(d["input_ids"]) for d in data]
     res = run_loop(model, len(data), loss_fn, spec, work_dir,
-                   fingerprint(data, spec, cfg.method, str(Path(base_dir).resolve())), progress, stop)
+                   fingerprint(data, spec, cfg.method, str(Path(base_dir).resolve())), progress, stop, lengths)
     save_model_dir(merge_lora(res.model).eval(), tokenizer, out_dir)
     clear_state(work_dir)
     secs = time.perf_counter() - t0
-    n_seen = sum(len(b) for b in batch_order(len(data), cfg.epochs, cfg.batch_size, cfg.seed)[res.resumed_from_batch:])
+    n_seen = sum(len(b) for b in run_batches(spec, len(data), lengths)[res.resumed_from_batch:])
     losses = res.losses
     return SFTReport(examples=len(data), dropped_too_long=dropped, steps=res.steps,
                      first_loss=round(losses[0], 4) if losses else float("nan"),

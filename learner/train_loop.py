@@ -57,6 +57,7 @@ class LoopSpec:
     seed: int
     log_every: int = 10
     desc: str = "train"
+    steps: int = 0  # optimizer steps of the run, whatever the data's size; 0 = ``epochs`` passes
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
 
@@ -70,14 +71,41 @@ class LoopResult:
     seconds: float = 0.0
 
 
-def batch_order(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Item indices of every batch of the run, shuffled per epoch by ``seed``."""
-    batches = []
-    for e in range(epochs):
+GROUP_BATCHES = 16  # length grouping: items are sorted by length within windows of this many batches
+
+
+def batch_order(n: int, epochs: int, batch_size: int, seed: int, total: int = 0,
+                lengths: list[int] | None = None) -> list[list[int]]:
+    """Item indices of every batch of the run, shuffled per epoch by ``seed``: ``epochs`` passes,
+    or with ``total`` > 0 exactly ``total`` batches, over as many passes as that takes.
+
+    With ``lengths`` (tokens per item), each epoch's shuffled items are sorted by length within
+    windows of ``GROUP_BATCHES`` batches and the batches then shuffled, so a batch holds items of
+    similar length: less padding, the same items per epoch, still a random order of batches.
+    """
+    batches: list[list[int]] = []
+    e = 0
+    while (e < epochs) if total <= 0 else (len(batches) < total):
+        rng = random.Random(seed * 1000 + e)
         idx = list(range(n))
-        random.Random(seed * 1000 + e).shuffle(idx)
-        batches += [idx[i:i + batch_size] for i in range(0, n, batch_size)]
-    return batches
+        rng.shuffle(idx)
+        if lengths is None:
+            batches += [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+        else:
+            window = batch_size * GROUP_BATCHES
+            epoch: list[list[int]] = []
+            for w in range(0, n, window):
+                part = sorted(idx[w:w + window], key=lambda i: lengths[i])
+                epoch += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+            rng.shuffle(epoch)
+            batches += epoch
+        e += 1
+    return batches[:total] if total > 0 else batches
+
+
+def run_batches(spec: "LoopSpec", n: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Every batch of a run of ``spec`` over ``n`` items (``spec.steps`` optimizer steps, or epochs)."""
+    return batch_order(n, spec.epochs, spec.batch_size, spec.seed, spec.steps * spec.grad_accum, lengths)
 
 
 def apply_lora(model, r: int, alpha: int, task_type: str | None):
@@ -121,8 +149,10 @@ def clear_state(work_dir: Path) -> None:
 
 
 def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: Path,
-             fingerprint: str, progress: bool = True, stop: threading.Event | None = None) -> LoopResult:
-    """Train ``model`` on ``n_items`` items; ``loss_fn(model, item_indices, device)`` -> loss."""
+             fingerprint: str, progress: bool = True, stop: threading.Event | None = None,
+             lengths: list[int] | None = None) -> LoopResult:
+    """Train ``model`` on ``n_items`` items; ``loss_fn(model, item_indices, device)`` -> loss.
+    ``lengths`` (tokens per item) groups items of similar length into batches (``batch_order``)."""
     import torch
     from accelerate import Accelerator
     from rich.progress import Progress
@@ -134,7 +164,7 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
     # Gradient accumulation by hand rather than accelerate's accumulate(): a run whose batch count
     # is not a multiple of grad_accum still steps on its last, partial accumulation.
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    everything = batch_order(n_items, spec.epochs, spec.batch_size, spec.seed)
+    everything = run_batches(spec, n_items, lengths)
     per_proc = len(everything) // acc.num_processes
     if per_proc == 0:
         raise ValueError(f"{len(everything)} batches cannot feed {acc.num_processes} processes")
