@@ -47,6 +47,29 @@ def base_model(cfg: Config) -> str:
     return cfg.learner.base_model or cfg.model.policy
 
 
+def start_model(cfg: Config, round_no: int) -> Path:
+    """The model round ``round_no``'s policy is fine-tuned from (``learner.finetune_from``)."""
+    from rstar.models import resolve_model_dir
+
+    how = cfg.learner.finetune_from
+    if round_no == 0 or how == "base":
+        return resolve_model_dir(base_model(cfg), cfg.model.cache_dir)
+    start = round_dir(cfg, 0 if how == "bootstrap" else round_no - 1) / "policy"
+    if not complete(start):
+        raise RuntimeError(f"round {round_no} fine-tunes from {start} (learner.finetune_from = {how!r}), "
+                           "which is not a complete checkpoint")
+    return start
+
+
+def round_train_config(cfg: Config, round_no: int):
+    """The SFT settings of a round: round 0 takes ``bootstrap_lr`` / ``bootstrap_steps`` when set."""
+    tc = cfg.train
+    if round_no != 0:
+        return tc
+    return tc.model_copy(update={"lr": tc.bootstrap_lr or tc.lr,
+                                 "steps": tc.steps if tc.bootstrap_steps is None else tc.bootstrap_steps})
+
+
 async def _in_thread(L: Learner, fn, *args):
     """Run a trainer in a worker thread; it raises TrainingInterrupted when ``L.stop`` is set."""
     L.training = True
@@ -100,7 +123,10 @@ async def _collect(L: Learner, row: dict) -> bool:
         age = (datetime.now(timezone.utc) - row["started_at"]).total_seconds()
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
-    sel = await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, lc.sft_rounds_window, L.exclude)
+    if lc.control:  # the same round, trained on the teacher's trees only (round 0's selection)
+        sel = await asyncio.to_thread(data.select_round, L.engine, 0, L.cfg.train, 1, L.exclude)
+    else:
+        sel = await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, lc.sft_rounds_window, L.exclude)
     if not sel.sft and r > 0:
         log.warning("round %d solved nothing: its policy trains on every round's selection so far", r)
         sel.sft = (await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, r + 1, L.exclude)).sft
@@ -115,14 +141,14 @@ async def _collect(L: Learner, row: dict) -> bool:
 
 async def _train_policy(L: Learner, row: dict) -> bool:
     from learner.sft import train_sft
-    from rstar.models import resolve_model_dir
 
     r, d = row["round"], round_dir(L.cfg, row["round"])
     if not complete(d / "policy"):
         examples = await asyncio.to_thread(data.sft_examples, L.engine, r)
-        base = await asyncio.to_thread(resolve_model_dir, base_model(L.cfg), L.cfg.model.cache_dir)
-        rep = await _in_thread(L, train_sft, examples, base, d / "policy", L.cfg.train, d / "sft-work")
-        _write_json(d / "sft.json", asdict(rep))
+        start = await asyncio.to_thread(start_model, L.cfg, r)
+        rep = await _in_thread(L, train_sft, examples, start, d / "policy", round_train_config(L.cfg, r),
+                               d / "sft-work")
+        _write_json(d / "sft.json", asdict(rep) | {"from": str(start)})
     return await _commit(L, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
 
 

@@ -18,7 +18,10 @@ training state (``learner.train_loop``).
   ``round_time_limit_s`` after it opened if it has any tree. Closing selects the training data
   (``learner.data``; evaluation problems excluded). A round whose trees solved nothing trains its
   policy on every round's selection so far rather than stopping the loop.
-- **training_policy**: SFT from the base model (``learner.base_model``), as the paper.
+- **training_policy**: SFT from the base model (``learner.base_model``), as the paper, or from
+  round 0's or the previous round's policy (``learner.finetune_from``); round 0 may take its own
+  learning rate and step budget (``train.bootstrap_lr`` / ``bootstrap_steps``). A control run
+  (``learner.control``) trains every round on the teacher's trees only.
 - **training_ppm**: PPM from this round's policy, when the round has pairs (round 0's linear
   teacher trees have none: round 0 publishes a policy without a PPM).
 - **publishing**: Object Store, checkpoints rows, pointer ``round = R + 1`` (``learner.publish``);

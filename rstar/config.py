@@ -180,6 +180,16 @@ class TrainConfig(Section):
     """Full fine-tune, or LoRA adapters (peft) merged into the weights when saved."""
     lr: float = Field(5e-5, gt=0)
     epochs: int = Field(2, ge=1)
+    """Passes over a round's SFT data (unless ``steps`` fixes the budget)."""
+    steps: int = Field(0, ge=0)
+    """Optimizer steps of a round's SFT, whatever the data's size (the data is reshuffled each
+    pass): a fixed training budget per round, so a run and its control spend the same compute;
+    0 = ``epochs`` passes over the data."""
+    bootstrap_lr: float | None = Field(None, gt=0)
+    """Round 0's SFT learning rate; None = ``lr``. A policy trained from scratch (``nano``) needs
+    a far higher rate than a fine-tune."""
+    bootstrap_steps: int | None = Field(None, ge=0)
+    """Round 0's SFT optimizer steps; None = ``steps``."""
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_len: int = Field(512, ge=32)
@@ -215,7 +225,19 @@ class LearnerConfig(Section):
     """The round controller (``learner/rounds.py``), the bootstrap round and per-round evaluation."""
 
     base_model: str | None = None
-    """Model every round's policy is fine-tuned from (paper: always the base); None = model.policy."""
+    """Model round 0's policy is trained from (and, with ``finetune_from = "base"``, every
+    round's); None = model.policy."""
+    finetune_from: Literal["base", "bootstrap", "previous"] = "base"
+    """What a round R >= 1 policy is fine-tuned from: the base model (the paper), round 0's
+    policy (``bootstrap``: for a base trained from scratch, like ``nano``, the bootstrap policy is
+    the real base), or round R - 1's policy (``previous``: training accumulates over rounds)."""
+    control: bool = False
+    """A control run: every round trains on the teacher's trees only (round 0's selection), with
+    the same settings, search and training budget, so that the gains of a self-evolution run
+    can be measured against the same compute without self-evolution."""
+    pool: str = "synthetic"
+    """The problem pool ``rstar up`` queues when given neither ``--dataset`` nor ``--problems``
+    (``rstar eval --dataset`` names, joined by ``+`` to interleave)."""
     teacher: Literal["curriculum", "openai", "none"] = "curriculum"
     """Round 0's teacher: the synthetic curriculum's reference solutions, an OpenAI-compatible
     endpoint (``model.openai_url`` / ``model.openai_model``), or none (round 0 collects actor

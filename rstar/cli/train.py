@@ -63,19 +63,22 @@ def register(app: typer.Typer) -> None:
     def sft(round: int = RoundOpt, out: Path = OutOpt, reselect: bool = typer.Option(
                 False, "--reselect", help="Select the round's data from the store again first."),
             as_json: bool = JsonOpt, config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-        """Fine-tune the base policy on the round's SFT examples."""
+        """Fine-tune the round's starting policy (``learner.finetune_from``) on its SFT examples."""
         from learner import data
-        from learner.round_stages import base_model, round_dir
+        from learner.round_stages import round_dir, round_train_config, start_model
         from learner.sft import train_sft
-        from rstar.models import resolve_model_dir
 
         cfg, engine = _setup(config, overrides, round, reselect)
         examples = data.sft_examples(engine, round)
         if not examples:
             raise typer.BadParameter(f"round {round} has no SFT examples in the store", param_hint="--round")
         d = round_dir(cfg, round)
-        rep = train_sft(examples, resolve_model_dir(base_model(cfg), cfg.model.cache_dir), out or d / "policy",
-                        cfg.train, d / "sft-work" if out is None else out.with_name(out.name + "-work"),
+        try:
+            start = start_model(cfg, round)
+        except RuntimeError as e:
+            raise typer.BadParameter(str(e), param_hint="--round") from None
+        rep = train_sft(examples, start, out or d / "policy",
+                        round_train_config(cfg, round), d / "sft-work" if out is None else out.with_name(out.name + "-work"),
                         progress=not as_json)
         _report(rep, as_json, f"SFT round {round}")
 

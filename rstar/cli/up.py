@@ -23,8 +23,9 @@ def parse_duration(text: str | None) -> float:
 def up(
     preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
     actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
-    dataset: str = typer.Option("synthetic", help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
-                                 "(a real set's held-out part and the teacher's problems are left out)."),
+    dataset: str = typer.Option(None, help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
+                                 "(a real set's held-out part and the teacher's problems are left out); "
+                                 "default: the config's learner.pool (synthetic)."),
     problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
     limit: int = typer.Option(None, help="Queue at most this many problems."),
     rounds: int = typer.Option(0, help="Stop once this round is published, evaluated and served by an actor (0: run until Ctrl-C)."),
@@ -41,7 +42,7 @@ def up(
         cfg = load_config(config, overrides, preset=preset_path(preset) if preset else None)
     except (ConfigError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    opts = UpOptions(actors=actors, dataset=None if problems else dataset, problems_file=problems,
+    opts = UpOptions(actors=actors, dataset=None if problems else (dataset or cfg.learner.pool), problems_file=problems,
                      limit=limit, rounds=rounds, duration_s=parse_duration(duration), api=not no_api)
     run_up(cfg, opts, config, overrides or [])
 

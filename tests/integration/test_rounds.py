@@ -275,3 +275,35 @@ async def test_stop_mid_training_saves_and_the_next_controller_resumes_it(nats_s
         assert lt.get_round(engine, 0)["eval"]["sft"]["resumed_from_step"] >= 4
     finally:
         engine.dispose()
+
+
+async def test_fixed_budget_warm_start_and_the_control_trains_on_the_teacher_only(nats_server, tmp_path, tiny_model_dir):
+    """``learner.finetune_from = "previous"``, ``train.steps`` / ``bootstrap_steps`` and a control run.
+
+    Round 0 trains from the base for its own budget; round 1 starts from round 0's policy and
+    trains exactly ``train.steps`` optimizer steps; in a control run round 1's SFT set is the
+    teacher's (6 demonstrations), not the actors' solved problems (2 in ``searched_trees``).
+    """
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    args = settings(nats_server.url, tmp_path, url, tiny_model_dir) + [
+        'learner.finetune_from="previous"', 'learner.control=true', 'train.steps=3', 'train.bootstrap_steps=5',
+        'train.bootstrap_lr=2e-3', 'learner.eval_synthetic_n=0', 'learner.eval_real_n=0']
+    cfg = load_config(overrides=args, env={})
+    engine = open_store(url)
+    try:
+        async with open_broker(cfg, "test-learner") as b:
+            L = make_learner(cfg, engine, b)
+            await _steps_until(L, 1, "collecting")
+            from store.writer import upsert_trees
+            upsert_trees(engine, searched_trees())
+            await _steps_until(L, 2, "collecting")
+        r0, r1 = lt.get_round(engine, 0), lt.get_round(engine, 1)
+        assert r0["eval"]["sft"]["steps"] == 5 and r0["eval"]["sft"]["from"] == str(tiny_model_dir)
+        assert r1["eval"]["sft"]["steps"] == 3 and r1["eval"]["sft"]["from"] == str(round_dir(cfg, 0) / "policy")
+        assert r1["eval"]["data"]["sft_examples"] == 6 == r0["eval"]["data"]["sft_examples"]
+        teacher = {r["tree_id"] for r in lt.sft_rows(engine, 0)}
+        assert {r["tree_id"] for r in lt.sft_rows(engine, 1)} == teacher
+        assert r1["eval"]["data"]["ppm_pairs"] == 0 and r1["ppm_version"] is None  # no actor trees, no PPM
+        assert r1["eval"]["collect"]["solve_rate"] == round(2 / 3, 4)  # the actors searched all the same
+    finally:
+        engine.dispose()
