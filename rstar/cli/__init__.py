@@ -28,6 +28,44 @@ def get_config(config: str | None, overrides: list[str] | None) -> Config:
         raise typer.BadParameter(str(e), param_hint="config") from None
 
 
+RoundOpt = typer.Option(None, "--round", help="Use round R's trained policy and PPM (data_dir/learner/round-R), "
+                        "with the settings the learner evaluated them with (the run's data_dir/run/config.json).")
+PolicyOpt = typer.Option(None, "--policy", help="Use this policy directory (no few-shot prompt).")
+PPMOpt = typer.Option(None, "--ppm", help="Use this PPM directory (PPM-augmented search).")
+
+
+def get_model_config(config: str | None, overrides: list[str] | None, round_no: int | None,
+                     policy: str | None, ppm: str | None) -> Config:
+    """The config of a command that can run a trained round (``--round``) or given models.
+
+    With ``--round R`` and no ``--config``, the run's resolved config (``data_dir/run/config.json``,
+    written by ``rstar up``) is the base, so the search runs as the learner's evaluation did; the
+    round's policy and, when it has one, its PPM are used without few-shot examples.
+    """
+    cfg = get_config(config, overrides)
+    if round_no is None and policy is None and ppm is None:
+        return cfg
+    from learner.round_eval import eval_config
+    from learner.round_stages import complete, round_dir
+
+    if round_no is not None:
+        if policy is not None:
+            raise typer.BadParameter("give --round or --policy, not both", param_hint="--round")
+        run_cfg = cfg.data_dir / "run" / "config.json"
+        if config is None and run_cfg.is_file():
+            cfg = get_config(str(run_cfg), overrides)
+        d = round_dir(cfg, round_no)
+        if not complete(d / "policy"):
+            raise typer.BadParameter(f"round {round_no} has no complete policy in {d / 'policy'} "
+                                     f"(data_dir = {cfg.data_dir})", param_hint="--round")
+        policy = str(d / "policy")
+        if ppm is None and complete(d / "ppm"):
+            ppm = str(d / "ppm")
+    from pathlib import Path
+
+    return eval_config(cfg, Path(policy) if policy else Path(cfg.model.policy), Path(ppm) if ppm else None)
+
+
 def _register_all() -> None:
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{mod.name}")

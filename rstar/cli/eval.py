@@ -9,7 +9,7 @@ import json
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from rstar.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
 
 
 def eval_cmd(
@@ -21,15 +21,19 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: accuracy, n, method, dataset, ..."),
     out: str = typer.Option(None, "--out", help="Append each problem's outcome to this JSONL file as it "
                             "finishes; running the same command again resumes (skips those done)."),
+    round_no: int = RoundOpt,
+    policy: str = PolicyOpt,
+    ppm: str = PPMOpt,
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
 ) -> None:
     """Evaluate on a dataset and print an accuracy table."""
     if method not in ("greedy", "majority", "mcts", "mcts+ppm"):
         raise typer.BadParameter("method must be greedy, majority, mcts or mcts+ppm", param_hint="--method")
-    cfg = get_config(config, overrides)
+    cfg = get_model_config(config, overrides, round_no, policy, ppm)
     if method == "mcts+ppm" and not cfg.model.ppm:
-        raise typer.BadParameter("mcts+ppm needs a PPM: --set model.ppm=DIR", param_hint="--method")
+        raise typer.BadParameter("mcts+ppm needs a PPM: --ppm DIR, or --round R of a round that has one",
+                                 param_hint="--method")
     from rstar.problems import ProblemFileError, load_problems
 
     if dataset == "synthetic" and split is None:

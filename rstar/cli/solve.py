@@ -9,7 +9,7 @@ import time
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from rstar.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
 
 EXAMPLE = ("A baker makes 24 muffins. She sells 3 boxes of 6 muffins each. "
            "How many muffins are left?")
@@ -28,11 +28,14 @@ def solve(
     answer: str = typer.Option(None, help="Reference answer: grade terminals (training-style search)."),
     rollouts: int = typer.Option(None, help="MCTS rollouts (default: search.rollouts)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text."),
+    round_no: int = RoundOpt,
+    policy: str = PolicyOpt,
+    ppm: str = PPMOpt,
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
 ) -> None:
     """Search one QUESTION with MCTS and print the answer, best trajectory and tree stats."""
-    cfg = get_config(config, overrides)
+    cfg = get_model_config(config, overrides, round_no, policy, ppm)
     asyncio.run(_solve(cfg, question, answer, rollouts, as_json))
 
 
