@@ -196,9 +196,10 @@ async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir
     async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round=round) as ctx:
         for name, method in todo:
             label = method_label(method, lc.eval_k)
-            res = await evaluate(sets[name], ctx, method, lc.eval_k, dataset=name)
+            problems = sets[name] if method == "greedy" or not lc.eval_sampled_n else sets[name][:lc.eval_sampled_n]
+            res = await evaluate(problems, ctx, method, lc.eval_k, dataset=name)
             out.setdefault(name, {})["n"] = len(sets[name])
-            out[name][label] = record(sets[name], res.outcomes)
+            out[name][label] = record(problems, res.outcomes) | {"seconds": res.seconds}
             log.info("round %d eval: %s %s = %d/%d (%.0fs)", round, name, label, res.correct, res.n, res.seconds)
             if on_figure is not None:
                 await on_figure(figures())

@@ -119,7 +119,7 @@ async def _collect(L: Learner, row: dict) -> bool:
     counts = await asyncio.to_thread(lt.tree_counts, L.engine, r)
     # A collecting round follows the configured quota (a restart with a new round_quota applies it).
     quota = row["quota"] if r == 0 else lc.round_quota
-    if not patch:
+    if not patch and not lc.control:  # a control round trains on no actor tree: nothing to wait for
         age = (datetime.now(timezone.utc) - row["started_at"]).total_seconds()
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False

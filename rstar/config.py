@@ -271,6 +271,10 @@ class LearnerConfig(Section):
     problems already searched with this many are not re-queued again."""
     eval_synthetic_n: int = Field(30, ge=0)
     """Held-out synthetic problems per evaluation (curriculum ``heldout`` split)."""
+    eval_sampled_n: int = Field(0, ge=0)
+    """Majority@k, MCTS@k and MCTS+PPM@k run on the first this many problems of each set (they
+    cost about k times a greedy chain each); 0 = every problem, as greedy. The first problems of
+    the synthetic set take the levels in turn, so a prefix keeps them balanced."""
     eval_levels: list[int] = [1, 2, 3, 4, 5, 6]
     """Curriculum levels of the held-out synthetic problems (taken in turn)."""
     eval_real: str | None = "svamp"

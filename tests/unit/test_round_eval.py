@@ -122,9 +122,10 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     assert syn["greedy"] == 0.5 and syn["n"] == 4 and figs["seconds"] >= 2.0
     assert syn["mcts+ppm@2"] == {"n": 4, "correct": 1, "accuracy": 0.25,
                                  "by_level": {"1": {"n": 2, "correct": 1}, "2": {"n": 2, "correct": 0}},
-                                 "correct_ids": [sets["synthetic"][0].id]}
+                                 "correct_ids": [sets["synthetic"][0].id], "seconds": 0.1}
     assert set(syn) == {"n", "greedy", "majority@2", "mcts@2", "mcts+ppm@2"}
-    assert sv["greedy"] == {"n": 3, "correct": 2, "accuracy": 0.6667, "by_level": {}, "correct_ids": ["s0", "s1"]}
+    assert sv["greedy"] == {"n": 3, "correct": 2, "accuracy": 0.6667, "by_level": {}, "correct_ids": ["s0", "s1"],
+                            "seconds": 0.1}
     assert len(stored) == 7 and set(stored[0]["sets"]["synthetic"]) == {"n", "greedy", "majority@2"}
 
     # Without a PPM: no MCTS+PPM; a complete `done` is returned without loading anything.
