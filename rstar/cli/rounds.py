@@ -45,13 +45,15 @@ def interval(rec: dict | None) -> tuple[float, float] | None:
     return wilson(rec["correct"], rec["n"])
 
 
-def accuracy_cell(rec: dict | None) -> str:
-    """``52 [46–58]``: accuracy and its 95 % Wilson interval in whole %; ``52`` without counts."""
+def accuracy_cell(rec: dict | None, set_n: int | None = None) -> str:
+    """``52 [46–58]``: accuracy and its 95 % Wilson interval in whole %; ``52`` without counts;
+    ``15 [8–26] n=60`` when the method ran on fewer problems than the set has (``eval_sampled_n``)."""
     if not rec or rec.get("accuracy") is None:
         return "–"
     ci = interval(rec)
     acc = f"{100 * rec['accuracy']:.0f}"
-    return acc if ci is None else f"{acc} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
+    cell = acc if ci is None else f"{acc} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
+    return cell + (f" n={rec['n']}" if set_n is not None and rec.get("n") not in (None, set_n) else "")
 
 
 def round_accuracy(row: dict) -> dict[str, dict[str, dict]]:
@@ -118,7 +120,8 @@ def accuracy_table(rows: list[dict]):
                  (((r.get("eval") or {}).get("accuracy") or {}).get("sets") or {}).items() if isinstance(figs, dict)}
         for name, recs in round_records(r.get("eval")).items():
             bare = bare or any(rec["n"] is None for rec in recs.values())
-            t.add_row(str(r["round"]), name, str(sizes.get(name, "–")), *(accuracy_cell(recs.get(lb)) for lb in labels))
+            t.add_row(str(r["round"]), name, str(sizes.get(name, "–")),
+                      *(accuracy_cell(recs.get(lb), sizes.get(name)) for lb in labels))
     if bare:
         t.caption += "; a figure without an interval was stored without its counts"
     return t

@@ -13,7 +13,7 @@ from actors.sandbox import SandboxPool
 from actors.search import SearchContext
 from learner import round_eval
 from learner.evaluate import EvalResult, ProblemOutcome, evaluate
-from learner.round_eval import (evaluate_round, method_label, method_rank, paired_p, read_record, record,
+from learner.round_eval import (eval_sets, evaluate_round, method_label, method_rank, paired_p, read_record, record,
                                 round_methods, round_records)
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
@@ -187,3 +187,27 @@ def test_eval_config_loads_the_round_ppm():
     e = round_eval.eval_config(cfg, "/p", "/q")
     assert e.model.ppm == "/q" and e.search.ppm_init and not e.generation.few_shot
     assert round_eval.eval_config(cfg, "/p", None).model.ppm is None
+
+
+async def test_sampled_methods_run_on_a_level_balanced_prefix(monkeypatch, tmp_path):
+    """``learner.eval_sampled_n``: greedy on every problem, the sampled methods on the first n."""
+    sizes = {}
+
+    @contextlib.asynccontextmanager
+    async def fake_setup(cfg, actor_id="local", round=0, backend=None):
+        yield None
+
+    async def fake_evaluate(problems, ctx, method, k=8, dataset="", **kw):
+        sizes[method] = [p.meta["level"] for p in problems]
+        outs = _outcomes(problems, set())
+        return EvalResult(dataset=dataset, method=method, k=k, n=len(outs), correct=0, accuracy=0.0, seconds=0.1,
+                          gen_tokens=0, outcomes=outs)
+
+    monkeypatch.setattr("actors.runtime.setup_search", fake_setup)
+    monkeypatch.setattr("learner.evaluate.evaluate", fake_evaluate)
+    cfg = load_config(overrides=["learner.eval_sampled_n=4", "learner.eval_real_n=0", "learner.eval_synthetic_n=12",
+                                 "learner.eval_levels=[1, 2, 3, 4]"], env={})
+    figs = await evaluate_round(cfg, eval_sets(cfg), tmp_path / "policy", None, 0)
+    assert len(sizes["greedy"]) == 12 and sizes["majority"] == sizes["mcts"] == [1, 2, 3, 4]
+    syn = figs["sets"]["synthetic"]
+    assert syn["n"] == 12 and syn["greedy"]["n"] == 12 and syn["majority@4"]["n"] == 4

@@ -153,3 +153,11 @@ def test_cli_json_markdown_and_plot_with_a_control(tmp_path):
     assert res.exit_code == 0, res.output and (tmp_path / "q.png").exists()
     res = runner.invoke(app, [*args, "--control-json", str(tmp_path / "control.json")])
     assert res.exit_code != 0 and "--plot" in res.output
+
+
+def test_a_method_run_on_fewer_problems_than_the_set_says_so():
+    from rstar.cli.rounds import accuracy_cell
+
+    rec = {"n": 60, "correct": 9, "accuracy": 0.15}
+    assert accuracy_cell(rec, 300) == "15 [8–26] n=60"
+    assert accuracy_cell(rec, 60) == accuracy_cell(rec) == "15 [8–26]"
