@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/hot_swap.py --json [--swaps 3] [--steady-s 30]
 
-One run: a nats-server of its own (temp store); the default policy (SmolLM2-135M) and a PPM on it
+One run: a nats-server of its own (temp store); the policy (``--policy``: SmolLM2-135M by default,
+``nano``, or a trained round's policy directory) and a PPM on it
 serve round 0, on the bare prompt (no few-shot examples: what a published policy gets, so the
 workload is the same before and after the swaps); ``--swaps`` "fine-tuned" pairs (weights perturbed by 1e-3 of each tensor's std,
 saved with ``rstar.checkpoints.save_model_dir``; a fresh PPM on each) are put in the Object Store
@@ -136,7 +137,7 @@ async def run(args, work: Path) -> dict:
     from rstar.models import resolve_model_dir
 
     t0 = time.perf_counter()
-    base = resolve_model_dir("smollm2-135m", load_config(env={}).model.cache_dir)
+    base = resolve_model_dir(args.policy, load_config(env={}).model.cache_dir)
     pairs = make_pairs(base, work / "models", args.swaps)
     make_s = time.perf_counter() - t0
     srv = start_server(work / "nats")
@@ -198,7 +199,7 @@ async def run(args, work: Path) -> dict:
         return round(statistics.median(getattr(e, z) - getattr(e, a) for e in events.values()), 3)
 
     return {
-        "model": "smollm2-135m", "swaps": len(pointers), "swaps_done": len(lat),
+        "model": args.policy, "swaps": len(pointers), "swaps_done": len(lat),
         "refused": [e.refused for e in report.swaps if e.refused],
         "swap_latency_s": {"median": round(statistics.median(lat), 3), "max": round(max(lat), 3),
                            "each": [round(x, 3) for x in lat]},
@@ -226,6 +227,8 @@ async def run(args, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--policy", default="smollm2-135m", help="base policy: a built-in name (smollm2-135m, nano) "
+                    "or a model directory, e.g. a trained nano round's data/learner/round-R/policy")
     ap.add_argument("--swaps", type=int, default=3)
     ap.add_argument("--steady-s", type=float, default=30.0)
     ap.add_argument("--problems", type=int, default=400)
