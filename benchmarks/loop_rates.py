@@ -57,7 +57,8 @@ def round_rates(engine) -> dict:
         out.append({"round": r["round"], "state": r["state"], "wall_s": wall, "bootstrap_s": boot, "sft_s": sft,
                     "ppm_s": ppm, "collect_s": None if wall is None else round(wall - sum(x or 0 for x in (sft, ppm, boot)), 1),
                     "eval_s": acc.get("seconds"), "eval_methods_s": methods, "trees": n,
-                    "trees_per_min": round(60 * n / span, 1) if span > 0 else None})
+                    # a bootstrap round's trees are the teacher's demonstrations, stored, not searched
+                    "trees_per_min": round(60 * n / span, 1) if span > 0 and boot is None else None})
         ts += [t for t in (start, end) if t]
     evolved = [x for x in out if x["round"] >= 1 and x["wall_s"]]
     total = (max(ts) - min(ts)).total_seconds() if ts else None
@@ -71,7 +72,14 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     engine = open_store(a.store)
-    res = round_rates(engine)
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    res = {"command": " ".join(["benchmarks/loop_rates.py", *sys.argv[1:]]),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+           **round_rates(engine)}
     engine.dispose()
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
