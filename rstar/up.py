@@ -70,14 +70,17 @@ def pool_problems(cfg: Config, datasets: str, limit: int | None = None) -> list[
     problems are left out, so actors search only problems the teacher never showed.
     """
     from learner.bootstrap import teacher_problems
-    from rstar.problems import load_problems, split_pool_heldout
+    from rstar.problems import DEFAULT_SYNTHETIC, load_problems, split_pool_heldout
 
     lc = cfg.learner
     skip = {p.id for p in teacher_problems(cfg)} if lc.teacher != "none" else set()
     sets = []
     for name in (x.strip() for x in datasets.split("+") if x.strip()):
-        split = "train" if name.startswith("synthetic") else None
-        problems = load_problems(name, split=split, seed=cfg.search.seed)
+        synthetic = name.startswith("synthetic")
+        # The teacher draws from the same generator: make as many more as it may take, so the
+        # pool keeps its size after the teacher's problems are left out.
+        problems = load_problems(name, split="train" if synthetic else None, seed=cfg.search.seed,
+                                 limit=DEFAULT_SYNTHETIC + len(skip) if synthetic else None)
         if name == lc.eval_real:
             problems = split_pool_heldout(problems, lc.eval_real_fraction, lc.eval_seed)[0]
         sets.append([p for p in problems if p.id not in skip])

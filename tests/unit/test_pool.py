@@ -28,3 +28,13 @@ def test_pool_mixes_sets_in_turn_and_leaves_out_held_out_and_teacher_problems():
 def test_pool_keeps_a_real_set_whole_when_it_is_not_the_evaluation_set():
     cfg = _cfg("learner.eval_real=mawps", "learner.teacher=none")
     assert len(pool_problems(cfg, "svamp")) == len(load_problems("svamp"))
+
+
+def test_the_pool_keeps_its_size_when_the_teacher_drew_from_the_same_generator():
+    from rstar.problems import DEFAULT_SYNTHETIC
+
+    # Teacher and pool: levels 1-2, seed 0: the teacher's 1,200 problems are the pool's first ones.
+    cfg = load_config(None, ["learner.teacher_problems=1200", "learner.teacher_levels=[1, 2]"], env={})
+    pool = pool_problems(cfg, "synthetic:1-2")
+    taught = {p.id for p in teacher_problems(cfg)}
+    assert len(pool) == DEFAULT_SYNTHETIC and not taught & {p.id for p in pool}
