@@ -26,7 +26,7 @@ from rstar.stats import wilson
 
 pytestmark = [pytest.mark.learning, pytest.mark.slow, pytest.mark.timeout(900)]
 
-# Sized so the run takes well under 10 minutes on a 2-core CPU (measured in the README).
+# Sized for under 10 minutes on an idle 2-core CPU; not yet measured alone (README, "Tests").
 SETTINGS = {
     "LEARNER__TEACHER_PROBLEMS": "1200", "LEARNER__TEACHER_LEVELS": "[1]", "LEARNER__POOL": "synthetic:1",
     "TRAIN__BOOTSTRAP_STEPS": "400", "TRAIN__STEPS": "200", "LEARNER__ROUND_QUOTA": "48",
