@@ -193,8 +193,26 @@ async def evaluate_published(L: Learner, row: dict) -> None:
     log.info("round %d: evaluated in %.0fs", r, figures["seconds"])
 
 
-async def _publish(L: Learner, row: dict) -> bool:
+async def requeue_unsolved(cfg: Config, engine, broker, round: int):
+    """Queue again, with ``requeue_rollouts``, the problems round ``round`` left unsolved that the
+    pool may hold (``rstar.pool``: never a held-out evaluation problem, the teacher's only if
+    ``learner.pool_include_teacher``); returns that ``Pool`` (what was left out is logged)."""
     from broker.problems import requeue_problem
+    from rstar.pool import Pool, select_pool
+
+    lc = cfg.learner
+    unsolved = await asyncio.to_thread(lt.unsolved_problems, engine, round, lc.requeue_rollouts)
+    pool = await asyncio.to_thread(select_pool, cfg, unsolved) if unsolved else Pool()
+    for note in pool.notes():
+        log.warning("round %d re-queue: %s", round, note)
+    for p in pool.problems:  # the same attempt id twice is deduplicated by the broker
+        meta = {**p.meta, "rollouts": lc.requeue_rollouts}
+        await requeue_problem(broker, Problem(id=p.id, source=p.source, question=p.question, answer=p.answer,
+                                              meta=meta), attempt=f"r{round + 1}")
+    return pool
+
+
+async def _publish(L: Learner, row: dict) -> bool:
     from learner.publish import publish_pair
 
     if L.broker is None:
@@ -206,13 +224,10 @@ async def _publish(L: Learner, row: dict) -> bool:
                              announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
                              base=base_model(L.cfg), policy_metrics={"sft": ev.get("sft")},
                              ppm_metrics={"ppm": ev.get("ppm")})
-    unsolved = await asyncio.to_thread(lt.unsolved_problems, L.engine, r, lc.requeue_rollouts)
-    for p in unsolved:  # the same attempt id twice is deduplicated by the broker
-        meta = {**p.meta, "rollouts": lc.requeue_rollouts}
-        await requeue_problem(L.broker, Problem(id=p.id, source=p.source, question=p.question, answer=p.answer,
-                                                meta=meta), attempt=f"r{r + 1}")
+    requeued = await requeue_unsolved(L.cfg, L.engine, L.broker, r)
     last = bool(lc.max_rounds) and r >= lc.max_rounds
-    return await _commit(L, r, row["state"], "published", {"requeued": len(unsolved)},
+    left_out = {"requeue_left_out": requeued.counts()} if requeued.held_out or requeued.teacher else {}
+    return await _commit(L, r, row["state"], "published", {"requeued": len(requeued.problems), **left_out},
                          nxt=None if last else r + 1, policy_version=pub.policy.version,
                          ppm_version=pub.ppm.version if pub.ppm else None)
 

@@ -238,6 +238,10 @@ class LearnerConfig(Section):
     pool: str = "synthetic"
     """The problem pool ``rstar up`` queues when given neither ``--dataset`` nor ``--problems``
     (``rstar eval --dataset`` names, joined by ``+`` to interleave)."""
+    pool_include_teacher: bool = False
+    """Queue the teacher's demonstrated problems for search too (``rstar up``, ``rstar problems
+    add``, the learner's re-queue: ``rstar.pool``). By default they are left out, and counted;
+    held-out evaluation problems are left out always."""
     teacher: Literal["curriculum", "openai", "none"] = "curriculum"
     """Round 0's teacher: the synthetic curriculum's reference solutions, an OpenAI-compatible
     endpoint (``model.openai_url`` / ``model.openai_model``), or none (round 0 collects actor

@@ -7,7 +7,8 @@ What it does, in order:
    ``<data_dir>/run/config.json``; every child gets exactly that file;
 2. starts (or joins) the embedded NATS server, its JetStream store in ``<data_dir>/nats``;
 3. migrates the store (SQLite in ``<data_dir>/rstar.db`` by default);
-4. queues the problem pool (stable ids: a rerun queues nothing new);
+4. queues the problem pool (stable ids: a rerun queues nothing new; ``rstar.pool``: never a
+   held-out evaluation problem, the teacher's demonstrated problems only with ``--include-teacher``);
 5. starts the learner (ingest + rounds), N actors and the API as children
    (``rstar.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
 6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop (``--rounds N``: round N
@@ -22,7 +23,6 @@ model pointer, the learner continues the round it was in, actors load the curren
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rstar.config import Config, dump_config
-from rstar.schemas import Problem
 from rstar.log import get_logger
 from rstar.supervisor import Supervisor, rstar_argv
 
@@ -61,47 +60,25 @@ def preset_path(name: str) -> Path:
     return p
 
 
-def pool_problems(cfg: Config, datasets: str, limit: int | None = None) -> list[Problem]:
-    """The problem pool for ``--dataset a+b``: the sets interleaved, none the learner holds out.
-
-    Sets joined by ``+`` (``synthetic:1-6+svamp``) are taken in turn (one problem from each set, then the next), so every
-    round sees all of them. The set named by ``learner.eval_real`` contributes only its pool part
-    (the held-out part is the learner's evaluation set); the curriculum teacher's demonstrated
-    problems are left out, so actors search only problems the teacher never showed.
-    """
-    from learner.bootstrap import teacher_problems
-    from rstar.problems import DEFAULT_SYNTHETIC, load_problems, split_pool_heldout
-
-    lc = cfg.learner
-    skip = {p.id for p in teacher_problems(cfg)} if lc.teacher != "none" else set()
-    sets = []
-    for name in (x.strip() for x in datasets.split("+") if x.strip()):
-        synthetic = name.startswith("synthetic")
-        # The teacher draws from the same generator: make as many more as it may take, so the
-        # pool keeps its size after the teacher's problems are left out.
-        problems = load_problems(name, split="train" if synthetic else None, seed=cfg.search.seed,
-                                 limit=DEFAULT_SYNTHETIC + len(skip) if synthetic else None)
-        if name == lc.eval_real:
-            problems = split_pool_heldout(problems, lc.eval_real_fraction, lc.eval_seed)[0]
-        sets.append([p for p in problems if p.id not in skip])
-    mixed = [p for group in itertools.zip_longest(*sets) for p in group if p is not None]
-    return mixed if limit is None else mixed[:limit]
-
-
 async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
+    """Queue the pool (``rstar.pool``: no held-out evaluation problem, the teacher's only if asked)."""
     from broker.client import open_broker
     from broker.problems import add_problems
+    from rstar.pool import pool_problems, select_pool
     from rstar.problems import read_problems_jsonl
 
     if opts.problems_file:
-        problems = read_problems_jsonl(opts.problems_file)
+        pool = select_pool(cfg, read_problems_jsonl(opts.problems_file), opts.limit)
     elif opts.dataset:
-        problems = pool_problems(cfg, opts.dataset, opts.limit)
+        pool = pool_problems(cfg, opts.dataset, opts.limit)
     else:
         return {"published": 0}
+    for note in pool.notes():
+        log.warning("problem pool: %s", note)
     async with open_broker(cfg, "rstar-up-seed") as b:
-        counts = await add_problems(b, problems)
-    return {"problems": len(problems), "published": counts.published, "already_queued": counts.duplicates}
+        counts = await add_problems(b, pool.problems)
+    return {"problems": len(pool.problems), "published": counts.published, "already_queued": counts.duplicates,
+            **pool.counts()}
 
 
 async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: asyncio.Event,

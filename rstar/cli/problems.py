@@ -5,6 +5,12 @@
     rstar problems add --dataset synthetic:1-6 --split train --limit 2000 --seed 3
     rstar problems status
 
+Held-out evaluation problems are never queued, and the teacher's demonstrated problems only with
+``--include-teacher`` (``rstar.pool``, the rule ``rstar up`` and the learner's re-queue follow too):
+what is left out is counted (``held_out``, ``teacher``) and named on stderr. ``--limit N`` queues N
+problems of the pool (a seeded sample of a file or a real set; the first N of the synthetic
+generator that are not the teacher's).
+
 A file with a bad line is refused whole (``path:line: reason``) and nothing is queued, unless
 ``--skip-invalid``: then every bad line is reported, counted as invalid, and the rest queued.
 Adding the same problems again queues nothing (see ``broker.problems``).
@@ -46,16 +52,25 @@ def _read_skipping_invalid(path: Path) -> tuple[list, list[str]]:
                 lines[e.line_no - 1] = ""
 
 
-def _load(source: str | None, dataset: str | None, split: str | None, limit: int | None, seed: int,
-          skip_invalid: bool) -> tuple[list, list[str]]:
-    from rstar.problems import load_problems
+def _load(cfg, source: str | None, dataset: str | None, split: str | None, limit: int | None, seed: int,
+          skip_invalid: bool, include_teacher: bool | None) -> tuple:
+    """``(pool, invalid lines)``: the problems to queue by the pool's rule (``rstar.pool``)."""
+    from rstar.pool import pool_problems, select_pool, shuffled
+    from rstar.problems import ProblemSourceError, load_problems
 
     if (source is None) == (dataset is None):
         raise typer.BadParameter("give a JSONL file or --dataset NAME (one of them)")
-    if dataset is not None or not skip_invalid:
-        return load_problems(dataset or source, split=split, limit=limit, seed=seed), []
-    problems, invalid = _read_skipping_invalid(Path(source))
-    return (problems if limit is None else problems[:limit]), invalid
+    if dataset is None and not skip_invalid and not Path(source).is_file():
+        dataset = source  # a built-in name as the argument: the same as --dataset
+    if dataset is not None:
+        return pool_problems(cfg, dataset, limit, split=split, seed=seed, sample=True,
+                             include_teacher=include_teacher), []
+    if split is not None:
+        raise ProblemSourceError(f"a problem file has no splits; got split={split!r} for {source}")
+    problems, invalid = _read_skipping_invalid(Path(source)) if skip_invalid else (load_problems(source), [])
+    if limit is not None:
+        problems = shuffled(problems, seed)
+    return select_pool(cfg, problems, limit, include_teacher), invalid
 
 
 def register(app: typer.Typer) -> None:
@@ -68,15 +83,24 @@ def register(app: typer.Typer) -> None:
                                         help="A built-in set: gsm8k, gsm8k-train, math500, math-train, mawps, "
                                              "svamp, asdiv, synthetic[:levels]."),
             split: str = typer.Option(None, help="Split of the set (synthetic: train or heldout)."),
-            limit: int = typer.Option(None, min=0, help="At most this many (a seeded sample of a set)."),
+            limit: int = typer.Option(None, min=0, help="At most this many of the pool (a seeded sample of a set or file)."),
             seed: int = typer.Option(0, help="Seed of the sample and of the synthetic generator."),
             skip_invalid: bool = typer.Option(False, help="Queue the good lines of a file with bad ones."),
+            include_teacher: bool = typer.Option(None, "--include-teacher/--no-include-teacher",
+                                                 help="Queue the teacher's demonstrated problems too (default: "
+                                                      "learner.pool_include_teacher, off). Held-out evaluation "
+                                                      "problems are never queued."),
             as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
             config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-        """Validate problems and queue each one not queued before (Nats-Msg-Id = problem id)."""
+        """Validate problems and queue each one not queued before (Nats-Msg-Id = problem id).
+
+        Held-out evaluation problems are left out, and the teacher's demonstrated problems unless
+        --include-teacher (rstar/pool.py); both are counted and named on stderr.
+        """
         import asyncio
 
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from broker.client import open_broker
@@ -86,7 +110,7 @@ def register(app: typer.Typer) -> None:
         cfg = get_config(config, overrides)
         err = Console(stderr=True, soft_wrap=True)  # error lines stay whole (greppable)
         try:
-            problems, invalid = _load(source, dataset, split, limit, seed, skip_invalid)
+            pool, invalid = _load(cfg, source, dataset, split, limit, seed, skip_invalid, include_teacher)
         except (ProblemFileError, ProblemSourceError) as e:
             err.print(f"[red]error:[/] {e}")
             raise typer.Exit(2) from None
@@ -94,6 +118,9 @@ def register(app: typer.Typer) -> None:
             err.print(f"[yellow]invalid:[/] {line}")
         if len(invalid) > 20:
             err.print(f"[yellow]… and {len(invalid) - 20} more invalid lines[/]")
+        for note in pool.notes():
+            err.print(f"[yellow]left out:[/] {escape(note)}")
+        problems = pool.problems
 
         async def run():
             async with open_broker(cfg, "rstar-problems-add") as b:
@@ -103,15 +130,16 @@ def register(app: typer.Typer) -> None:
                     return await add_problems(b, problems, progress=lambda _: bar.advance(task))
 
         counts = asyncio.run(run())
-        result = {"published": counts.published, "duplicates": counts.duplicates, "invalid": len(invalid),
-                  "total": len(problems) + len(invalid)}
+        left = pool.counts()
+        result = {"published": counts.published, "duplicates": counts.duplicates, "invalid": len(invalid), **left,
+                  "total": len(problems) + len(invalid) + sum(left.values())}
         if as_json:
             typer.echo(json.dumps(result))
             return
         from rich.table import Table
 
-        table = Table("published", "duplicates skipped", "invalid", title="problems add")
-        table.add_row(*(f"{result[k]:,}" for k in ("published", "duplicates", "invalid")))
+        table = Table("published", "duplicates skipped", "invalid", "held out", "teacher's", title="problems add")
+        table.add_row(*(f"{result[k]:,}" for k in ("published", "duplicates", "invalid", "held_out", "teacher")))
         Console().print(table)
 
     @group.command("status")

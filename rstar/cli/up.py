@@ -24,10 +24,13 @@ def up(
     preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
     actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
     dataset: str = typer.Option(None, help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
-                                 "(a real set's held-out part and the teacher's problems are left out); "
+                                 "(held-out evaluation problems and the teacher's are left out, and counted); "
                                  "default: the config's learner.pool (synthetic)."),
     problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
     limit: int = typer.Option(None, help="Queue at most this many problems."),
+    include_teacher: bool = typer.Option(False, "--include-teacher",
+                                         help="Queue the teacher's demonstrated problems too (sets "
+                                              "learner.pool_include_teacher; held-out problems are never queued)."),
     rounds: int = typer.Option(0, help="Stop once this round is published, evaluated and served by an actor (0: run until Ctrl-C)."),
     duration: str = typer.Option(None, help="Stop after this long, e.g. 15m or 2h."),
     no_api: bool = typer.Option(False, "--no-api", help="Do not start the HTTP API."),
@@ -38,6 +41,8 @@ def up(
     from rstar.config import ConfigError, load_config
     from rstar.up import UpOptions, preset_path, run_up
 
+    if include_teacher:  # in the run's config, so the learner's re-queue follows it too
+        overrides = [*(overrides or []), "learner.pool_include_teacher=true"]
     try:
         cfg = load_config(config, overrides, preset=preset_path(preset) if preset else None)
     except (ConfigError, ValueError) as e:

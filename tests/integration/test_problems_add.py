@@ -60,8 +60,11 @@ GOOD = [json.dumps({"question": f"What is {i} times 3?", "answer": str(3 * i)}) 
 
 def test_adding_a_file_twice_queues_it_once(server, tmp_path):
     f = _write(tmp_path / "p.jsonl", GOOD)
-    assert _json(_add(server, str(f), "--json")) == {"published": 5, "duplicates": 0, "invalid": 0, "total": 5}
-    assert _json(_add(server, str(f), "--json")) == {"published": 0, "duplicates": 5, "invalid": 0, "total": 5}
+    none_left_out = {"held_out": 0, "teacher": 0}
+    assert _json(_add(server, str(f), "--json")) == {"published": 5, "duplicates": 0, "invalid": 0, **none_left_out,
+                                                     "total": 5}
+    assert _json(_add(server, str(f), "--json")) == {"published": 0, "duplicates": 5, "invalid": 0, **none_left_out,
+                                                     "total": 5}
     queued = _queued(server)
     assert sorted(p.question for p in queued) == sorted(json.loads(g)["question"] for g in GOOD)
     assert len({p.id for p in queued}) == 5
@@ -74,7 +77,7 @@ def test_a_malformed_file_is_refused_whole_with_its_line(server, tmp_path):
     assert f"{f}:3: not a JSON object" in proc.stderr
     assert _queued(server) == []
     counts = _json(_add(server, str(f), "--skip-invalid", "--json"))
-    assert counts == {"published": 5, "duplicates": 0, "invalid": 1, "total": 6}
+    assert counts == {"published": 5, "duplicates": 0, "invalid": 1, "held_out": 0, "teacher": 0, "total": 6}
 
 
 def test_a_builtin_set_with_a_limit(server):
@@ -83,6 +86,8 @@ def test_a_builtin_set_with_a_limit(server):
     again = _json(_add(server, "--dataset", "synthetic", "--limit", "30", "--json"))
     assert (again["published"], again["duplicates"]) == (10, 20)  # limit 20 is a prefix of limit 30
     assert len(_queued(server)) == 30
+    # the teacher's problems (the same generator and seed) are left out, so 30 are still queued
+    assert again["teacher"] > 0 and again["total"] == 30 + again["teacher"]
 
 
 def test_neither_or_both_sources_is_a_usage_error(server, tmp_path):
