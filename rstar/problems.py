@@ -39,7 +39,7 @@ import msgspec
 from rstar.curriculum import LEVELS, synthetic_problems
 from rstar.grading import extract_answer
 from rstar.log import get_logger
-from rstar.schemas import Problem, problem_id
+from rstar.schemas import SCHEMA_VERSION, Problem, problem_id
 
 log = get_logger(__name__)
 DEFAULT_SYNTHETIC = 1000
@@ -211,6 +211,7 @@ class _UserLine(msgspec.Struct, forbid_unknown_fields=True):
     id: str | None = None
     source: str = "user"
     meta: dict[str, Any] = {}
+    schema: int | None = None  # present when the line is an encoded ``Problem`` (a round trip)
 
 
 def _user_problem(path: str | Path, no: int, line: str) -> Problem:
@@ -222,6 +223,8 @@ def _user_problem(path: str | Path, no: int, line: str) -> Problem:
         raise ProblemFileError(path, no, f"not a JSON object: {e}") from None
     if not row.question.strip():
         raise ProblemFileError(path, no, "empty question")
+    if row.schema not in (None, SCHEMA_VERSION):
+        raise ProblemFileError(path, no, f"schema {row.schema} is not this version's ({SCHEMA_VERSION})")
     if not row.source.strip() or (row.id is not None and not row.id.strip()):
         raise ProblemFileError(path, no, "empty source or id")
     answer = None if row.answer is None else _number(row.answer)
@@ -233,6 +236,9 @@ def _user_problem(path: str | Path, no: int, line: str) -> Problem:
 
 def read_problems_jsonl(path: str | Path, invalid: list[ProblemFileError] | None = None) -> list[Problem]:
     """Problems from a JSONL file of ``{"question", "answer"?, "id"?, "source"?, "meta"?}`` lines.
+
+    An encoded ``Problem`` (its ``schema`` field included) is such a line, so a list written with
+    ``msgspec.json.encode`` reads back as it was.
 
     Blank lines are skipped. Any other bad line raises ``ProblemFileError`` naming it: not JSON,
     not an object, missing or empty question, wrong types, unknown fields, empty answer, or an id

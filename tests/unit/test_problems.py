@@ -6,6 +6,7 @@ import json
 import re
 import sys
 
+import msgspec
 import pytest
 
 from rstar.grading import extract_answer, verify
@@ -116,6 +117,7 @@ def test_user_file(tmp_path):
     ('{"question": "q", "meta": [1]}', "Expected `object`"),
     ('{"question": "q", "solution": "x"}', "unknown field `solution`"),
     ('{"question": "q", "id": ""}', "empty source or id"),
+    ('{"question": "q", "schema": 99}', "schema 99 is not this version's"),
     ('{"question": "First?", "id": "a"}', "duplicate id 'a' \\(first on line 1\\)"),
     ('{"question": "Same"}\n{"question": "Same"}', "duplicate id"),
 ])
@@ -127,6 +129,13 @@ def test_user_file_errors_name_the_line(tmp_path, bad, reason):
         read_problems_jsonl(path)
     assert err.value.line_no == len(lines) and err.value.path == str(path)
     assert str(err.value).startswith(f"{path}:{len(lines)}: ")
+
+
+def test_encoded_problems_read_back_as_they_were(tmp_path):
+    problems = load_problems("mawps", limit=5, seed=0)
+    path = tmp_path / "mawps5.jsonl"
+    path.write_bytes(b"".join(msgspec.json.encode(p) + b"\n" for p in problems))
+    assert read_problems_jsonl(path) == problems
 
 
 def test_user_file_can_skip_bad_lines_and_report_them(tmp_path):
