@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import func, select  # noqa: E402
 
+from benchmarks.run_info import run_info  # noqa: E402
 from store.db import open_store  # noqa: E402
 from store.models import TreeRow  # noqa: E402
 from store.queries import list_rounds  # noqa: E402
@@ -72,14 +73,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     engine = open_store(a.store)
-    import os
-    import platform
-    from datetime import datetime, timezone
-
-    res = {"command": " ".join(["benchmarks/loop_rates.py", *sys.argv[1:]]),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-           **round_rates(engine)}
+    res = {**run_info(), **round_rates(engine)}
     engine.dispose()
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 

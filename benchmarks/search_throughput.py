@@ -1,6 +1,7 @@
 """Does the search keep the model busy? Raw backend vs batched MCTS vs one tree at a time.
 
     python benchmarks/search_throughput.py --json [--problems 24] [--k 16] [--n 4]
+    python benchmarks/search_throughput.py --json --preset nano --set model.policy=DIR/learner/round-0/policy
 
 One run, one loaded model, three measurements:
 
@@ -10,11 +11,12 @@ One run, one loaded model, three measurements:
   flight — expansions batched by ``actors.batcher.ModelWorker`` into calls of at most B
   sequences, candidates executed in the sandbox, grading, all concurrently. ``k`` defaults to
   2·B/n: while some trees run their candidates in the sandbox, the others fill the batch.
-- ``lockstep_tokens_per_s``: the same search one tree at a time (k = 1), on fewer problems.
+- ``lockstep_tokens_per_s``: the same search on the same problems, one tree at a time (k = 1).
 - ``model_busy_fraction``: share of the search's wall time the model thread was computing.
 
-Prompts are the few-shot prompts the base policy needs (``rstar.steps.build_prompt``); the
-problems come from the synthetic curriculum. Absolute figures swing ~3x between machines of the
+Prompts are built by ``rstar.steps.build_prompt`` with the config's ``generation.few_shot`` (the
+base policy needs examples; ``--preset nano`` has none); the problems come from the synthetic
+curriculum. Absolute figures swing ~3x between machines of the
 same kind (ENVIRONMENT.md): compare the ratios, which come from one run.
 """
 
@@ -37,6 +39,9 @@ from actors.search import SearchContext, search_many  # noqa: E402
 from rstar import steps as fmt  # noqa: E402
 from rstar.config import load_config  # noqa: E402
 from rstar.curriculum import synthetic_problems  # noqa: E402
+from rstar.up import preset_path  # noqa: E402
+
+from benchmarks.run_info import run_info  # noqa: E402
 
 
 async def run_search(cfg, backend, problems, k: int, rollouts: int) -> dict:
@@ -79,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print only the JSON figures")
     ap.add_argument("--problems", type=int, default=24)
-    ap.add_argument("--lockstep-problems", type=int, default=4)
+    ap.add_argument("--preset", default=None, help="a built-in preset (e.g. nano) under the overrides")
     ap.add_argument("--batch", type=int, default=32, help="B: sequences per backend call")
     ap.add_argument("--k", type=int, default=0, help="trees in flight (default 2·B/n)")
     ap.add_argument("--n", type=int, default=4, help="candidates per expansion")
@@ -89,7 +94,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config override section.field=value")
     a = ap.parse_args()
     a.k = a.k or max(1, 2 * a.batch // a.n)
-    cfg = load_config(overrides=[f"search.n_children={a.n}", f"generation.max_step_tokens={a.max_step_tokens}",
+    cfg = load_config(preset=preset_path(a.preset) if a.preset else None, overrides=[f"search.n_children={a.n}", f"generation.max_step_tokens={a.max_step_tokens}",
                                  f"model.max_batch={a.batch}", *a.set])
     problems = synthetic_problems(a.problems, "heldout", (1, 2), seed=1)
     t0 = time.perf_counter()
@@ -97,8 +102,9 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     raw = run_raw(cfg, backend, problems, a.batch, a.n, a.raw_repeats)
     search = asyncio.run(run_search(cfg, backend, problems, a.k, a.rollouts))
-    lock = asyncio.run(run_search(cfg, backend, problems[:a.lockstep_problems], 1, a.rollouts))
+    lock = asyncio.run(run_search(cfg, backend, problems, 1, a.rollouts))
     out = {
+        **run_info(), "preset": a.preset,
         "model": cfg.model.policy, "backend": backend.name, "load_s": round(load_s, 2),
         "batch": a.batch, "k": a.k, "n": a.n, "rollouts": a.rollouts, "max_step_tokens": a.max_step_tokens,
         "raw_tokens_per_s": raw["tokens_per_s"],
