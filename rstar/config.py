@@ -3,7 +3,11 @@
 Sources, later wins: defaults below < a TOML file (``--config``, or ``$RSTAR_CONFIG``) <
 environment variables ``RSTAR_<SECTION>__<FIELD>`` (e.g. ``RSTAR_SEARCH__ROLLOUTS=16``) <
 CLI overrides ``--set section.field=value``. Values from env and ``--set`` are parsed as TOML
-values when they parse (``16``, ``true``, ``[1, 2]``) and taken as strings otherwise.
+values when they parse (``16``, ``true``, ``[1, 2]``) and taken as strings otherwise; a text
+field keeps what was written (``RSTAR_API__TOKEN=123456`` is the string ``"123456"``). An
+environment name with ``__`` must start with a section (``RSTAR_SERACH__ROLLOUTS`` is an error,
+as a misspelled field is). ``rstar config show --doc`` prints each value, where it came from
+and what it does (the docstring under each field).
 
 This module imports no ML library, so ``rstar --help`` stays instant.
 """
@@ -13,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(Section):
@@ -72,9 +78,11 @@ class GenerationConfig(Section):
 
 class SearchConfig(Section):
     c_uct: float = Field(2.0, ge=0.0)
+    """Exploration weight c in UCT = Q + c·sqrt(ln N_parent / N) (paper: 2)."""
     n_children: int = Field(5, ge=1)
     """Candidates sampled per expansion (paper: 5 in round 1, 8 later)."""
     max_depth: int = Field(16, ge=1)
+    """Most steps in one trajectory: a node this deep is not expanded further."""
     rollouts: int = Field(8, ge=1)
     """Rollouts (selection→expansion→backup passes) per problem."""
     trees_in_flight: int = Field(16, ge=1)
@@ -82,6 +90,7 @@ class SearchConfig(Section):
     ppm_init: bool = False
     """PPM-augmented Q initialisation (paper: from round 3)."""
     seed: int = 0
+    """Seed of each tree's random tie-breaks between equally scored children."""
 
 
 class SandboxConfig(Section):
@@ -128,6 +137,7 @@ class BrokerConfig(Section):
     """Largest message the embedded server accepts. Publishers use the connected server's limit,
     which may differ for an external server."""
     embedded_host: str = "127.0.0.1"
+    """Interface the embedded server listens on (``0.0.0.0`` to let other machines in)."""
     embedded_port: int = Field(4233, ge=1, le=65535)
     """Port of the embedded server; not 4222, so it never mixes with a system-wide NATS."""
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -166,7 +176,9 @@ class StoreConfig(Section):
 
 class ApiConfig(Section):
     host: str = "127.0.0.1"
+    """Interface the HTTP API and explorer listen on."""
     port: int = Field(8321, ge=0, le=65535)
+    """Port of the HTTP API and explorer."""
     token: str | None = None
     """Bearer token for write endpoints; writes are refused when unset."""
     metrics_refresh_s: float = Field(15.0, ge=0)
@@ -179,6 +191,7 @@ class TrainConfig(Section):
     method: Literal["full", "lora"] = "full"
     """Full fine-tune, or LoRA adapters (peft) merged into the weights when saved."""
     lr: float = Field(5e-5, gt=0)
+    """Peak learning rate of the policy's SFT (AdamW, linear warm-up then cosine decay)."""
     epochs: int = Field(2, ge=1)
     """Passes over a round's SFT data (unless ``steps`` fixes the budget)."""
     steps: int = Field(0, ge=0)
@@ -191,22 +204,31 @@ class TrainConfig(Section):
     bootstrap_steps: int | None = Field(None, ge=0)
     """Round 0's SFT optimizer steps; None = ``steps``."""
     batch_size: int = Field(4, ge=1)
+    """SFT examples per micro-batch."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step (effective batch = batch_size × grad_accum)."""
     max_len: int = Field(512, ge=32)
     """Longest example in tokens (prompt + solution); longer ones are dropped, with a count logged."""
     warmup_ratio: float = Field(0.05, ge=0, le=1)
+    """Share of the optimizer steps spent warming the learning rate up from 0."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     lora_r: int = Field(16, ge=1)
+    """LoRA rank (``method = "lora"``)."""
     lora_alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
     save_every: int = Field(50, ge=1)
     """Optimizer steps between resumable training checkpoints."""
     seed: int = 0
+    """Seed of the SFT data order and initialisation, the PPM head and its held-out pair split."""
     sft_per_problem: int = Field(2, ge=1)
     """Correct trajectories per solved problem in the SFT set (paper: 2)."""
     ppm_pairs_k: int = Field(2, ge=1)
     """Positives and negatives per step for PPM pairs (paper: 2 and 2)."""
     ppm_lr: float = Field(2e-5, gt=0)
+    """Peak learning rate of the PPM's pairwise training."""
     ppm_epochs: int = Field(1, ge=1)
+    """Passes over a round's PPM pairs."""
     ppm_heldout_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of PPM pairs (by tree) held out to report pairwise accuracy."""
     ppm_batch_size: int = Field(4, ge=1)
@@ -341,6 +363,8 @@ class ActorConfig(Section):
 
 class Config(Section):
     data_dir: Path = Path("data")
+    """Where a run keeps its files: the SQLite store (unless ``store.url``), the learner's round
+    directories, the resolved ``run/config.json`` and the logs."""
     model: ModelConfig = ModelConfig()
     generation: GenerationConfig = GenerationConfig()
     search: SearchConfig = SearchConfig()
@@ -363,15 +387,38 @@ class Config(Section):
         return self.store.url or f"sqlite:///{(self.data_dir / 'rstar.db').resolve()}"
 
 
+SECTIONS = tuple(k for k, f in Config.model_fields.items()
+                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+
+
 class ConfigError(ValueError):
     pass
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str, text: bool = False) -> Any:
+    """A TOML value when ``raw`` parses as one, else ``raw``; for a text field (``text``) a
+    parsed non-string (``123456``, ``42``) stays the string it was written as."""
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    return raw if text and not isinstance(value, str) else value
+
+
+def _is_text(dotted: str) -> bool:
+    """Whether the field at ``section.field`` (or a top-level field) holds text: str or Path."""
+    model: type[BaseModel] = Config
+    *sections, name = [k.strip().replace("-", "_") for k in dotted.split(".")]
+    for k in sections:
+        ann = model.model_fields[k].annotation if k in model.model_fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return False
+        model = ann
+    field = model.model_fields.get(name)
+    if field is None:
+        return False
+    kinds = set(typing.get_args(field.annotation)) - {type(None)} or {field.annotation}
+    return bool(kinds) and kinds <= {str, Path}
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -402,25 +449,62 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                env: dict[str, str] | None = None, preset: str | Path | None = None) -> Config:
-    """Build the Config from defaults, a preset, a TOML (or resolved JSON) file, environment and
-    ``key=value`` overrides, in that order."""
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """``RSTAR_<FIELD>`` / ``RSTAR_<SECTION>__<FIELD>`` as a tree. Other ``RSTAR_*`` names without
+    ``__`` (``RSTAR_LOG_LEVEL``, ...) are not config; a ``__`` name must start with a section."""
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        key = name[len("RSTAR_"):].lower() if name.startswith("RSTAR_") else ""
+        section = key.split("__")[0]
+        if "__" in key and section not in Config.model_fields:
+            raise ConfigError(f"{name}: no config section {section!r} (sections: {', '.join(SECTIONS)})")
+        if section in Config.model_fields:
+            dotted = key.replace("__", ".")
+            _set_path(tree, dotted, _parse_value(raw, _is_text(dotted)))
+    return tree
+
+
+def config_layers(path: str | Path | None = None, overrides: list[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  preset: str | Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The sources of a config, lowest first, each named: ``preset NAME``, ``file PATH``, ``env``,
+    ``--set``. The defaults (the classes above) are below all of them."""
     env = os.environ if env is None else env
-    tree: dict[str, Any] = _read_file(Path(preset)) if preset else {}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset:
+        layers.append((f"preset {Path(preset).stem}", _read_file(Path(preset))))
     path = path or env.get("RSTAR_CONFIG")
     if path:
-        tree = _merge(tree, _read_file(Path(path)))
-    for name, raw in env.items():
-        # Only RSTAR_<field> / RSTAR_<SECTION>__<FIELD>; other RSTAR_* (RSTAR_LOG_LEVEL, ...) are not config.
-        key = name[len("RSTAR_"):].lower() if name.startswith("RSTAR_") else ""
-        if key.split("__")[0] in Config.model_fields:
-            _set_path(tree, key.replace("__", "."), _parse_value(raw))
+        layers.append((f"file {path}", _read_file(Path(path))))
+    layers.append(("env", _env_layer(env)))
+    overridden: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set_path(tree, key, _parse_value(raw))
+        _set_path(overridden, key, _parse_value(raw, _is_text(key)))
+    layers.append(("--set", overridden))
+    return layers
+
+
+def value_sources(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """``section.field`` → the name of the last layer that set it (fields no layer sets are absent)."""
+    out: dict[str, str] = {}
+    for name, tree in layers:
+        for key, value in tree.items():
+            section = isinstance(value, dict) and key in SECTIONS
+            for sub in (value if section else {None: value}):
+                out[f"{key}.{sub}" if section else key] = name
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                env: Mapping[str, str] | None = None, preset: str | Path | None = None) -> Config:
+    """Build the Config from defaults, a preset, a TOML (or resolved JSON) file, environment and
+    ``key=value`` overrides, in that order (``config_layers``)."""
+    tree: dict[str, Any] = {}
+    for _, layer in config_layers(path, overrides, env, preset):
+        tree = _merge(tree, layer)
     try:
         return Config.model_validate(tree)
     except Exception as e:  # pydantic's message names every bad field

@@ -64,3 +64,34 @@ def test_shipped_presets_load(name):
     for section, values in tomllib.loads(path.read_text()).items():
         for key, value in values.items():
             assert getattr(getattr(cfg, section), key) == value, (section, key)
+
+
+def test_text_fields_keep_what_was_written_and_numbers_stay_numbers():
+    cfg = load_config(None, ["actor.id=42", 'model.policy="a b"'], env={"RSTAR_API__TOKEN": "123456",
+                                                                       "RSTAR_SEARCH__ROLLOUTS": "16"})
+    assert cfg.api.token == "123456" and cfg.actor.id == "42" and cfg.model.policy == "a b"
+    assert cfg.search.rollouts == 16
+
+
+def test_a_misspelled_section_in_the_environment_is_an_error():
+    with pytest.raises(ConfigError, match="RSTAR_SERACH__ROLLOUTS: no config section 'serach'"):
+        load_config(None, env={"RSTAR_SERACH__ROLLOUTS": "4"})
+
+
+def test_each_value_names_the_last_layer_that_set_it(tmp_path):
+    from rstar.config import config_layers, value_sources
+
+    f = tmp_path / "c.toml"
+    f.write_text("data_dir = 'x'\n[search]\nrollouts = 4\nn_children = 3\n")
+    src = value_sources(config_layers(f, ["search.n_children=6"], env={"RSTAR_TRAIN__LR": "0.1"},
+                                      preset=PRESETS / "nano.toml"))
+    assert src["search.rollouts"] == f"file {f}" and src["search.n_children"] == "--set"
+    assert src["train.lr"] == "env" and src["data_dir"] == f"file {f}" and src["model.policy"] == "preset nano"
+    assert "search.c_uct" not in src
+
+
+def test_every_field_is_documented():
+    from rstar.config import SECTIONS, Config
+
+    fields = [(s, n, f) for s in SECTIONS for n, f in Config.model_fields[s].annotation.model_fields.items()]
+    assert len(fields) > 100 and [(s, n) for s, n, f in fields if not f.description] == []
