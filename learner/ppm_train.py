@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learner.sft import fingerprint, spec_from
-from learner.train_loop import apply_lora, clear_state, merge_lora, run_loop
+from learner.train_loop import apply_lora, clear_state, merge_lora, run_batches, run_loop
 from rstar.config import TrainConfig
 from rstar.log import get_logger
 
@@ -195,12 +195,13 @@ def train_ppm(pairs: list[PPMPair], policy_dir: Path, out_dir: Path, cfg: TrainC
     acc = pairwise_accuracy(ppm, held_enc, pad)
     save_ppm_dir(ppm.eval(), tokenizer, out_dir)
     clear_state(work_dir)
-    n_seen = max(len(res.losses) * spec.batch_size, 1)
+    # Pairs in the batches this call ran, counted exactly (the last batch may be short), as SFT does.
+    n_seen = sum(len(b) for b in run_batches(spec, len(train_enc))[res.resumed_from_batch:])
     losses = res.losses
     return PPMReport(pairs=len(pairs), train_pairs=len(train_enc), heldout_pairs=len(held_enc),
                      dropped_too_long=dropped + held_dropped, steps=res.steps,
                      first_loss=round(losses[0], 4) if losses else float("nan"),
                      last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
                      heldout_accuracy=acc, seconds=round(time.perf_counter() - t0, 2),
-                     seconds_per_pair=round(res.seconds / n_seen, 3),
+                     seconds_per_pair=round(res.seconds / max(n_seen, 1), 3),
                      resumed_from_step=res.resumed_from_batch // cfg.grad_accum)

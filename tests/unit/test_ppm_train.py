@@ -88,3 +88,20 @@ def test_max_pairs_caps_the_training_pairs_not_the_heldout_ones(tiny_model_dir, 
 def test_no_training_pairs_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="no PPM pairs"):
         train_ppm([], tiny_model_dir, tmp_path / "ppm", cfg(), tmp_path / "work", progress=False)
+
+
+def test_seconds_per_pair_counts_the_pairs_trained_not_the_padding(tiny_model_dir, tmp_path, monkeypatch):
+    # 5 pairs in batches of 4: the loop runs 4 + 1 pairs, not 2 full batches of 4.
+    import learner.ppm_train as ppm_train
+
+    real = ppm_train.run_loop
+
+    def timed(*a, **kw):
+        res = real(*a, **kw)
+        res.seconds = 10.0
+        return res
+
+    monkeypatch.setattr(ppm_train, "run_loop", timed)
+    rep = train_ppm(pairs(n_trees=5, per_tree=1), tiny_model_dir, tmp_path / "ppm",
+                    cfg(ppm_epochs=1, ppm_heldout_fraction=0.0), tmp_path / "work", progress=False)
+    assert rep.train_pairs == 5 and rep.seconds_per_pair == 2.0
