@@ -1,35 +1,35 @@
 """How long does a learner round take? SFT and PPM training speed on the real policy, and an estimate.
 
-    python benchmarks/train_speed.py --json [--examples 16] [--pairs 16] [--threads 0] [--method full]
+    python benchmarks/train_speed.py --json [--examples 16] [--pairs 16] [--threads 1] [--method full]
                                            [--eval-problems 3] [--solve-rate 0.5] [--pairs-per-tree 8]
                                            [--trees-per-min T]
 
 Measured on the configured policy (default: the built-in SmolLM2-135M), with the default
-``train`` settings except ``epochs = 1``:
+``train`` settings except ``epochs = ppm_epochs = 1`` and ``--threads`` torch threads for
+training and generation (default 1: on a CPU shared with other work, torch's default of one
+thread per core can be several times slower; ``--threads 0`` keeps torch's default):
 
 - ``sft_s_per_example``: wall seconds of the training loop per example seen (forward, backward,
   optimizer; model load and save excluded, reported apart as ``sft_overhead_s``), on synthetic
   reference solutions (levels 1-3), the bootstrap round's data.
-- ``ppm_s_per_pair``: the same for the PPM, on pairs of a reference solution against the same
-  solution with a wrong last step, the PPM initialised from the policy just trained.
+- ``ppm_s_per_pair``: the same for the PPM (the pairs the loop ran, counted exactly), on pairs of
+  a reference solution against the same solution with a wrong last step, the PPM initialised
+  from the policy just trained.
 - ``eval``: seconds (and generated tokens) per problem of greedy, majority@k, MCTS@k and
-  MCTS+PPM@k (with the PPM just trained) with that policy on ``--eval-problems`` held-out problems searched together (a policy trained on a
-  few examples only: its chains differ from a trained policy's, and a bigger set batches more).
+  MCTS+PPM@k (with the PPM just trained) with that policy on ``--eval-problems`` held-out problems
+  searched together (a policy trained on a few examples only: its chains differ from a trained
+  policy's, and a bigger set batches more).
 
-``estimate`` scales these to one round at the default config: SFT on ``sft_per_problem`` ×
-``round_quota`` × ``--solve-rate`` examples for ``epochs``; PPM on ``--pairs-per-tree`` ×
-``round_quota`` pairs for ``ppm_epochs``; evaluation as the measured seconds per problem of each
-method times the held-out set sizes; collection at ``--trees-per-min`` (the actors' rate) when
-given, else one actor spending ``search.rollouts / eval_k`` times the measured MCTS@k per tree. Every assumption is printed
-with the figures. Absolute numbers swing ~3x between machines of this kind and with the load of
-other processes on the 2 shared cores (ENVIRONMENT.md).
-
-Measured here (SmolLM2-135M fp32, full fine-tune, batch 4, ``--threads 1`` on the busy 2-core
-box; torch's default 2 threads was 2-3x slower under that load): SFT 5.2-6.5 s per example
-(~250 tokens), PPM 6.5-9.3 s per pair; with 4 held-out problems at once, greedy 10 s,
-majority@4 16 s, MCTS@4 20 s per problem. One default round (quota 200, assumed 50 % solved and
-8 pairs per tree): SFT ~22 min, PPM ~2.9 h, evaluation ~46 min, collection ~2.2 h on one actor:
-~6 h, the PPM the largest part (``train.ppm_max_pairs`` bounds it).
+``estimate`` scales these to one round at the config a round runs with (defaults, ``$RSTAR_CONFIG``
+and ``RSTAR_*`` variables; not the measurement's overrides above): SFT on ``sft_per_problem`` ×
+``round_quota`` × ``--solve-rate`` examples for ``epochs`` (or ``steps`` × batch when set); PPM on
+``--pairs-per-tree`` × ``round_quota`` pairs less the held-out share, capped by ``ppm_max_pairs``,
+for ``ppm_epochs``; evaluation as the measured seconds per problem of each method times the
+held-out set sizes; collection at ``--trees-per-min`` (the actors' rate, e.g. from
+``benchmarks/loop_rates.py`` on a run's store) when given, else one actor spending
+``search.rollouts / eval_k`` times the measured MCTS@k per tree. Every assumption is printed with
+the figures, after ``benchmarks.run_info`` (command, date, machine with its load average):
+absolute numbers depend on the machine and on what else shares its cores.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.run_info import run_info  # noqa: E402
 from learner.ppm_train import PPMPair, train_ppm  # noqa: E402
 from learner.sft import SFTExample, train_sft  # noqa: E402
 from rstar.config import load_config  # noqa: E402
@@ -87,7 +88,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training and generation "
+                    "(0: torch's default, one per core)")
     ap.add_argument("--method", choices=["full", "lora"], default="full")
     ap.add_argument("--eval-problems", type=int, default=3)
     ap.add_argument("--solve-rate", type=float, default=0.5, help="assumed share of a round's trees solved")
@@ -109,9 +111,14 @@ def main() -> None:
         ppm_wall = time.perf_counter() - t0
         ev = asyncio.run(eval_seconds(cfg, tmp / "policy", args.eval_problems, tmp / "ppm")) if args.eval_problems else {}
 
-    t, lc, s = cfg.train, cfg.learner, cfg.search
-    sft_n = t.sft_per_problem * lc.round_quota * args.solve_rate * t.epochs
-    pairs_n = args.pairs_per_tree * lc.round_quota * t.ppm_epochs
+    # The estimate is for a round at the config a round runs with, not the measurement's overrides.
+    t, lc, s = load_config().train, cfg.learner, cfg.search
+    solved = lc.round_quota * args.solve_rate
+    sft_n = t.steps * t.batch_size * t.grad_accum if t.steps else t.sft_per_problem * solved * t.epochs
+    pairs_n = args.pairs_per_tree * lc.round_quota * (1 - t.ppm_heldout_fraction)
+    if t.ppm_max_pairs:
+        pairs_n = min(pairs_n, t.ppm_max_pairs)
+    pairs_n *= t.ppm_epochs
     eval_problems = lc.eval_synthetic_n + (lc.eval_real_n if lc.eval_real else 0)
     per_problem = sum(ev.get(f"{m}_s_per_problem", 0.0) for m in lc.eval_methods)
     est = {"sft_s": round(sft_n * sft.seconds_per_example, 0),
@@ -122,7 +129,7 @@ def main() -> None:
     est["collect_s"] = round(60 * lc.round_quota / args.trees_per_min if args.trees_per_min
                              else lc.round_quota * tree_s, 0)
     est["total_h"] = round(sum(est.values()) / 3600, 2)
-    out = {"model": str(base), "method": args.method, "threads": args.threads,
+    out = {**run_info(), "model": str(base), "method": args.method, "threads": args.threads,
            "sft_s_per_example": sft.seconds_per_example, "sft_examples": sft.examples, "sft_steps": sft.steps,
            "sft_overhead_s": round(sft_wall - sft.seconds_per_example * sft.examples, 1),
            "ppm_s_per_pair": ppm.seconds_per_pair, "ppm_pairs": ppm.train_pairs + ppm.heldout_pairs,
@@ -130,7 +137,10 @@ def main() -> None:
            "eval": ev,
            "sft_report": asdict(sft), "ppm_report": asdict(ppm),
            "assumptions": {"round_quota": lc.round_quota, "solve_rate": args.solve_rate,
-                           "sft_examples": sft_n, "pairs_per_tree": args.pairs_per_tree, "ppm_pairs": pairs_n,
+                           "sft_examples": sft_n, "sft_epochs": t.epochs, "sft_steps": t.steps,
+                           "pairs_per_tree": args.pairs_per_tree, "ppm_pairs": pairs_n,
+                           "ppm_epochs": t.ppm_epochs, "ppm_heldout_fraction": t.ppm_heldout_fraction,
+                           "ppm_max_pairs": t.ppm_max_pairs, "rollouts": s.rollouts,
                            "eval_problems": eval_problems, "eval_k": lc.eval_k,
                            "trees_per_min": args.trees_per_min or "one actor, a tree costed as MCTS@k x rollouts/k"},
            "estimate": est}
