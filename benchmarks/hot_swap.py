@@ -24,12 +24,8 @@ Figures (one JSON object):
   a swap waits for the call in progress, then one call on the new pair.
 - ``peak_rss_gb``: the process's peak resident memory (old pair + download + new pair).
 
-Measured here (2 busy cores, 2026-11-23, defaults): swap latency median 57.5 s / max 57.8 s =
-download+verify 23.3 s (two 542 MB objects through nats-py's Object Store, then tar and manifest
-sha256) + load 1.4 s + waiting for the call in progress 9.5 s + the first call 18.2 s (calls take
-~19.5 s at this batch on this CPU); 0 trees lost, 0 duplicates; 41.1 tokens/s steady, 39.7
-between swaps, 29.2 while a swap is prepared; peak RSS 3.0 GB. The 2 s target needs calls far
-shorter than a CPU gives and a faster checkpoint transfer (see the actor service notes).
+The output starts with ``benchmarks.run_info`` (command, date, machine with its load average);
+the figures of a run worth keeping go to ``docs/bench/`` as that JSON (see README "Figures").
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ import nats.js.errors
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.service import ActorReport, run_actor  # noqa: E402
+from benchmarks.run_info import run_info  # noqa: E402
 from broker.checkpoints import put_checkpoint, set_pointer  # noqa: E402
 from broker.client import open_broker  # noqa: E402
 from broker.problems import add_problems  # noqa: E402
@@ -199,7 +196,7 @@ async def run(args, work: Path) -> dict:
         return round(statistics.median(getattr(e, z) - getattr(e, a) for e in events.values()), 3)
 
     return {
-        "model": args.policy, "swaps": len(pointers), "swaps_done": len(lat),
+        **run_info(), "model": args.policy, "swaps": len(pointers), "swaps_done": len(lat),
         "refused": [e.refused for e in report.swaps if e.refused],
         "swap_latency_s": {"median": round(statistics.median(lat), 3), "max": round(max(lat), 3),
                            "each": [round(x, 3) for x in lat]},
