@@ -23,8 +23,9 @@ On the default policy (``smollm2-135m``, the cached fp32 conversion), with few-s
   ``vllm_raw_B = vllm / loop`` and ``vllm_search_PxN``;
 - ``ppm``: PPM scoring of ``--ppm-texts`` partial trajectories (``ppm_text``), texts and tokens/s.
 
-The machine is shared: the load average before and after is part of the output; compare figures
-only within one run.
+The output starts with ``benchmarks.run_info`` (command, date, machine with its load average;
+``machine`` also gets torch's version and threads, and the load average after the run): the
+machine is shared, so compare figures only within one run.
 """
 
 from __future__ import annotations
@@ -33,19 +34,23 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.backends.base import GenParams
-from actors.backends.transformers_backend import TransformersBackend
-from actors.ppm import PPMScorer, ppm_from_policy, ppm_text
-from rstar.config import ModelConfig
-from rstar.log import get_logger
-from rstar.models import builtin_gguf, convert_gguf, load_causal_lm, resolve_model_dir
-from rstar.steps import STEP_END, build_prompt
+import torch  # noqa: E402
+
+from actors.backends.base import GenParams  # noqa: E402
+from actors.backends.transformers_backend import TransformersBackend  # noqa: E402
+from actors.ppm import PPMScorer, ppm_from_policy, ppm_text  # noqa: E402
+from benchmarks.run_info import run_info  # noqa: E402
+from rstar.config import ModelConfig  # noqa: E402
+from rstar.log import get_logger  # noqa: E402
+from rstar.models import builtin_gguf, convert_gguf, load_causal_lm, resolve_model_dir  # noqa: E402
+from rstar.steps import STEP_END, build_prompt  # noqa: E402
 
 log = get_logger("benchmarks.backend_throughput")
 
@@ -85,8 +90,9 @@ def row(shape: str, prompts: int, n: int, method: str, tokens: int, seconds: flo
     return out
 
 
-def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done) -> list[dict]:
-    """The raw and search shapes through ``VLLMBackend``; speedups against ``done``'s loop rows.
+def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done, model_info: dict) -> list[dict]:
+    """The raw and search shapes through ``VLLMBackend``; speedups against ``done``'s loop rows;
+    the engine's start time into ``model_info["vllm_start_s"]``.
 
     On a CPU the engine's worker is bound to as many cores as torch uses here (``--threads``),
     so that both backends compute on the same number of cores."""
@@ -100,7 +106,8 @@ def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done) -> list[dic
             os.environ.setdefault(key, value)
     t0 = time.perf_counter()
     vb = VLLMBackend(model_dir, max_batch=max(batches + [p * (step.n if step else 1)]))
-    log.info("vLLM engine started in %.1f s", time.perf_counter() - t0)
+    model_info["vllm_start_s"] = round(time.perf_counter() - t0, 1)
+    log.info("vLLM engine started in %.1f s", model_info["vllm_start_s"])
     loop = {(r["shape"], r["prompts"]): r["tokens_per_s"] for r in done if r["method"] == "loop"}
     out = []
     shapes = [("raw", b, raw) for b in batches] + ([("search", p, step)] if step else [])
@@ -132,8 +139,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                             "loadavg_before": os.getloadavg()[0]}}
+    res: dict = run_info()
+    res["machine"].update(threads=torch.get_num_threads(), torch=torch.__version__)
     cache = ModelConfig().cache_dir
     conversion_s = None
     if args.convert:
@@ -175,7 +182,7 @@ def main() -> None:
             speedup[f"search_{p}x{n}"] = round(gen[-2]["tokens_per_s"] / gen[-1]["tokens_per_s"], 2)
     if args.vllm:
         del hf
-        gen += vllm_rows(model_dir, pool, batches, raw, step if p else None, p, speedup, gen)
+        gen += vllm_rows(model_dir, pool, batches, raw, step if p else None, p, speedup, gen, res["model"])
     res["generate"], res["speedup"] = gen, speedup
     if args.ppm_texts:
         scorer = PPMScorer(ppm_from_policy(model_dir), tok, max_batch=64)
@@ -189,7 +196,7 @@ def main() -> None:
         dt = time.perf_counter() - t0
         res["ppm"] = {"texts": len(texts), "tokens": n_tok, "seconds": round(dt, 2),
                       "texts_per_s": round(len(texts) / dt, 1), "tokens_per_s": round(n_tok / dt, 1)}
-    res["machine"]["loadavg_after"] = os.getloadavg()[0]
+    res["machine"]["loadavg_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res) if args.json else json.dumps(res, indent=2))
 
 

@@ -10,7 +10,8 @@ peak RSS is its own), puts the checkpoint as a new object and fetches it into a 
 - ``in_memory`` (baseline, what rstar did before): the tar built as bytes and put from them;
   fetched into a temp file, read back into bytes and unpacked from them.
 Figures per variant: ``put_s``, ``fetch_s``, ``peak_rss_mb`` and ``rss_over_baseline_mb`` (peak
-minus the same subprocess's RSS after imports), plus ``checkpoint_mb``.
+minus the same subprocess's RSS after imports), plus ``checkpoint_mb``, after
+``benchmarks.run_info`` (command, date, machine with its load average).
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def main() -> None:
                 figures[name] = json.loads(r.stdout.strip().splitlines()[-1])
         finally:
             srv.stop()
-    out = {"checkpoint_mb": round(size_mb), **figures,
+    from benchmarks.run_info import run_info
+
+    out = {**run_info(), "checkpoint_mb": round(size_mb), **figures,
            "memory_saved_mb": figures["in_memory"]["rss_over_baseline_mb"] - figures["streamed"]["rss_over_baseline_mb"]}
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 

@@ -9,7 +9,8 @@ flight; then three durable consumers read the same messages: a raw one that only
 (the NATS ceiling), and ``learner.ingest.ingest_loop`` into a fresh SQLite file and into a scratch
 PostgreSQL database (created and dropped). Each ingest is timed from start until every tree is
 committed and acked; ``*_decode_s`` and ``*_write_s`` split its time (decoding in the event loop,
-``upsert_trees`` in a worker thread, the two overlapped). Prints one JSON object.
+``upsert_trees`` in a worker thread, the two overlapped). Prints one JSON object, starting with
+``benchmarks.run_info`` (command, date, machine with its load average).
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import asyncio
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import msgspec
-from nats.js import api
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.client import open_broker, publish_tree
-from broker.server import start_server
-from broker.streams import INGEST_CONSUMER, TREES_STREAM
-from learner.ingest import IngestStats, ingest_loop
-from rstar.config import load_config
-from rstar.schemas import encode
-from store.db import open_store
-from store.sample_trees import sample_tree
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
+import msgspec  # noqa: E402
+from nats.js import api  # noqa: E402
+
+from benchmarks.run_info import run_info  # noqa: E402
+from broker.client import open_broker, publish_tree  # noqa: E402
+from broker.server import start_server  # noqa: E402
+from broker.streams import INGEST_CONSUMER, TREES_STREAM  # noqa: E402
+from learner.ingest import IngestStats, ingest_loop  # noqa: E402
+from rstar.config import load_config  # noqa: E402
+from rstar.schemas import encode  # noqa: E402
+from store.db import open_store  # noqa: E402
+from store.sample_trees import sample_tree  # noqa: E402
+from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres  # noqa: E402
 
 
 _WORDS = ("so", "the", "total", "is", "what", "we", "had", "plus", "the", "new", "ones", "minus", "those",
@@ -118,7 +123,7 @@ async def main(args) -> dict:
                 publish_s = await _publish(b, trees)
                 msgs = (await b.js.stream_info(TREES_STREAM)).state.messages
                 raw_s = await _raw_consume(b, msgs, args.batch_size)
-                out = {"trees": args.trees, "nodes_per_tree": args.nodes, "nodes": n_nodes,
+                out = {**run_info(), "trees": args.trees, "nodes_per_tree": args.nodes, "nodes": n_nodes,
                        "mean_step_chars": round(sum(texts) / len(texts)), "batch_size": args.batch_size, "compress_min_bytes": cfg.broker.compress_min_bytes,
                        "mean_json_bytes": round(sum(len(encode(t)) for t in trees) / len(trees)),
                        "messages": msgs, "stream_bytes": (await b.js.stream_info(TREES_STREAM)).state.bytes,

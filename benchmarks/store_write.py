@@ -7,8 +7,9 @@ Each backend gets a fresh, migrated store: a temporary SQLite file, or a scratch
 database created through ``--pg-admin-url`` and dropped afterwards. Trees (``store.sample_trees``,
 ~200 nodes each by default) are built and encoded before the clock starts; the timed part is
 decoding nothing and writing everything: ``upsert_trees`` per batch, one transaction each. A second
-pass writes the same batches again to time the idempotent skip (nothing is written). Prints one JSON
-object per backend with nodes/s and trees/s for both passes.
+pass writes the same batches again to time the idempotent skip (nothing is written). With
+``--json``, prints one JSON object per backend (one a line) with nodes/s and trees/s for both
+passes, each starting with ``benchmarks.run_info`` (command, date, machine with its load average).
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import func, select
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.db import open_store
-from store.models import NodeRow
-from store.sample_trees import sample_problem, sample_tree
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
-from store.writer import upsert_trees
+from sqlalchemy import func, select  # noqa: E402
+
+from benchmarks.run_info import run_info  # noqa: E402
+from store.db import open_store  # noqa: E402
+from store.models import NodeRow  # noqa: E402
+from store.sample_trees import sample_problem, sample_tree  # noqa: E402
+from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres  # noqa: E402
+from store.writer import upsert_trees  # noqa: E402
 
 
 @contextmanager
@@ -60,7 +65,7 @@ def run(backend: str, args) -> dict:
         finally:
             engine.dispose()
     assert written == len(trees) and rewritten == 0 and stored == n_nodes, (written, rewritten, stored)
-    return {"backend": backend, "trees": len(trees), "nodes": n_nodes, "batch": args.batch,
+    return {**run_info(), "backend": backend, "trees": len(trees), "nodes": n_nodes, "batch": args.batch,
             "write_s": round(first, 3), "nodes_per_s": round(n_nodes / first),
             "trees_per_s": round(len(trees) / first, 1), "batch_ms": round(1000 * first / len(batches), 1),
             "skip_s": round(second, 3), "skip_nodes_per_s": round(n_nodes / second)}
