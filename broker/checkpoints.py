@@ -55,7 +55,9 @@ async def fetch_checkpoint(b: Broker, ref: ModelRef, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_dir.parent) as f:
         try:
-            # writeinto= streams to the file: ~5x faster than building bytes (ENVIRONMENT.md).
+            # writeinto= streams to the file: getting the object as bytes grows them chunk by
+            # chunk (quadratic) and holds the whole checkpoint in memory
+            # (benchmarks/checkpoint_transfer.py compares the two).
             await obs.get(ref.object, writeinto=f)
         except nats.js.errors.ObjectNotFoundError:
             raise CheckpointError(f"checkpoint object {ref.object!r} is not in the store") from None

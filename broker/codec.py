@@ -64,7 +64,7 @@ def frame_payload(payload: bytes, key: str, max_payload: int, compress_min_bytes
     """Frames for ``payload``, each within ``max_payload`` bytes (headers included); ``key`` is its id."""
     headers: dict[str, str] = {MSG_ID: key}
     if len(payload) > compress_min_bytes or len(payload) + _headers_size(headers) + _HEADER_SLACK > max_payload:
-        payload = zlib.compress(payload, 3)  # level 3: ~6.5x on trees at half the time of 6
+        payload = zlib.compress(payload, 3)  # level 3: most of the higher levels' ratio on trees, faster
         headers[ENCODING] = ZLIB
     if len(payload) + _headers_size(headers) + _HEADER_SLACK <= max_payload:
         return [Frame(headers, payload)]

@@ -44,8 +44,8 @@ class ModelConfig(Section):
     threads: int = Field(0, ge=0)
     """torch CPU threads; 0 keeps torch's default (one per core). On a box whose cores are also
     busy with other work (sandbox workers, other processes) 1 can be far faster: OpenMP threads
-    wait on each other when a core is taken (measured 10x slower decoding with 2 threads on a
-    loaded 2-core machine, benchmarks/backend_throughput.py)."""
+    wait on each other when a core is taken (``benchmarks/backend_throughput.py --threads N``
+    compares)."""
     max_batch: int = Field(64, ge=1)
     """Most sequences in one backend call (and texts in one PPM forward)."""
     prefix_cache: int = Field(4, ge=0)
@@ -240,7 +240,8 @@ class TrainConfig(Section):
     """Optimizer steps between loss log lines when no progress bar is shown (the service)."""
     threads: int = Field(0, ge=0)
     """torch CPU threads while training; 0 keeps torch's default (one per core). On a busy
-    shared CPU, 1 avoids threads spinning against each other (measured 50x on a tiny model)."""
+    shared CPU, 1 avoids threads spinning against each other (``benchmarks/train_speed.py
+    --threads N`` compares)."""
 
 
 class LearnerConfig(Section):
@@ -356,9 +357,9 @@ class ActorConfig(Section):
     nice: int = Field(0, ge=0, le=19)
     """CPU niceness the actor process takes at start (its threads and sandbox workers inherit
     it). On a machine the actor shares with the learner (``rstar up`` on a CPU), a positive value
-    lets training and evaluation go first: measured on a 2-core box, round-1 SFT ran at
-    11.9 s/example beside an equal-priority actor and an evaluation, round 0's at 5.6 s/example
-    beside one other process."""
+    lets training and evaluation go first (README "The SmolLM2 learning run": SFT per example
+    beside an equal-priority actor and an evaluation vs beside one other process, from
+    ``docs/learning-run.json``)."""
 
 
 class Config(Section):

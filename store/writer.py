@@ -20,8 +20,7 @@ Problems are inserted if new and never overwritten (a problem's id is a hash of 
 Problem and tree rows go through SQLAlchemy Core inserts (``ON CONFLICT DO NOTHING`` of the
 dialect, executemany). Nodes, the bulk, skip SQLAlchemy's per-row parameter processing: on SQLite
 the driver's executemany takes plain tuples; on PostgreSQL they are streamed with ``COPY``, safe
-because their trees are new in this very transaction (measured on 2 busy cores: COPY ~37k
-nodes/s against ~14k for Core's multi-row INSERT). NUL characters in step text, code output and
+because their trees are new in this very transaction, and faster than Core's multi-row INSERT. NUL characters in step text, code output and
 answers, which PostgreSQL text cannot hold, are stored as U+FFFD on both backends. Figures:
 ``benchmarks/store_write.py``.
 """

