@@ -84,14 +84,22 @@ def _methods(rows: list[dict]) -> list[str]:
     return sorted(labels, key=lambda lb: (method_rank(lb), lb))
 
 
-def rounds_table(rows: list[dict]):
-    """The rounds as a rich Table: state, trees, solve rate, data, PPM accuracy, policy version."""
+def _table(title: str, caption: str | None = None):
+    """A compact rich Table (no vertical rules, one space between columns): the round tables fit
+    an 80-column terminal without cutting a figure."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="rstar rounds")
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+
+
+def rounds_table(rows: list[dict]):
+    """The rounds as a rich Table: state, trees, solve rate, data, PPM accuracy, policy version
+    (the one column shortened, with an ellipsis, when the terminal is too narrow)."""
+    t = _table("rstar rounds")
     for col in ("round", "state", "trees", "solved", "SFT ex", "pairs", "PPM acc"):
-        t.add_column(col, justify="right")
-    t.add_column("policy", no_wrap=True)
+        t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    t.add_column("policy", no_wrap=True, overflow="ellipsis")
     for r in rows:
         ev = r.get("eval") or {}
         collect, data = ev.get("collect") or {}, ev.get("data") or {}
@@ -104,15 +112,13 @@ def rounds_table(rows: list[dict]):
 def accuracy_table(rows: list[dict]):
     """Held-out accuracy as a rich Table: a row per evaluated round and set, a column per method,
     each cell ``acc [lo–hi]`` in % (``accuracy_cell``); None when no round has figures."""
-    from rich.table import Table
-
     from learner.round_eval import round_records
 
     labels = _methods(rows)
     if not labels:
         return None
     bare = False
-    t = Table(title="held-out accuracy", caption="accuracy % [95 % Wilson interval]")
+    t = _table("held-out accuracy", "accuracy % [95 % Wilson interval]")
     for col in ("round", "set", "n", *labels):
         t.add_column(col, justify="right" if col != "set" else "left", no_wrap=True)
     for r in rows:
@@ -130,8 +136,6 @@ def accuracy_table(rows: list[dict]):
 def levels_tables(rows: list[dict]) -> list:
     """Per evaluation set with curriculum levels, a rich Table: a row per round and method,
     ``correct/n`` per level (``–`` where the round has no figure for it)."""
-    from rich.table import Table
-
     from learner.round_eval import level_key, method_rank, round_records
 
     levels: dict[str, list[str]] = {}
@@ -145,9 +149,9 @@ def levels_tables(rows: list[dict]) -> list:
         if not lvs:
             continue
         lvs.sort(key=level_key)
-        t = Table(title=f"held-out {name} by level", caption="correct / n per curriculum level")
+        t = _table(f"held-out {name} by level", "correct / n per curriculum level")
         for col in ("round", "method", *(f"L{lv}" for lv in lvs), "all"):
-            t.add_column(col, justify="right")
+            t.add_column(col, justify="right", no_wrap=True)
         for r in rows:
             recs = round_records(r.get("eval")).get(name, {})
             for label in sorted(recs, key=lambda lb: (method_rank(lb), lb)):

@@ -161,3 +161,18 @@ def test_a_method_run_on_fewer_problems_than_the_set_says_so():
     rec = {"n": 60, "correct": 9, "accuracy": 0.15}
     assert accuracy_cell(rec, 300) == "15 [8–26] n=60"
     assert accuracy_cell(rec, 60) == accuracy_cell(rec) == "15 [8–26]"
+
+
+def test_the_tables_fit_80_columns_without_cutting_a_figure():
+    from rich.console import Console
+
+    from rstar.cli.rounds import accuracy_table, levels_tables, rounds_table
+
+    busy = _row(4, None, 1.0, state="training_policy") | {"policy_version": "policy-r4-0123456789abcdef"}
+    console = Console(width=80, record=True)
+    for t in (rounds_table([*ROWS, busy]), accuracy_table(ROWS), *levels_tables(ROWS)):
+        console.print(t)
+    text = console.export_text()
+    assert "training_policy" in text and "100.0%" in text and "40 [25–58]" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text.replace("policy-r4-0123456789abcdef", "")
