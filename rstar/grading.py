@@ -4,47 +4,92 @@
 braces), else the last ``#### …`` line (GSM8K), else the last "the answer is …", else the last
 number. ``verify(pred, gold)`` returns a ``Verdict``; ``grade(pred, gold)`` is its boolean.
 
+The spec (``tests/unit/grading_cases.jsonl`` holds cases for each rule; ``rstar grade --file`` on
+that table reports agreement by category). A verdict says whether two *final answers* are the same
+mathematical value, with no false positive:
+
+- Only equivalence is judged, not the requested form: ``\\frac{2}{4}`` = ``\\frac12``,
+  ``2^{10}`` = ``1024``, ``(x+1)^2`` = ``x^2+2x+1``.
+- Exact values, no tolerance. A rounded or truncated decimal is not a repeating or irrational value
+  (``0.67``, ``0.6666666667`` ≠ 2/3; ``3.1416`` ≠ π); integers of any size compare exactly;
+  ``10^{-7}`` ≠ ``10^{-6}``; a repeating decimal ``0.8\\overline{3}`` is the exact 5/6.
+- ``%`` is a unit label (MATH's strip_string convention): ``40\\%`` = ``40`` = ``40 percent``, ≠ ``0.4``.
+- Units, currency, degrees and filler text go when the number matches (``5 cm``, ``\\$12.50``,
+  ``30^\\circ``, ``The answer is 24``); units are not converted (``5 cm`` = ``5 m``) and degrees are
+  not radians. A compound quantity (``3 feet 6 inches``) is no single number: it equals only itself.
+- Values: thousands separators (``1,234``, ``10{,}000``, ``3\\,000``), leading zeros, ``5.0``, ``+``,
+  ``−``, a final period, ``1.5e3``, ``1.5 \\times 10^3``, spelled-out numbers (``seven``, ``two
+  hundred``, ``one third``, ``twenty-five``). ``2\\frac{3}{4}`` is the mixed number 11/4. A
+  single-variable assignment is its value (``x=3`` = ``3``, ``y=2x+3`` = ``2x+3``); another
+  equation is not its right-hand side (``2x+3=7`` ≠ ``7``); a chain of values without variables
+  stands for its last one (``2+3=5`` = ``5``).
+- Lists and sets: order and braces do not matter (``2, 1`` = ``\\{1, 2\\}``), ``\\pm`` expands,
+  a missing or extra element is false. Tuples: order and length matter; a bare list against a
+  tuple is read as that tuple; a set is never a tuple or interval. Intervals: endpoints and
+  open/closed ends must match; a union's order does not. Matrices: pmatrix, bmatrix, array are
+  the same; shape and every entry must match (a transpose is false); a scalar factor outside is
+  applied. ``i`` is the imaginary unit (``i^3`` = ``-i``). A numeral with a base subscript equals
+  only the same digits in the same base (``210_3`` ≠ ``210_4``, ≠ ``21``); a plain integer is base 10.
+- Malformed, empty or hedged predictions are false (method ``malformed``): ``""``, ``None``,
+  ``\\boxed{}``, ``5 or 6``, two different boxed answers, ``\\frac{4}{0}``, unbalanced braces, over
+  ``MAX_ANSWER_CHARS``. An empty prediction is never 0. In a gold, "or" lists solutions
+  (MATH writes ``-2 \\text{ or } -12``).
+
+One exception to exactness, for code output: a prediction written as a double's shortest repr
+with 15+ significant digits (what Python's ``str``/``repr`` print, e.g. ``238.79999999999998``;
+no person rounds that way) matches a rational gold of magnitude under 2**53 within
+``FLOAT_ULPS`` units in the last place of the gold's double: that is the float arithmetic's
+error, not a rounding. ``0.30000000000000004`` = ``0.3`` and ``0.6666666666666666`` = 2/3, while
+``0.6666666667`` (10 digits) ≠ 2/3. It never applies to irrational golds (a decimal is never
+π/2) nor to integers past 2**53, where a double cannot tell neighbours apart. In the system the
+sandbox prints a float ``answer`` with at most 10 significant digits
+(``actors.sandbox_exec.format_answer``): float noise such as ``0.1 + 0.2`` arrives as ``0.3`` and
+matches, but a float of a repeating or irrational value (``2/3`` → ``0.6666666667``) is a
+rounding and is graded wrong; policy code must compute such answers exactly (``Fraction``, sympy).
+
 How ``verify`` decides (``Verdict.method``):
 
-1. ``malformed``: no prediction (None, empty), unbalanced braces, or over ``MAX_ANSWER_CHARS``.
-2. ``numeric``: both sides read as plain numbers, exactly, in-process (microseconds). Accepted:
-   ints, decimals, ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac34``, thousands separators (``1,000``;
-   ``1,2`` is a list), signs (also ``−``), ``1.5e3`` / ``1.5 \\times 10^{3}``, currency (``$5.00``),
-   trailing units (``5 cm``, ``5 apples``, ``5^\\circ``), ``x = 5``, and unbracketed lists
-   ``1, 2`` (compared as multisets, so ``2, 1`` equals them). Policies:
-   - Percent: ``50%`` equals ``50%``, ``50`` (the sign read as a unit) and ``0.5`` (its value);
-     without a ``%`` on either side ``0.5`` and ``50`` differ.
-   - Tolerance: values are exact fractions; a float-noise margin of 1e-9 relative (1e-12
-     absolute) lets code output such as ``0.30000000000000004`` or ``3.3333333333333335`` match.
-     A gold written as a decimal with 3+ places is taken as rounded: a prediction within half a
-     unit of its last place matches (``10/3`` equals gold ``3.33333``). Golds with fewer places
-     are exact (they are usually money), and predictions are never taken as rounded:
-     ``0.33`` vs ``1/3`` is not equivalent either way, nor is ``3.14`` vs ``\\pi``.
-   - Units are ignored, not converted: ``5 cm`` equals ``5 m``.
-3. ``string``: equal after normalisation (case, spaces, ``\\text{}``, outer parentheses around
-   a single item): ``(C)`` = ``c``, and identical LaTeX never pays for a math-verify call.
-4. ``math_verify``: LaTeX forms (``\\sqrt``, ``\\pi``, intervals, sets, tuples, equations) by
-   ``math_verify`` in a subprocess with a hard deadline (``rstar.mathverify_worker``), callable
-   from any thread. ``timeout`` when it misses ``timeout_s`` (the answer counts as not equal;
-   the verdict is cached like any other, so a repeated hanging answer costs one timeout).
-   A crash of that subprocess gives ``method="math_verify"`` with ``error`` set, never an exception.
+1. ``malformed``: see above; ``error`` says which side and why.
+2. ``form``: the answers' structure settles it without looking at values: based numerals, a
+   matrix against a non-matrix or another shape, a set against a tuple or interval, a bare list
+   against an interval, an equation that is no assignment against a non-equation.
+3. ``numeric``: both sides are plain numbers or rational arithmetic (``0.1+0.2``,
+   ``\\frac{1}{2^{99}}``), or lists, sets or matrices of them, compared as exact fractions,
+   in-process (no sympy).
+4. ``string``: equal after normalisation (``(C)`` = ``c``, identical LaTeX), or a side math-verify
+   cannot parse, or a compound quantity.
+5. ``math_verify``: everything else, by ``math_verify`` in a subprocess with a hard deadline
+   (``rstar.mathverify_worker``), callable from any thread. The answers reach it normalised
+   (``rstar.answer_forms``): decimals as exact fractions, so math-verify's float rounding never
+   applies; the worker parses each answer whole (never a fragment of it) and strips no units.
+   ``timeout`` when it misses ``timeout_s`` (not equal; the verdict is cached like any other, so
+   a repeated hanging answer costs one timeout). A crash of that subprocess gives
+   ``method="math_verify"`` with ``error`` set, never an exception.
 
-Cost, measured on the 2-core dev box: numeric path 40-80 us per new pair, ~0.3 us for a repeated
-pair (verdicts are LRU-cached); math-verify path ~1.6 ms of pipe round trip plus sympy's work,
-10-300 ms for typical radicals, intervals and polynomials; ~2 s of CPU once to start a worker
-(import and warm-up of sympy; ``warm_up()`` pays it ahead).
+Limits: math-verify's last resort for two symbolic expressions is numeric: it calls them equal
+when their difference evaluates to under 10**-100 in absolute terms (the worker's
+``NUMERIC_DIGITS``). Rational arithmetic never gets there (the numeric path settles
+``\\frac{1}{2^{99}}`` ≠ ``\\frac{1}{2^{98}}`` exactly); irrational values that small could.
+Units are labels, never compared (``5 cm^2`` = ``5 cm^3``).
+
+Verdicts are LRU-cached. Costs per pair of each path, and the timeout's slack, are measured by
+``benchmarks/grading.py`` (figures in ``docs/bench/grading.json``); a worker's start (importing
+sympy) is paid once, or ahead by ``mathverify_worker.warm_up()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import re
 from fractions import Fraction
 
 import msgspec
 
+from rstar import answer_forms as forms
 from rstar import mathverify_worker as mvw
+from rstar.answer_forms import Form, Num
 from rstar.log import get_logger
 
 log = get_logger(__name__)
@@ -53,7 +98,7 @@ MAX_ANSWER_CHARS = 2000
 
 class Verdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     equivalent: bool
-    method: str  # numeric | math_verify | string | timeout | malformed
+    method: str  # malformed | form | numeric | string | math_verify | timeout
     pred: str | None
     gold: str
     error: str | None = None
@@ -61,17 +106,6 @@ class Verdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 # ---------------------------------------------------------------- extraction
 
-def _braced(text: str, start: int) -> str | None:
-    """Content of the ``{…}`` opening at ``text[start]``, or None if the braces never close."""
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start + 1:i]
-    return None
-
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _NUMBER_TOKEN = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -79,11 +113,11 @@ def extract_answer(text: str | None) -> str | None:
     """The final answer in free text, or None. An unclosed last ``\\boxed{`` gives None."""
     if not text or not text.strip():
         return None
-    boxes = list(_BOXED.finditer(text))
+    boxes = list(forms.BOXED.finditer(text))
     if boxes:
         end = boxes[-1].end()
         if text[end:end + 1] == "{":
-            inner = _braced(text, end)
+            inner = forms.braced(text, end)
             return inner.strip() or None if inner is not None else None
         token = re.match(r"[^\s$]+", text[end:])  # \boxed 5
         return token.group(0) if token else None
@@ -97,31 +131,6 @@ def extract_answer(text: str | None) -> str | None:
     return numbers[-1].rstrip(",") if numbers else None
 
 
-# ---------------------------------------------------------------- normalisation
-
-_WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_DROP = re.compile(r"\\left|\\right|\\[!,;: ]|~|\^\s*\{?\\circ\}?|°|\\displaystyle")
-
-
-def _clean(s: str) -> str:
-    s = s.strip()
-    while True:  # peel $…$, \(…\), \[…\] and a \boxed{…} that wraps the whole answer
-        before = s
-        for a, b in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a):-len(b)].strip()
-        m = _BOXED.match(s)
-        if m and s[m.end():m.end() + 1] == "{" and _braced(s, m.end()) == s[m.end() + 1:-1]:
-            s = s[m.end() + 1:-1].strip()
-        if s == before:
-            break
-    s = _WRAPPERS.sub(r"\1", s)
-    s = _DROP.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\%", "%").replace("\\$", "$").replace("−", "-").replace("\u2009", "")
-    s = re.sub(r"\s*\bper\s*cent\b|\s*\bpercent\b", "%", s, flags=re.I)
-    return s.strip().rstrip(".").strip()
-
-
 def _balanced(s: str) -> bool:
     depth = 0
     for ch in s:
@@ -131,111 +140,81 @@ def _balanced(s: str) -> bool:
     return depth == 0
 
 
-# ---------------------------------------------------------------- numbers
+# ---------------------------------------------------------------- verdicts
 
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
-_EXP = r"(?:[eE](?P<e1>[-+]?\d+)|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*\{?\s*(?P<e2>[-+]?\d+)\s*\}?)?"
-_VALUE = re.compile(
-    rf"(?P<sign>[-+]?)\s*(?:\$|€|£|¥|usd|eur|rs\.?)?\s*(?P<sign2>[-+]?)\s*(?:"
-    rf"\\frac\s*(?:\{{\s*(?P<fn>[-+]?{_NUM})\s*\}}|(?P<fn1>\d))\s*(?:\{{\s*(?P<fd>[-+]?{_NUM})\s*\}}|(?P<fd1>\d))"
-    rf"|(?P<n>{_NUM})\s*/\s*(?P<d>{_NUM})"
-    rf"|(?P<num>{_NUM}){_EXP})"
-    rf"\s*(?P<pct>%)?\s*(?P<rest>.*)", re.I | re.S)
-# Words after a number that are mathematics, not a unit: "5 pi" is not 5.
-_MATH_WORDS = {"pi", "e", "i", "sqrt", "x", "y", "z", "n", "k", "and", "or", "to", "times", "over",
-               "mod", "squared", "cubed", "plus", "minus", "ln", "log", "sin", "cos", "tan", "with"}
-_UNIT = re.compile(r"[a-z][a-z./^0-9²³]*(?:\s+[a-z][a-z./^0-9²³]*)*", re.I)
+FLOAT_ULPS = 4  # see the module doc: a double printed in full may be this far from an exact gold
 
 
-class _Num(msgspec.Struct, frozen=True):
-    value: Fraction
-    percent: bool
-    places: int | None  # decimal places as written (for the rounded-gold rule)
+def _float_artefact(p: Num, g: Fraction) -> bool:
+    if not p.double or not abs(g) < 2**53:
+        return False
+    return abs(p.value - g) <= FLOAT_ULPS * Fraction(math.ulp(float(g)))
 
 
-def _to_fraction(text: str) -> Fraction:
-    return Fraction(text.replace(",", ""))
+def _num_equal(p: Num, g: Num) -> bool:
+    return p.value == g.value or _float_artefact(p, g.value)
 
 
-def _parse_number(s: str) -> _Num | None:
-    s = re.sub(r"^[a-z]\w*\s*=\s*", "", s.strip(), flags=re.I)  # "x = 5"
-    m = _VALUE.fullmatch(s)
-    if not m:
-        return None
-    rest = m["rest"].strip()
-    if rest:
-        unit = _UNIT.fullmatch(rest)
-        first = rest.split()[0].lower()
-        spaced = m["rest"][:1].isspace() or m["pct"]
-        if not unit or first in _MATH_WORDS or not (spaced or len(first.split("/")[0]) >= 2):
-            return None
-    negative = (m["sign"] == "-") != (m["sign2"] == "-")
-    places = None
-    if m["num"] is not None:
-        value = _to_fraction(m["num"])
-        exp = m["e1"] or m["e2"]
-        if exp is not None:
-            if abs(int(exp)) > 400:
-                return None  # not a number anyone means; let math-verify decide
-            value *= Fraction(10) ** int(exp)
-        elif "." in m["num"]:
-            places = len(m["num"].split(".")[1])
-    else:
-        n, d = (m["fn"] or m["fn1"], m["fd"] or m["fd1"]) if m["n"] is None else (m["n"], m["d"])
-        if _to_fraction(d) == 0:
-            return None
-        value = _to_fraction(n) / _to_fraction(d)
-    return _Num(-value if negative else value, bool(m["pct"]), places)
-
-
-def _parse_numbers(s: str) -> list[_Num] | None:
-    """One number, or an unbracketed comma list of numbers; None if any part is not a number."""
-    one = _parse_number(s)
-    if one is not None:
-        return [one]
-    if any(c in s for c in "()[]{}") or "," not in s:
-        return None
-    parts = [_parse_number(p) for p in s.split(",")]
-    return parts if all(p is not None for p in parts) else None
-
-
-def _close(p: Fraction, g: Fraction, g_places: int | None) -> bool:
-    if p == g:
-        return True
-    diff = abs(p - g)
-    if diff <= Fraction(1, 10**12) or diff <= Fraction(1, 10**9) * max(abs(p), abs(g)):
-        return True
-    return g_places is not None and g_places >= 3 and diff <= Fraction(1, 2 * 10**g_places)
-
-
-def _num_equal(p: _Num, g: _Num) -> bool:
-    if p.percent == g.percent:
-        return _close(p.value, g.value, g.places)
-    # One side has a percent sign: "50%" stands for 50 (sign as unit) and for 0.5 (its value).
-    if _close(p.value, g.value, g.places):
-        return True
-    return _close(p.value / 100, g.value, g.places) if p.percent else _close(p.value, g.value / 100, None)
-
-
-def _lists_equal(ps: list[_Num], gs: list[_Num]) -> bool:
+def _numbers_equal(p: Form, g: Form) -> bool:
+    """Matrices and single numbers in order; lists and sets as multisets."""
+    ps, gs = p.numbers, g.numbers
     if len(ps) != len(gs):
         return False
+    if "matrix" in (p.kind, g.kind) or (p.kind == g.kind == "number"):
+        return all(map(_num_equal, ps, gs))
     left = list(gs)
-    for p in sorted(ps, key=lambda n: n.value):
-        match = next((g for g in left if _num_equal(p, g)), None)
+    for x in sorted(ps, key=lambda n: n.value):
+        match = next((y for y in left if _num_equal(x, y)), None)
         if match is None:
             return False
         left.remove(match)
     return True
 
 
-def _string_key(s: str) -> str:
-    s = re.sub(r"[\s{}]", "", s).lower()
-    # "(C)" is the letter C; "(1,3)" stays a pair (or an interval).
+def _digits(f: Form) -> tuple[str, int] | None:
+    """A based numeral's digits and base; a non-negative integer is base 10."""
+    if f.base is not None:
+        return f.base
+    if f.kind == "number" and f.numbers[0].value.denominator == 1 and f.numbers[0].value >= 0:
+        return str(f.numbers[0].value), 10
+    return None
+
+
+_ASSIGNMENT = re.compile(r"\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([^()=]*\))?\s*=")
+
+
+def _by_form(p: Form, g: Form) -> bool | None:
+    """The verdict when the answers' structure settles it, else None."""
+    kinds = {p.kind, g.kind}
+    if "based" in kinds:
+        return _digits(p) is not None and _digits(p) == _digits(g)
+    if "matrix" in kinds:
+        return None if p.kind == g.kind and p.shape == g.shape else False
+    if kinds in ({"set", "tuple"}, {"set", "interval"}, {"list", "interval"}):
+        return False
+    if "equation" in kinds and len(kinds) == 2:
+        eq = p if p.kind == "equation" else g
+        return None if _ASSIGNMENT.match(eq.text) else False
+    return None
+
+
+def _string_key(f: Form) -> str:
+    s = re.sub(r"\s+", "", f.text)
+    if "\\" in s:
+        return s
+    s = s.lower()  # plain text: case does not matter, "(C)" is the letter C
     return s[1:-1] if s.startswith("(") and s.endswith(")") and "," not in s else s
 
 
-# ---------------------------------------------------------------- verdicts
+def _mv_texts(p: Form, g: Form) -> tuple[str, str]:
+    """What math-verify compares: a bare list against a tuple gets the tuple's parentheses."""
+    pt, gt = p.text, g.text
+    if p.kind == "list" and g.kind == "tuple":
+        pt = f"({pt})"
+    elif g.kind == "list" and p.kind == "tuple":
+        gt = f"({gt})"
+    return forms.for_math_verify(pt), forms.for_math_verify(gt)
+
 
 @functools.lru_cache(maxsize=65536)
 def _decide(pred: str, gold: str, timeout_s: float) -> Verdict:
@@ -248,14 +227,23 @@ def _decide(pred: str, gold: str, timeout_s: float) -> Verdict:
             return Verdict(False, "malformed", pred, gold, f"{side} is {len(s)} chars (max {MAX_ANSWER_CHARS})")
         if not _balanced(s):
             return Verdict(False, "malformed", pred, gold, f"{side} has unbalanced braces")
-    p, g = _clean(pred), _clean(gold)
-    pn, gn = _parse_numbers(p), _parse_numbers(g)
-    if pn is not None and gn is not None:
-        return Verdict(_lists_equal(pn, gn), "numeric", pred, gold)
-    if _string_key(p) == _string_key(g):
-        return Verdict(True, "string", pred, gold)
     try:
-        equal, parsed = mvw.compare(re.sub(r"(?<![\\a-zA-Z])pi\b", r"\\pi", p), g, timeout_s)
+        p = forms.read(pred, pred=True)
+    except forms.Malformed as e:
+        return Verdict(False, "malformed", pred, gold, f"pred {e}")
+    try:
+        g = forms.read(gold, pred=False)
+    except forms.Malformed as e:
+        return Verdict(False, "malformed", pred, gold, f"gold {e}")
+    settled = _by_form(p, g)
+    if settled is not None:
+        return Verdict(settled, "form", pred, gold)
+    if p.numbers is not None and g.numbers is not None:
+        return Verdict(_numbers_equal(p, g), "numeric", pred, gold)
+    if _string_key(p) == _string_key(g) or "compound" in (p.kind, g.kind):
+        return Verdict(_string_key(p) == _string_key(g), "string", pred, gold)
+    try:
+        equal, parsed = mvw.compare(*_mv_texts(p, g), timeout_s)
     except mvw.MathVerifyTimeout:
         return Verdict(False, "timeout", pred, gold, f"math-verify took over {timeout_s:g}s")
     except mvw.MathVerifyError as e:

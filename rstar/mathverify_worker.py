@@ -37,6 +37,9 @@ import msgspec
 MAX_WORKERS = 2
 STARTUP_TIMEOUT_S = 60.0  # importing sympy on a loaded 2-core box can take several seconds
 WORKER_MEMORY_BYTES = 2 << 30
+# math-verify's numeric check calls two expressions equal when their difference evaluates to
+# below ~10**-digits in absolute terms (its default of 15 makes 1/2**99 equal 1/2**98).
+NUMERIC_DIGITS = 100
 
 
 class MathVerifyTimeout(TimeoutError):
@@ -172,8 +175,14 @@ def _serve() -> None:
     logging.disable(logging.WARNING)  # math-verify warns that its timeouts are off: we know
     import math_verify as mv
 
+    # The answers come normalised (rstar.answer_forms), so parse each as one whole LaTeX answer:
+    # no unit stripping (its list has single letters: "10+2t" would read as 12), and no
+    # falling back to a piece of the answer when the whole does not parse ("first_match").
+    norm = mv.LatexNormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all")
+    targets = (mv.LatexExtractionConfig(normalization_config=norm),)
+
     def parse(s: str) -> list:
-        return mv.parse(f"\\boxed{{{s}}}", parsing_timeout=None)
+        return mv.parse(f"\\boxed{{{s}}}", targets, extraction_mode="first_match", parsing_timeout=None)
 
     out = sys.stdout.buffer
     # Touch the grammar and sympy's symbolic and set code before "ready": that lazy loading
@@ -194,8 +203,9 @@ def _serve() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         try:
             g, p = parse(req["gold"]), parse(req["pred"])
-            parsed = bool(g) and bool(p)
-            reply = _Reply(equal=parsed and mv.verify(g, p, timeout_seconds=None), parsed=parsed)
+            parsed = bool(g) and bool(p) and not isinstance(g[0], str) and not isinstance(p[0], str)
+            equal = parsed and mv.verify(g[0], p[0], numeric_precision=NUMERIC_DIGITS, timeout_seconds=None)
+            reply = _Reply(equal=equal, parsed=parsed)
         except Exception as e:  # reported to the caller, which raises MathVerifyError
             reply = _Reply(error=f"{type(e).__name__}: {e}")
         out.write(msgspec.json.encode(reply) + b"\n")

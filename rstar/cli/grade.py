@@ -3,18 +3,25 @@
     rstar grade '\\frac{1}{2}' 0.5            # -> equivalent (numeric); exit code 0 either way
     rstar grade --json -- -3 '−3'            # "--" lets an answer start with "-"
     rstar grade --file pairs.jsonl --out verdicts.jsonl
+    rstar grade --file tests/unit/grading_cases.jsonl --out verdicts.jsonl   # agreement with the spec
 
 File mode: each input line ``{"pred": str|number|null, "gold": str|number}`` gives exactly one
 output line, the ``Verdict`` as JSON, in input order (so output line i answers input line i). A
 malformed input line (bad JSON, missing gold, blank) is not skipped: it gets a verdict with
 ``method="malformed"`` and an ``error`` naming the line, is reported on stderr, and grading goes on;
 the exit code is then 1. ``--out`` is written to a temp file and renamed when complete.
+
+Lines may also carry the expected verdict, ``"equivalent": bool``, and a ``"category"`` (the
+case table ``tests/unit/grading_cases.jsonl`` does). Then stderr also gets the agreement, overall
+with its false positives and negatives and per category, and lists each disagreement; any
+disagreement makes the exit code 1.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import msgspec
@@ -26,10 +33,43 @@ CHUNK = 256  # pairs graded concurrently (math-verify runs in a small process po
 class _Pair(msgspec.Struct):
     gold: str | int | float
     pred: str | int | float | None = None
+    equivalent: bool | None = None  # the expected verdict, if the line states it
+    category: str = ""
+
+
+class _Agreement:
+    """Verdicts against the ``equivalent`` the lines expect, by category."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # category -> [agree, total]
+        self.misses: list[str] = []
+        self.false_pos = self.false_neg = 0
+
+    def add(self, no: int, pair: _Pair, v) -> None:
+        agree = v.equivalent == pair.equivalent
+        counts = self.counts[pair.category or "-"]
+        counts[0] += agree
+        counts[1] += 1
+        if not agree:
+            self.false_pos += v.equivalent
+            self.false_neg += not v.equivalent
+            expected = "equivalent" if pair.equivalent else "not equivalent"
+            self.misses.append(f"line {no} [{pair.category or '-'}]: pred {v.pred!r} gold {v.gold!r}: expected "
+                               f"{expected}, got {'equivalent' if v.equivalent else 'not equivalent'} ({v.method})")
+
+    def report(self, console) -> None:
+        agree, total = (sum(c[i] for c in self.counts.values()) for i in (0, 1))
+        console.print(f"agreement: {agree}/{total} ({100 * agree / total:.1f}%), "
+                      f"{self.false_pos} false positives, {self.false_neg} false negatives", highlight=False)
+        width = max(map(len, self.counts))
+        for category, (a, t) in sorted(self.counts.items()):
+            console.print(f"  {category:<{width}}  {a}/{t}", highlight=False)
+        for miss in self.misses:
+            console.print(f"disagree {miss}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _read_pair(line: str, no: int):
-    """``(pred, gold)`` from one JSONL line, or a malformed Verdict naming the line."""
+    """The ``_Pair`` of one JSONL line, or a malformed Verdict naming the line."""
     from rstar.grading import Verdict
 
     try:
@@ -38,7 +78,8 @@ def _read_pair(line: str, no: int):
         return Verdict(False, "malformed", None, "", f"line {no}: {e}")
     if pair is None:
         return Verdict(False, "malformed", None, "", f"line {no}: blank line")
-    return tuple(x if x is None or isinstance(x, str) else repr(x) for x in (pair.pred, pair.gold))
+    pair.pred, pair.gold = (x if x is None or isinstance(x, str) else repr(x) for x in (pair.pred, pair.gold))
+    return pair
 
 
 def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
@@ -58,17 +99,21 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
     sink = open(tmp, "wb") if tmp else sys.stdout.buffer
     stderr = Console(stderr=True)
     bad = equivalent = 0
+    agreement = _Agreement()
     try:
         with ThreadPoolExecutor(mathverify_worker.MAX_WORKERS) as pool, \
                 Progress(console=stderr, disable=not stderr.is_terminal) as progress:
             task = progress.add_task(f"grading {path.name}", total=len(lines))
             for start in range(0, len(lines), CHUNK):
                 items = [_read_pair(ln, no) for no, ln in enumerate(lines[start:start + CHUNK], start + 1)]
-                verdicts = pool.map(lambda it: it if isinstance(it, Verdict) else verify(*it, timeout_s), items)
-                for item, v in zip(items, verdicts):
+                verdicts = pool.map(lambda it: it if isinstance(it, Verdict) else verify(it.pred, it.gold, timeout_s),
+                                    items)
+                for no, (item, v) in enumerate(zip(items, verdicts), start + 1):
                     if isinstance(item, Verdict):  # the line itself was malformed
                         bad += 1
                         stderr.print(f"[red]error[/red] {path}: {v.error}", markup=True, highlight=False)
+                    elif item.equivalent is not None:
+                        agreement.add(no, item, v)
                     equivalent += v.equivalent
                     sink.write(msgspec.json.encode(v) + b"\n")
                 sink.flush()
@@ -83,7 +128,9 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
         os.replace(tmp, out)
     stderr.print(f"{len(lines)} pairs: {equivalent} equivalent, {bad} malformed lines"
                  + (f"; verdicts in {out}" if out else ""))
-    return 1 if bad else 0
+    if agreement.counts:
+        agreement.report(stderr)
+    return 1 if bad or agreement.misses else 0
 
 
 def register(app: typer.Typer) -> None:
