@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from broker.streams import INGEST_CONSUMER, TREES_STREAM
 from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import SchemaError, TreeResult
+from rstar.stopping import run_until_signal
 from store.writer import upsert_trees
 
 log = get_logger("rstar.learner.ingest")
@@ -241,16 +241,9 @@ def serve(cfg: Config, batch_size: int = 256) -> IngestStats:
 
     engine = open_store(cfg.store_url)
 
-    async def main() -> IngestStats:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("ingest: consuming %s into %s", TREES_STREAM, engine.url.render_as_string(hide_password=True))
-        return await run_ingest(cfg, engine, stop, batch_size)
-
+    log.info("ingest: consuming %s into %s", TREES_STREAM, engine.url.render_as_string(hide_password=True))
     try:
-        return asyncio.run(main())
+        return run_until_signal(lambda stop: run_ingest(cfg, engine, stop, batch_size))
     finally:
         engine.dispose()
 

@@ -17,11 +17,11 @@ exits 0.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 from rstar.config import Config
 from rstar.log import get_logger
+from rstar.stopping import run_until_signal
 
 log = get_logger("learner.service")
 
@@ -58,14 +58,7 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
 
 def serve(cfg: Config, exit_when_done: bool = False, progress: bool = False) -> None:
     """The process: signal handlers, then ``run_learner`` until SIGINT/SIGTERM."""
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_learner(cfg, stop, exit_when_done, progress)
-
-    asyncio.run(main())
+    run_until_signal(lambda stop: run_learner(cfg, stop, exit_when_done, progress))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from rstar.config import Config, dump_config
 from rstar.log import get_logger
+from rstar.stopping import run_until_signal
 from rstar.supervisor import Supervisor, rstar_argv
 
 log = get_logger("rstar.up")
@@ -165,13 +165,6 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
         seeded = asyncio.run(seed_problems(cfg, opts))
         log.info("problem pool: %s", seeded)
         sup = Supervisor(run_dir / "logs", env)
-        stop = asyncio.Event()
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await _watch(cfg, engine, sup, opts, stop, start_children)
 
         def start_children() -> None:
             sup.add("learner", rstar_argv(["learner"], str(resolved), []))
@@ -183,7 +176,7 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
         # Children run in their own sessions (Ctrl-C does not reach them): once one is started,
         # any failure, even starting the next, must still stop it.
         try:
-            asyncio.run(main())
+            run_until_signal(lambda stop: _watch(cfg, engine, sup, opts, stop, start_children))
         finally:
             log.info("stopping %d processes…", len(sup.children))
             sup.stop(grace_s=60.0)

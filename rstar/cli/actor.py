@@ -15,9 +15,9 @@ def register(app: typer.Typer) -> None:
               actor_id: str = typer.Option(None, "--id", help="Actor id (default: actor.id, else host-pid)."),
               as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON.")) -> None:
         """Search problems from PROBLEMS until SIGINT/SIGTERM, then finish or return in-flight ones."""
-        import asyncio
         import os
-        import signal
+
+        from rstar.stopping import run_until_signal
 
         cfg = get_config(config, overrides)
         if cfg.actor.nice:
@@ -28,14 +28,7 @@ def register(app: typer.Typer) -> None:
         if actor_id:
             cfg.actor.id = actor_id
 
-        async def main():
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            return await run_actor(cfg, stop)
-
-        report = asyncio.run(main())
+        report = run_until_signal(lambda stop: run_actor(cfg, stop))
         summary = {"actor_id": report.actor_id, "published": report.published,
                    "failed": report.failed, "returned": report.returned,
                    "swaps": sum(e.swapped_at is not None for e in report.swaps),
