@@ -1,7 +1,8 @@
 """Does the search keep the model busy? Raw backend vs batched MCTS vs one tree at a time.
 
     python benchmarks/search_throughput.py --json [--problems 24] [--k 16] [--n 4]
-    python benchmarks/search_throughput.py --json --preset nano --set model.policy=DIR/learner/round-0/policy
+    python benchmarks/search_throughput.py --json --preset nano \
+        --set model.policy=DATA/learner/round-0/policy --set generation.few_shot=false
 
 One run, one loaded model, three measurements:
 
@@ -15,9 +16,9 @@ One run, one loaded model, three measurements:
 - ``model_busy_fraction``: share of the search's wall time the model thread was computing.
 
 Prompts are built by ``rstar.steps.build_prompt`` with the config's ``generation.few_shot`` (the
-base policy needs examples; ``--preset nano`` has none); the problems come from the synthetic
-curriculum. Absolute figures swing ~3x between machines of the
-same kind (ENVIRONMENT.md): compare the ratios, which come from one run.
+base policy needs worked examples; a trained round's policy, as actors serve it, has none); the
+problems come from the synthetic curriculum. Absolute figures depend on the machine and its
+load (``machine.loadavg_1m`` in the output): compare the ratios, which come from one run.
 """
 
 from __future__ import annotations
