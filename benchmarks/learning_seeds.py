@@ -1,0 +1,82 @@
+"""How often does the learning test pass? Run ``tests/e2e/test_learning.py`` once per seed.
+
+    python benchmarks/learning_seeds.py --seeds 0-9 --out docs/bench/learning_seeds.json
+
+Each seed is a separate ``pytest -m learning`` process with ``RSTAR_LEARNING_SEED`` set (the seed
+of the teacher's problems, training and search); the test prints one JSON line with its round-0
+and round-1 greedy counts. The output lists, per seed, those counts, pass or fail and the wall
+time, then the pass count. Seeds run one after another (each run uses the whole CPU). ``--out
+FILE`` is rewritten after every seed, and a seed already in it is not run again, so an
+interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.run_info import run_info  # noqa: E402
+
+
+def seed_list(spec: str) -> list[int]:
+    """``"0-9"`` or ``"1,4,7"`` (or both mixed) as a list of ints."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def run_seed(seed: int) -> dict:
+    env = os.environ | {"RSTAR_LEARNING_SEED": str(seed)}
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/e2e/test_learning.py",
+            "-m",
+            "learning",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = round(time.perf_counter() - t0, 1)
+    lines = [x for x in res.stdout.splitlines() if x.startswith('{"seed"')]
+    figures = json.loads(lines[-1]) if lines else {"error": res.stdout[-1500:] + res.stderr[-1500:]}
+    return {"seed": seed, "passed": res.returncode == 0, "wall_s": wall, **figures}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", default="0-9")
+    ap.add_argument("--out", type=Path, default=None, help="write the results here after each seed; resume from it")
+    a = ap.parse_args()
+    done = {r["seed"]: r for r in json.loads(a.out.read_text())["runs"]} if a.out and a.out.exists() else {}
+    runs: list[dict] = []
+    for seed in seed_list(a.seeds):
+        runs.append(done.get(seed) or run_seed(seed))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        out = {**run_info(), "runs": runs, "passed": sum(r["passed"] for r in runs), "of": len(runs)}
+        if a.out:
+            a.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
