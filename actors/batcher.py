@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from actors.backends.base import Backend, GenParams, Generation
+from actors.backends.base import Backend, Generation, GenParams
 from rstar.log import get_logger
 
 log = get_logger("actors.batcher")
@@ -81,8 +81,9 @@ def _fail(reqs: list[_GenReq] | list[_ScoreReq], error: BaseException) -> None:
 class ModelWorker:
     """Serialises backend and PPM calls in one thread, batching concurrent requests."""
 
-    def __init__(self, backend: Backend, scorer=None, max_batch: int = 64,
-                 linger_s: float = 1.0, linger_step_s: float = 0.02):
+    def __init__(
+        self, backend: Backend, scorer=None, max_batch: int = 64, linger_s: float = 1.0, linger_step_s: float = 0.02
+    ):
         self.backend = backend
         # When the model frees up, the trees that just got their results are still running
         # their candidates in the sandbox; dispatching at once would send a batch of one tree.
@@ -113,7 +114,7 @@ class ModelWorker:
     def ppm_version(self) -> str:
         return self.scorer.version if self.scorer is not None else ""
 
-    async def __aenter__(self) -> "ModelWorker":
+    async def __aenter__(self) -> ModelWorker:
         self.start()
         return self
 
@@ -142,8 +143,7 @@ class ModelWorker:
 
     def _fail_waiting(self, task: asyncio.Task) -> None:
         """The dispatcher ended (closed, or crashed): no request may wait for it forever."""
-        why = "closed" if task.cancelled() or task.exception() is None else \
-            f"dispatcher died: {task.exception()!r}"
+        why = "closed" if task.cancelled() or task.exception() is None else f"dispatcher died: {task.exception()!r}"
         waiting = [*self._inflight, *self._gen, *self._score]
         self._inflight, self._gen, self._score = [], [], []
         _fail(waiting, WorkerClosedError(f"model worker {why}"))
@@ -291,5 +291,5 @@ class ModelWorker:
         i = 0
         for r in reqs:
             if not r.future.done():
-                r.future.set_result((scores[i:i + len(r.texts)], version))
+                r.future.set_result((scores[i : i + len(r.texts)], version))
             i += len(r.texts)

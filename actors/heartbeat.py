@@ -74,7 +74,7 @@ async def heartbeat_loop(b: Broker, probe: Callable[[], Heartbeat], every_s: flo
     while True:
         try:
             await put_heartbeat(b, probe())
-        except (BrokerUnavailableError, nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, BrokerUnavailableError, nats.errors.Error) as e:
             log.info("heartbeat not written (%s: %s)", type(e).__name__, e)
         await asyncio.sleep(every_s)
 

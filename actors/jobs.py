@@ -62,12 +62,12 @@ def rollout_budget(problem: Problem) -> int | None:
     return None
 
 
-async def keep_alive(job: "Job", every_s: float) -> None:
+async def keep_alive(job: Job, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
             await job.msg.in_progress()  # job.msg: the newest delivery of the problem
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             log.info("in_progress not sent (%s); the problem may be redelivered", type(e).__name__)
 
 
@@ -90,7 +90,7 @@ async def ack(msg: Msg, timeout: float) -> None:
             return
         except nats.errors.MsgAlreadyAckdError:
             return
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             log.info("ack not confirmed (%s), attempt %d", type(e).__name__, attempt + 1)
     # The tree is in TREES: a redelivery makes a tree with the same id, which dedup drops.
     log.warning("ack of %s never confirmed; the problem may be searched again", msg.subject)
@@ -101,8 +101,9 @@ async def nak(msg: Msg) -> None:
         await msg.nak()
 
 
-async def run_job(job: Job, b: Broker, ctx, keep_alive_s: float, ack_timeout_s: float,
-                  done: Callable[[bool], None]) -> None:
+async def run_job(
+    job: Job, b: Broker, ctx, keep_alive_s: float, ack_timeout_s: float, done: Callable[[bool], None]
+) -> None:
     """Search, publish, ack; ``done(True)`` once acked, ``done(False)`` if the search failed.
 
     The tree is labelled with the pair that served when the job started (``job.pair``); its
@@ -122,8 +123,9 @@ async def run_job(job: Job, b: Broker, ctx, keep_alive_s: float, ack_timeout_s: 
             done(False)
             return
         p = job.pair
-        tree = msgspec.structs.replace(tree, tree_id=job.tree_id, round=p.round,
-                                       policy_version=p.policy_version, ppm_version=p.ppm_version)
+        tree = msgspec.structs.replace(
+            tree, tree_id=job.tree_id, round=p.round, policy_version=p.policy_version, ppm_version=p.ppm_version
+        )
         await publish_until_done(b, tree)
         await ack(job.msg, ack_timeout_s)
         done(True)

@@ -63,8 +63,9 @@ class Candidate:
 
 
 class Tree:
-    def __init__(self, problem: Problem, c_uct: float = 2.0, max_depth: int = 16,
-                 ppm_init: bool = False, seed: int = 0):
+    def __init__(
+        self, problem: Problem, c_uct: float = 2.0, max_depth: int = 16, ppm_init: bool = False, seed: int = 0
+    ):
         self.problem = problem
         self.c_uct = c_uct
         self.max_depth = max_depth
@@ -121,10 +122,20 @@ class Tree:
             if c.text in seen:
                 continue
             seen.add(c.text)
-            child = TreeNode(idx=len(self.nodes), parent=idx, depth=parent.depth + 1, text=c.text,
-                             code_output=c.code_output, ppm_score=c.ppm_score, terminal=c.terminal,
-                             correct=c.correct, answer=c.answer, policy_version=c.policy_version,
-                             ppm_version=c.ppm_version, gen_tokens=c.gen_tokens)
+            child = TreeNode(
+                idx=len(self.nodes),
+                parent=idx,
+                depth=parent.depth + 1,
+                text=c.text,
+                code_output=c.code_output,
+                ppm_score=c.ppm_score,
+                terminal=c.terminal,
+                correct=c.correct,
+                answer=c.answer,
+                policy_version=c.policy_version,
+                ppm_version=c.ppm_version,
+                gen_tokens=c.gen_tokens,
+            )
             self.nodes.append(child)
             parent.children.append(child.idx)
             added.append(child.idx)
@@ -193,8 +204,22 @@ class Tree:
         return max(correct, key=self.mean_q) if correct else self.best_terminal()
 
     def to_nodes(self) -> list[Node]:
-        return [Node(idx=n.idx, parent=n.parent, depth=n.depth, text=n.text,
-                     code_output=n.code_output, visits=n.visits, q=round(self.q(n.idx), 6),
-                     ppm_score=n.ppm_score, terminal=n.terminal, correct=n.correct,
-                     answer=n.answer, policy_version=n.policy_version,
-                     ppm_version=n.ppm_version, gen_tokens=n.gen_tokens) for n in self.nodes]
+        return [
+            Node(
+                idx=n.idx,
+                parent=n.parent,
+                depth=n.depth,
+                text=n.text,
+                code_output=n.code_output,
+                visits=n.visits,
+                q=round(self.q(n.idx), 6),
+                ppm_score=n.ppm_score,
+                terminal=n.terminal,
+                correct=n.correct,
+                answer=n.answer,
+                policy_version=n.policy_version,
+                ppm_version=n.ppm_version,
+                gen_tokens=n.gen_tokens,
+            )
+            for n in self.nodes
+        ]

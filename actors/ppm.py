@@ -58,8 +58,9 @@ class PPM(torch.nn.Module):
         """Pre-``tanh`` reward per row, read at the last non-pad token (shape ``[batch]``)."""
         # Positions count real tokens only, so a left-padded row reads like an unpadded one.
         positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=positions).last_hidden_state
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+        ).last_hidden_state
         idx = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * idx).argmax(1)  # last 1 in the mask, left or right padded
         return self.value(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
@@ -73,8 +74,7 @@ class PPM(torch.nn.Module):
         return torch.tanh(self.reward(input_ids, attention_mask))
 
 
-def ppm_from_policy(policy_dir: str | Path, device: str = "cpu", dtype: str = "float32",
-                    seed: int = 0) -> PPM:
+def ppm_from_policy(policy_dir: str | Path, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> PPM:
     """A fresh PPM on the policy's backbone; the head starts tiny, so every score starts near 0."""
     from transformers import AutoModel
 
@@ -84,7 +84,7 @@ def ppm_from_policy(policy_dir: str | Path, device: str = "cpu", dtype: str = "f
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         # Small rather than zero: a zero head would stop gradients reaching the backbone.
-        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 1e-3 / hidden ** 0.5)
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 1e-3 / hidden**0.5)
         head.bias.zero_()
     return PPM(backbone, head).to(pick_device(device))
 
@@ -97,10 +97,10 @@ def save_ppm(ppm: PPM, out_dir: str | Path, tokenizer) -> Path:
     tmp.chmod(0o755)
     try:
         ppm.backbone.save_pretrained(tmp, safe_serialization=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in ppm.head.state_dict().items()},
-                  str(tmp / HEAD_FILE))
-        (tmp / META_FILE).write_text(json.dumps(
-            {"format": FORMAT, "hidden_size": ppm.head.in_features, "squash": "tanh"}) + "\n")
+        save_file({k: v.detach().cpu().contiguous() for k, v in ppm.head.state_dict().items()}, str(tmp / HEAD_FILE))
+        (tmp / META_FILE).write_text(
+            json.dumps({"format": FORMAT, "hidden_size": ppm.head.in_features, "squash": "tanh"}) + "\n"
+        )
         tokenizer.save_pretrained(tmp)
         old = None
         if out_dir.exists():  # rename can't replace a non-empty dir: move the old one aside
@@ -121,8 +121,7 @@ def load_ppm(path: str | Path, device: str = "auto", dtype: str = "float32"):
     path = Path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file() or not (path / HEAD_FILE).is_file():
-        raise PPMError(f"{path} is not a PPM directory (needs {META_FILE} and {HEAD_FILE})",
-                       path=path)
+        raise PPMError(f"{path} is not a PPM directory (needs {META_FILE} and {HEAD_FILE})", path=path)
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT:
         raise PPMError(f"{path}: unknown PPM format {meta.get('format')!r}", path=path)
@@ -139,8 +138,10 @@ def ppm_text(question: str, steps: list[str], tokenizer) -> str:
     """The text the PPM scores: chat-formatted question (no few-shot) + the steps so far."""
     template = None
     if getattr(tokenizer, "chat_template", None):
+
         def template(messages):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     return build_prompt(question, steps, template, few_shot=False)
 
 
@@ -154,8 +155,7 @@ class PPMScorer:
     the same batch. Scores equal ``PPM.forward`` on the padded batch up to float rounding.
     """
 
-    def __init__(self, ppm: PPM, tokenizer, max_batch: int = 64, version: str = "",
-                 prefix_entries: int = 4):
+    def __init__(self, ppm: PPM, tokenizer, max_batch: int = 64, version: str = "", prefix_entries: int = 4):
         self.max_batch = max_batch
         self.prefixes = kv.PrefixLRU(prefix_entries)
         self._lock = threading.Lock()  # score() and load_weights() never overlap
@@ -178,7 +178,7 @@ class PPMScorer:
         order = sorted(range(len(texts)), key=lambda i: ids[i])
         with self._lock, torch.inference_mode():
             for a in range(0, len(order), self.max_batch):
-                idx = order[a:a + self.max_batch]
+                idx = order[a : a + self.max_batch]
                 for i, s in zip(idx, self._score_ids([ids[i] for i in idx]).float().tolist()):
                     out[i] = s
         return out
@@ -200,9 +200,14 @@ class PPMScorer:
 
     def _forward(self, input_ids, positions, mask, cache, prefix):
         kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
-        return self.ppm.backbone(input_ids=input_ids, position_ids=positions, attention_mask=mask,
-                                 past_key_values=cache, use_cache=cache is not None,
-                                 **kw).last_hidden_state
+        return self.ppm.backbone(
+            input_ids=input_ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            **kw,
+        ).last_hidden_state
 
     def load_weights(self, path: str | Path, version: str) -> None:
         """Swap to the PPM saved at ``path`` between two ``score`` calls (same device, dtype)."""

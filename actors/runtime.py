@@ -43,8 +43,9 @@ def setup_scorer(cfg: Config):
 
 
 @asynccontextmanager
-async def setup_search(cfg: Config, actor_id: str = "local", round: int = 0,
-                       backend=None) -> AsyncIterator[SearchContext]:
+async def setup_search(
+    cfg: Config, actor_id: str = "local", round: int = 0, backend=None
+) -> AsyncIterator[SearchContext]:
     from actors.backends import setup_backend
     from actors.sandbox import SandboxPool
 
@@ -53,8 +54,16 @@ async def setup_search(cfg: Config, actor_id: str = "local", round: int = 0,
             backend = setup_backend(cfg)
     scorer = setup_scorer(cfg)
     tokenizer = getattr(backend, "tokenizer", None)
-    async with SandboxPool(cfg.sandbox) as sandbox, \
-            ModelWorker(backend, scorer, max_batch=cfg.model.max_batch) as worker:
-        yield SearchContext(worker=worker, sandbox=sandbox, search=cfg.search,
-                            generation=cfg.generation, chat_template=chat_template_for(tokenizer),
-                            actor_id=actor_id, round=round)
+    async with (
+        SandboxPool(cfg.sandbox) as sandbox,
+        ModelWorker(backend, scorer, max_batch=cfg.model.max_batch) as worker,
+    ):
+        yield SearchContext(
+            worker=worker,
+            sandbox=sandbox,
+            search=cfg.search,
+            generation=cfg.generation,
+            chat_template=chat_template_for(tokenizer),
+            actor_id=actor_id,
+            round=round,
+        )

@@ -70,8 +70,13 @@ from rstar.steps import normalize_step
 
 log = get_logger("rstar.sandbox")
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
-ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-       "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 ErrorKind = Literal["exception", "timeout", "memory", "crash", "output_limit", "forbidden"]
 
 
@@ -142,15 +147,23 @@ class SandboxPool:
         self._tasks: set[asyncio.Task] = set()
         self._broken: BaseException | None = None
         self._open = False
-        self._hello = msgspec.json.encode({
-            "site_dirs": _site_dirs(),
-            "strict": cfg.isolation == "strict", "modules": cfg.modules,
-            "timeout_s": cfg.timeout_s, "cpu_s": cfg.cpu_s, "memory_mb": cfg.memory_mb,
-            "file_mb": cfg.file_mb, "scratch_mb": cfg.scratch_mb,
-            "max_output_chars": cfg.max_output_chars, "snapshot_bytes": cfg.snapshot_kb << 10,
-            "snapshot_min_ms": cfg.snapshot_min_ms})
+        self._hello = msgspec.json.encode(
+            {
+                "site_dirs": _site_dirs(),
+                "strict": cfg.isolation == "strict",
+                "modules": cfg.modules,
+                "timeout_s": cfg.timeout_s,
+                "cpu_s": cfg.cpu_s,
+                "memory_mb": cfg.memory_mb,
+                "file_mb": cfg.file_mb,
+                "scratch_mb": cfg.scratch_mb,
+                "max_output_chars": cfg.max_output_chars,
+                "snapshot_bytes": cfg.snapshot_kb << 10,
+                "snapshot_min_ms": cfg.snapshot_min_ms,
+            }
+        )
 
-    async def __aenter__(self) -> "SandboxPool":
+    async def __aenter__(self) -> SandboxPool:
         await self.start()
         return self
 
@@ -159,8 +172,7 @@ class SandboxPool:
 
     async def start(self) -> None:
         """Start ``cfg.workers`` workers; raises SandboxError when isolation cannot be set up."""
-        spawned = await asyncio.gather(*(self._spawn() for _ in range(self.cfg.workers)),
-                                       return_exceptions=True)
+        spawned = await asyncio.gather(*(self._spawn() for _ in range(self.cfg.workers)), return_exceptions=True)
         errors = [w for w in spawned if isinstance(w, BaseException)]
         if errors:
             for w in spawned:
@@ -173,8 +185,7 @@ class SandboxPool:
         missing = [m for m, ok in self.isolation.items() if not ok]
         if missing:
             log.warning("sandbox runs with weak isolation, missing: %s", ", ".join(missing))
-        log.debug("sandbox pool started: %d workers, isolation %s", self.cfg.workers,
-                  self.isolation)
+        log.debug("sandbox pool started: %d workers, isolation %s", self.cfg.workers, self.isolation)
 
     async def close(self) -> None:
         """Stop the workers (EOF, then SIGKILL after 2 s) and any replacement in flight."""
@@ -188,28 +199,39 @@ class SandboxPool:
                 w.proc.stdin.close()
                 try:
                     await asyncio.wait_for(w.proc.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     w.kill()
                     await w.proc.wait()
         self._workers.clear()
 
     def gauges(self) -> dict[str, float]:
         """Counters since start: calls, cache hits, steps executed, worker restarts, cache size."""
-        return {"sandbox/calls": self._stats["calls"], "sandbox/cache_hits": self._stats["hits"],
-                "sandbox/steps_run": self._stats["steps_run"],
-                "sandbox/worker_restarts": self._stats["restarts"],
-                "sandbox/cache_entries": len(self._cache)}
+        return {
+            "sandbox/calls": self._stats["calls"],
+            "sandbox/cache_hits": self._stats["hits"],
+            "sandbox/steps_run": self._stats["steps_run"],
+            "sandbox/worker_restarts": self._stats["restarts"],
+            "sandbox/cache_entries": len(self._cache),
+        }
 
     async def _spawn(self) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", "-B", WORKER, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=ENV, start_new_session=True)
+            sys.executable,
+            "-I",
+            "-S",
+            "-B",
+            WORKER,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=ENV,
+            start_new_session=True,
+        )
         worker = _Worker(proc)
         self._workers.add(worker)
         try:
             await worker.send(self._hello)
             reply = msgspec.json.decode(await asyncio.wait_for(worker.recv(), 60.0))
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as e:
             worker.kill()
             self._workers.discard(worker)
             raise SandboxError(f"sandbox worker failed to start: {e!r}") from e
@@ -265,20 +287,26 @@ class SandboxPool:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # lone surrogates: Python cannot compile this text
-            return ExecResult(False, error=f"SyntaxError: the code is not valid UTF-8 ({e.reason})",
-                              error_kind="exception")
+            return ExecResult(
+                False, error=f"SyntaxError: the code is not valid UTF-8 ({e.reason})", error_kind="exception"
+            )
         keys, n = prefix_keys(norm), len(norm)
         start, entry = self._cache.lookup(keys)
         if start:
             self._stats["hits"] += 1
         if isinstance(entry, Failure):
             return _failure(entry, n, 0.0)
-        want = [i for i in (n - 1, n)
-                if i > start and self.cfg.cache_entries and keys[i - 1] not in self._cache]
-        job = msgspec.json.encode({
-            "steps": norm[start:], "start": start, "snapshot": entry.data if entry else None,
-            "snapshot_cost_ms": entry.cost_ms if entry else 0.0,
-            "want": want, "imports": [m for m in self.cfg.modules if m in text]})
+        want = [i for i in (n - 1, n) if i > start and self.cfg.cache_entries and keys[i - 1] not in self._cache]
+        job = msgspec.json.encode(
+            {
+                "steps": norm[start:],
+                "start": start,
+                "snapshot": entry.data if entry else None,
+                "snapshot_cost_ms": entry.cost_ms if entry else 0.0,
+                "want": want,
+                "imports": [m for m in self.cfg.modules if m in text],
+            }
+        )
         reply = await self._exchange(job)
         return reply if isinstance(reply, ExecResult) else self._interpret(*reply, keys, want)
 
@@ -290,10 +318,14 @@ class SandboxPool:
             head = await asyncio.wait_for(worker.recv(), self.cfg.timeout_s + self.cfg.grace_s)
             body = await asyncio.wait_for(worker.recv(), self.cfg.grace_s)
             header = msgspec.json.decode(head, type=_Header)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._replace(worker, "did not answer in time")
-            return ExecResult(False, error=f"timed out after {self.cfg.timeout_s}s",
-                              error_kind="timeout", duration_s=self.cfg.timeout_s)
+            return ExecResult(
+                False,
+                error=f"timed out after {self.cfg.timeout_s}s",
+                error_kind="timeout",
+                duration_s=self.cfg.timeout_s,
+            )
         except (OSError, asyncio.IncompleteReadError, msgspec.DecodeError) as e:
             # Under strict isolation code cannot end a worker: it was killed from outside, and
             # the call deserves a second try on a fresh one.
@@ -307,31 +339,33 @@ class SandboxPool:
         self._idle.put_nowait(worker)
         return header, body
 
-    def _interpret(self, header: _Header, body: bytes, keys: list[bytes],
-                   want: list[int]) -> ExecResult:
+    def _interpret(self, header: _Header, body: bytes, keys: list[bytes], want: list[int]) -> ExecResult:
         n, took = len(keys), header.duration
         if header.status == "timeout":
-            return ExecResult(False, error=f"timed out after {self.cfg.timeout_s}s",
-                              error_kind="timeout", duration_s=took)
+            return ExecResult(
+                False, error=f"timed out after {self.cfg.timeout_s}s", error_kind="timeout", duration_s=took
+            )
         if header.status == "signal":
             if header.signal == signal.SIGXCPU:
-                return ExecResult(False, error=f"CPU time limit of {self.cfg.cpu_s}s exceeded",
-                                  error_kind="timeout", duration_s=took)
-            return ExecResult(False, error=f"killed by {_signal_name(header.signal)}",
-                              error_kind="crash", duration_s=took)
+                return ExecResult(
+                    False, error=f"CPU time limit of {self.cfg.cpu_s}s exceeded", error_kind="timeout", duration_s=took
+                )
+            return ExecResult(
+                False, error=f"killed by {_signal_name(header.signal)}", error_kind="crash", duration_s=took
+            )
         if header.status == "oversize":
             return ExecResult(False, error="result too large", error_kind="crash", duration_s=took)
         try:
             child = msgspec.json.decode(body, type=_ChildResult)
         except msgspec.DecodeError:
-            error = (f"exited with status {header.code} without a result" if not body
-                     else "ended with an unreadable result")
+            error = (
+                f"exited with status {header.code} without a result" if not body else "ended with an unreadable result"
+            )
             return ExecResult(False, error=error, error_kind="crash", duration_s=took)
         self._stats["steps_run"] += child.steps_run
         if not child.ok:
             step = child.failed_step if child.failed_step and 1 <= child.failed_step <= n else n
-            failure = Failure(step, child.error or "failed", child.error_kind or "crash",
-                              child.stdout, child.stderr)
+            failure = Failure(step, child.error or "failed", child.error_kind or "crash", child.stdout, child.stderr)
             if failure.error_kind in CACHEABLE_FAILURES:
                 self._cache.put(keys[step - 1], failure)
             return _failure(failure, n, took)
@@ -339,8 +373,7 @@ class SandboxPool:
         for idx, snap in child.snapshots.items():
             if idx.isdigit() and int(idx) in want and len(snap.data) <= limit:
                 self._cache.put(keys[int(idx) - 1], snap)
-        return ExecResult(True, stdout=child.stdout, stderr=child.stderr, answer=child.answer,
-                          duration_s=took)
+        return ExecResult(True, stdout=child.stdout, stderr=child.stderr, answer=child.answer, duration_s=took)
 
 
 def _signal_name(number: int | None) -> str:
@@ -353,10 +386,10 @@ def _signal_name(number: int | None) -> str:
 def _failure(f: Failure, n: int, took: float) -> ExecResult:
     """The result of a program of ``n`` steps whose step ``f.step`` failed."""
     if f.step < n:  # the last step never ran: nothing of its output to show
-        return ExecResult(False, error=f"earlier step {f.step} failed: {f.error}",
-                          error_kind=f.error_kind, duration_s=took)
-    return ExecResult(False, stdout=f.stdout, stderr=f.stderr, error=f.error,
-                      error_kind=f.error_kind, duration_s=took)
+        return ExecResult(
+            False, error=f"earlier step {f.step} failed: {f.error}", error_kind=f.error_kind, duration_s=took
+        )
+    return ExecResult(False, stdout=f.stdout, stderr=f.stderr, error=f.error, error_kind=f.error_kind, duration_s=took)
 
 
 def run_sync(steps: list[str], cfg: SandboxConfig | None = None) -> ExecResult:

@@ -28,9 +28,20 @@ import traceback
 import sandbox_snapshot  # sibling module: this file runs inside the sandbox worker only
 
 FORBIDDEN_EVENTS = {
-    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-    "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill",
-    "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+    "os.fork",
+    "os.forkpty",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "subprocess.Popen",
+    "os.kill",
+    "os.killpg",
+    "signal.pthread_kill",
+    "socket.connect",
+    "socket.bind",
+    "socket.sendto",
+    "socket.sendmsg",
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 # errno values with which the kernel refuses what the sandbox does not allow
@@ -74,6 +85,7 @@ def _guard(scratch: str):
             path = os.path.realpath(os.fsdecode(args[0]))
             if path != scratch and not path.startswith(scratch + "/"):
                 raise Forbidden(f"writing {os.fsdecode(args[0])!r} outside the scratch dir")
+
     return hook
 
 
@@ -130,8 +142,15 @@ def run_job(job: dict, scratch: str, limits: dict) -> dict:
             del e
             stdout, stderr = out.take(), err.take()
             ns.clear()  # frees a memory bomb's allocations before the result is built
-            return {"ok": False, "failed_step": n, "error": message, "error_kind": kind,
-                    "stdout": stdout, "stderr": stderr, "steps_run": n - job["start"]}
+            return {
+                "ok": False,
+                "failed_step": n,
+                "error": message,
+                "error_kind": kind,
+                "stdout": stdout,
+                "stderr": stderr,
+                "steps_run": n - job["start"],
+            }
         cost_ms += (time.process_time() - t0) * 1e3
         # A snapshot costs about a millisecond (pickling, page copies in this forked child):
         # worth it only for a prefix that costs more than that to re-run.
@@ -141,18 +160,28 @@ def run_job(job: dict, scratch: str, limits: dict) -> dict:
                 snaps[str(n)] = {"data": data, "cost_ms": cost_ms}
         if n < last:
             out.take(), err.take()
-    result = {"ok": True, "stdout": out.take(), "stderr": err.take(), "answer": None,
-              "snapshots": snaps,
-              "steps_run": n - job["start"]}
+    result = {
+        "ok": True,
+        "stdout": out.take(),
+        "stderr": err.take(),
+        "answer": None,
+        "snapshots": snaps,
+        "steps_run": n - job["start"],
+    }
     if "answer" in ns:
         try:
             result["answer"] = format_answer(ns["answer"])
             if len(result["answer"]) > limits["max_output_chars"]:
-                raise OutputLimit(f"output limit of {limits['max_output_chars']} characters "
-                                  "exceeded by the answer")
+                raise OutputLimit(f"output limit of {limits['max_output_chars']} characters exceeded by the answer")
         except BaseException as e:  # e.g. an int too long to print
             kind, message = classify(e, limits["memory_mb"])
-            return {"ok": False, "failed_step": n, "error": f"answer: {message}",
-                    "error_kind": kind, "stdout": result["stdout"], "stderr": result["stderr"],
-                    "steps_run": result["steps_run"]}
+            return {
+                "ok": False,
+                "failed_step": n,
+                "error": f"answer: {message}",
+                "error_kind": kind,
+                "stdout": result["stdout"],
+                "stderr": result["stderr"],
+                "steps_run": result["steps_run"],
+            }
     return result

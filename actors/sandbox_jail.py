@@ -51,8 +51,7 @@ MECHANISMS = ("user", "nproc", "network", "filesystem", "pid", "ipc")
 IPC_LIMITS = {"shmmax": "0", "shmall": "0", "shmmni": "0", "msgmni": "0", "sem": "0 0 0 0"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -61,8 +60,12 @@ class JailError(OSError):
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def _check(ret: int, what: str) -> None:
@@ -72,15 +75,18 @@ def _check(ret: int, what: str) -> None:
 
 
 def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None):
-    enc = (lambda s: None if s is None else s.encode())
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else s.encode()
+
     _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
 def _read_only(target: str) -> None:
     """Make a bind mount and every mount below it read-only, nosuid, nodev."""
     attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
-    ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, target.encode(), AT_RECURSIVE,
-                        ctypes.byref(attr), ctypes.sizeof(attr))
+    ret = _libc.syscall(
+        SYS_MOUNT_SETATTR, AT_FDCWD, target.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
     if ret != 0 and ctypes.get_errno() == 38:  # ENOSYS: kernel < 5.12, top mount only
         _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     elif ret != 0:
@@ -91,8 +97,7 @@ def _build_root(binds: list[str], scratch_mb: int) -> None:
     """Fill a fresh tmpfs at ROOT with read-only views of ``binds`` and the devices."""
     # Open the sources first: the tmpfs about to be mounted may shadow some (a venv in /tmp).
     sources = {p: os.open(p, os.O_PATH) for p in binds if os.path.exists(p)}
-    _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-           f"size={scratch_mb}m,nr_inodes=65536,mode=755")
+    _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={scratch_mb}m,nr_inodes=65536,mode=755")
     bound: list[str] = []
     for path in sorted(sources, key=len):
         target = ROOT + path
@@ -142,9 +147,12 @@ def enter_jail(binds: list[str], scratch_mb: int, strict: bool) -> dict[str, boo
         active["filesystem"] = True
     except OSError as e:
         if strict:
-            raise JailError(e.errno, f"sandbox isolation unavailable ({e.strerror}); run the "
-                            "actor as root with CAP_SYS_ADMIN, or set sandbox.isolation = "
-                            "'weak' to run with fewer guarantees") from None
+            raise JailError(
+                e.errno,
+                f"sandbox isolation unavailable ({e.strerror}); run the "
+                "actor as root with CAP_SYS_ADMIN, or set sandbox.isolation = "
+                "'weak' to run with fewer guarantees",
+            ) from None
     missing = [m for m, ok in active.items() if not ok]
     if strict and missing:
         raise JailError(1, f"sandbox isolation incomplete, missing: {', '.join(missing)}")

@@ -43,8 +43,19 @@ from fractions import Fraction
 
 _ATOMS = (type(None), bool, int, float, complex, str, bytes, Fraction, range)
 _CONTAINERS = (list, tuple, set, frozenset)
-_UNSAFE_NAMES = {"setattr", "delattr", "getattr", "vars", "globals", "locals", "exec", "eval",
-                 "compile", "open", "breakpoint"}
+_UNSAFE_NAMES = {
+    "setattr",
+    "delattr",
+    "getattr",
+    "vars",
+    "globals",
+    "locals",
+    "exec",
+    "eval",
+    "compile",
+    "open",
+    "breakpoint",
+}
 _STATEFUL = {"random", "seed"}
 
 
@@ -60,8 +71,7 @@ def safe_step(tree: ast.AST, modules: set[str]) -> bool:
     """Rule 1 of the module doc for one step's AST."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
-            if (not isinstance(node.ctx, ast.Load) or node.attr.startswith("__")
-                    or node.attr in _STATEFUL):
+            if not isinstance(node.ctx, ast.Load) or node.attr.startswith("__") or node.attr in _STATEFUL:
                 return False
         elif isinstance(node, ast.Name):
             if node.id in _UNSAFE_NAMES or (node.id.startswith("__") and node.id != "__name__"):
@@ -88,8 +98,12 @@ def safe_step(tree: ast.AST, modules: set[str]) -> bool:
 def process_state() -> dict:
     """What rule 2 compares (cheap: touches no module's attributes)."""
     rnd = sys.modules.get("random")
-    return {"modules": len(sys.modules), "random": rnd.getstate() if rnd else None,
-            "environ": dict(os.environ), "cwd": os.getcwd()}
+    return {
+        "modules": len(sys.modules),
+        "random": rnd.getstate() if rnd else None,
+        "environ": dict(os.environ),
+        "cwd": os.getcwd(),
+    }
 
 
 def unchanged(before: dict, scratch: str, modules: set[str]) -> bool:
@@ -101,9 +115,12 @@ def unchanged(before: dict, scratch: str, modules: set[str]) -> bool:
     if not all(_allowed(m, modules) for m in itertools.islice(reversed(sys.modules), grown)):
         return False
     rnd = sys.modules.get("random")
-    return ((rnd.getstate() if rnd else None) == before["random"]
-            and dict(os.environ) == before["environ"] and os.getcwd() == before["cwd"]
-            and not os.listdir(scratch))
+    return (
+        (rnd.getstate() if rnd else None) == before["random"]
+        and dict(os.environ) == before["environ"]
+        and os.getcwd() == before["cwd"]
+        and not os.listdir(scratch)
+    )
 
 
 def _plain(value, modules: set[str], budget: list[int]) -> bool:
@@ -117,14 +134,14 @@ def _plain(value, modules: set[str], budget: list[int]) -> bool:
     if t in _CONTAINERS:
         return all(_plain(v, modules, budget) for v in value)
     if t is dict:
-        return all(_plain(k, modules, budget) and _plain(v, modules, budget)
-                   for k, v in value.items())
+        return all(_plain(k, modules, budget) and _plain(v, modules, budget) for k, v in value.items())
     if t is types.ModuleType:
         return _allowed(value.__name__, modules)
     if t in (types.BuiltinFunctionType, types.FunctionType) or isinstance(value, type):
         owner = getattr(value, "__self__", None)
         return (owner is None or isinstance(owner, types.ModuleType)) and _allowed(
-            getattr(value, "__module__", None), modules)
+            getattr(value, "__module__", None), modules
+        )
     sympy, numpy = sys.modules.get("sympy"), sys.modules.get("numpy")
     if sympy is not None and isinstance(value, sympy.Basic):
         return _allowed(t.__module__, modules)
@@ -132,8 +149,7 @@ def _plain(value, modules: set[str], budget: list[int]) -> bool:
         return value.dtype.kind != "O"
     if numpy is not None and t is numpy.ufunc:
         return True
-    return (numpy is not None and isinstance(value, numpy.generic)
-            and _allowed(t.__module__, modules))
+    return numpy is not None and isinstance(value, numpy.generic) and _allowed(t.__module__, modules)
 
 
 class _Pickler(pickle.Pickler):

@@ -70,7 +70,7 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def write_frame(fd: int, data: bytes) -> None:
@@ -93,8 +93,7 @@ class _Spare:
         self.reaped = False  # once collected, its pid may be reused: never signal it again
 
 
-def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: int | None,
-           base_as: int) -> None:
+def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: int | None, base_as: int) -> None:
     """Body of the forked child: confine, wait for the job, run it, write the result, exit."""
     code = 0
     try:
@@ -106,8 +105,7 @@ def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: i
         os.closerange(keep[1] + 1, 1 << 16)
         os.chdir(scratch)
         os.environ.update(HOME=scratch, TMPDIR=scratch)  # the rest: the pool's minimal env
-        sandbox_jail.confine_child(uid, cfg["cpu_s"], base_as + (cfg["memory_mb"] << 20),
-                                   cfg["file_mb"] << 20)
+        sandbox_jail.confine_child(uid, cfg["cpu_s"], base_as + (cfg["memory_mb"] << 20), cfg["file_mb"] << 20)
         frame = read_frame(job_r)
         if frame is None:  # the worker discarded this spare
             os._exit(0)
@@ -115,11 +113,16 @@ def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: i
         result = sandbox_exec.run_job(json.loads(frame), scratch, cfg)
     except BaseException as e:  # a sandbox bug, not the code's failure: say so in the result
         code = 70
-        result = {"ok": False, "error": f"sandbox internal error: {e!r}"[:500],
-                  "error_kind": "crash", "stdout": "", "stderr": "", "steps_run": 0}
+        result = {
+            "ok": False,
+            "error": f"sandbox internal error: {e!r}"[:500],
+            "error_kind": "crash",
+            "stdout": "",
+            "stderr": "",
+            "steps_run": 0,
+        }
     # Lone surrogates (print("\ud800")) are not valid UTF-8: escape them rather than fail.
-    result = {k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v
-              for k, v in result.items()}
+    result = {k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v for k, v in result.items()}
     try:
         write_all(out_w, json.dumps(result, ensure_ascii=False).encode())
         os.close(out_w)  # EOF tells the worker the result is complete
@@ -173,6 +176,7 @@ def _remove(path: str) -> None:
         os.chmod(os.path.dirname(p), 0o700)
         os.chmod(p, 0o700) if os.path.isdir(p) else None
         func(p)
+
     shutil.rmtree(path, onerror=retry)
 
 
@@ -230,8 +234,7 @@ class _Server:
                     child.job_w = -1
                 except BrokenPipeError:  # the spare died while waiting: _wait reports it
                     pass
-                header, body = _wait(child.pid, child.out_r, start + self.cfg["timeout_s"],
-                                     self.cap)
+                header, body = _wait(child.pid, child.out_r, start + self.cfg["timeout_s"], self.cap)
                 child.reaped = header["status"] in ("exit", "signal") and not body
                 header["duration"] = time.monotonic() - start
                 write_frame(1, json.dumps(header).encode())

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from actors.backends.base import GenParams, Generation
+from actors.backends.base import Generation, GenParams
 from actors.batcher import ModelWorker
 from actors.mcts import Candidate, Tree
 from rstar import steps as fmt
@@ -57,9 +57,13 @@ class SearchContext:
 
     def params(self, n: int, temperature: float | None = None) -> GenParams:
         g = self.generation
-        return GenParams(n=n, max_tokens=g.max_step_tokens,
-                         temperature=g.temperature if temperature is None else temperature,
-                         top_p=g.top_p, stop=tuple(fmt.STOP))
+        return GenParams(
+            n=n,
+            max_tokens=g.max_step_tokens,
+            temperature=g.temperature if temperature is None else temperature,
+            top_p=g.top_p,
+            stop=tuple(fmt.STOP),
+        )
 
     async def is_correct(self, answer: str | None, gold: str | None) -> bool | None:
         if gold is None:
@@ -90,9 +94,14 @@ def usable_step(g: Generation) -> str | None:
     return text
 
 
-async def _run_candidates(ctx: SearchContext, problem: Problem, prefix: list[str],
-                          gens: list[Generation], policy_version: str,
-                          use_reference: bool) -> list[Candidate]:
+async def _run_candidates(
+    ctx: SearchContext,
+    problem: Problem,
+    prefix: list[str],
+    gens: list[Generation],
+    policy_version: str,
+    use_reference: bool,
+) -> list[Candidate]:
     texts, tokens = [], {}
     for g in gens:
         t = usable_step(g)
@@ -109,13 +118,22 @@ async def _run_candidates(ctx: SearchContext, problem: Problem, prefix: list[str
         terminal = fmt.is_terminal(t)
         answer = r.answer if terminal else None
         correct = await ctx.is_correct(answer, gold) if terminal else None
-        cands.append(Candidate(text=t, code_output=r.stdout, terminal=terminal, answer=answer,
-                               correct=correct, ppm_score=None, gen_tokens=tokens[t],
-                               policy_version=policy_version, ppm_version=""))
+        cands.append(
+            Candidate(
+                text=t,
+                code_output=r.stdout,
+                terminal=terminal,
+                answer=answer,
+                correct=correct,
+                ppm_score=None,
+                gen_tokens=tokens[t],
+                policy_version=policy_version,
+                ppm_version="",
+            )
+        )
     if cands and ctx.use_ppm and ctx.worker.scorer is not None:
         tmpl = ctx.ppm_template or (lambda q, s: fmt.build_prompt(q, s, ctx.chat_template, False))
-        scores, ppm_version = await ctx.worker.score([tmpl(problem.question, prefix + [c.text])
-                                                      for c in cands])
+        scores, ppm_version = await ctx.worker.score([tmpl(problem.question, prefix + [c.text]) for c in cands])
         for c, s in zip(cands, scores):
             c.ppm_score, c.ppm_version = s, ppm_version
     return cands
@@ -123,8 +141,9 @@ async def _run_candidates(ctx: SearchContext, problem: Problem, prefix: list[str
 
 async def expand(tree: Tree, idx: int, ctx: SearchContext, use_reference: bool) -> list[int]:
     prefix = tree.steps(idx)
-    gens, version = await ctx.worker.generate(ctx.prompt(tree.problem.question, prefix),
-                                              ctx.params(ctx.search.n_children))
+    gens, version = await ctx.worker.generate(
+        ctx.prompt(tree.problem.question, prefix), ctx.params(ctx.search.n_children)
+    )
     cands = await _run_candidates(ctx, tree.problem, prefix, gens, version, use_reference)
     return tree.expand(idx, cands)
 
@@ -139,12 +158,15 @@ async def rollout(tree: Tree, ctx: SearchContext, use_reference: bool = True) ->
     tree.backup(idx, tree.leaf_value(idx))
 
 
-async def search_tree(problem: Problem, ctx: SearchContext, rollouts: int | None = None,
-                      use_reference: bool = True,
-                      on_rollout: Callable[[Tree], None] | None = None) -> TreeResult:
+async def search_tree(
+    problem: Problem,
+    ctx: SearchContext,
+    rollouts: int | None = None,
+    use_reference: bool = True,
+    on_rollout: Callable[[Tree], None] | None = None,
+) -> TreeResult:
     s = ctx.search
-    tree = Tree(problem, c_uct=s.c_uct, max_depth=s.max_depth, ppm_init=s.ppm_init,
-                seed=s.seed)
+    tree = Tree(problem, c_uct=s.c_uct, max_depth=s.max_depth, ppm_init=s.ppm_init, seed=s.seed)
     started = time.time()
     async with ctx.worker.client():
         for _ in range(rollouts or s.rollouts):
@@ -157,17 +179,28 @@ async def search_tree(problem: Problem, ctx: SearchContext, rollouts: int | None
 def tree_result(tree: Tree, ctx: SearchContext, started: float) -> TreeResult:
     best = tree.answer_node()
     return TreeResult(
-        tree_id=uuid.uuid4().hex, problem=tree.problem,
-        actor_id=ctx.actor_id, policy_version=ctx.worker.policy_version,
-        ppm_version=ctx.worker.ppm_version, started_at=started, finished_at=time.time(),
-        nodes=tree.to_nodes(), solved=tree.solved(),
+        tree_id=uuid.uuid4().hex,
+        problem=tree.problem,
+        actor_id=ctx.actor_id,
+        policy_version=ctx.worker.policy_version,
+        ppm_version=ctx.worker.ppm_version,
+        started_at=started,
+        finished_at=time.time(),
+        nodes=tree.to_nodes(),
+        solved=tree.solved(),
         best_answer=tree.nodes[best].answer if best is not None else None,
-        round=ctx.round, rollouts=tree.rollouts)
+        round=ctx.round,
+        rollouts=tree.rollouts,
+    )
 
 
-async def search_many(problems: Iterable[Problem], ctx: SearchContext, trees_in_flight: int,
-                      rollouts: int | None = None, use_reference: bool = True
-                      ) -> AsyncIterator[TreeResult]:
+async def search_many(
+    problems: Iterable[Problem],
+    ctx: SearchContext,
+    trees_in_flight: int,
+    rollouts: int | None = None,
+    use_reference: bool = True,
+) -> AsyncIterator[TreeResult]:
     """Search every problem with ``trees_in_flight`` trees at once; yield trees as they finish."""
     pending: set[asyncio.Task] = set()
     it = iter(problems)
@@ -179,8 +212,7 @@ async def search_many(problems: Iterable[Problem], ctx: SearchContext, trees_in_
                 if p is None:
                     exhausted = True
                     break
-                pending.add(asyncio.create_task(search_tree(p, ctx, rollouts, use_reference),
-                                                name=f"tree-{p.id}"))
+                pending.add(asyncio.create_task(search_tree(p, ctx, rollouts, use_reference), name=f"tree-{p.id}"))
             if not pending:
                 return
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -210,8 +242,7 @@ async def _chain(problem: Problem, ctx: SearchContext, temperature: float) -> Ch
     steps: list[str] = []
     tokens = 0
     for _ in range(ctx.search.max_depth):
-        gens, _ = await ctx.worker.generate(ctx.prompt(problem.question, steps),
-                                            ctx.params(1, temperature))
+        gens, _ = await ctx.worker.generate(ctx.prompt(problem.question, steps), ctx.params(1, temperature))
         tokens += gens[0].tokens
         text = usable_step(gens[0])
         if text is None:
@@ -225,8 +256,9 @@ async def _chain(problem: Problem, ctx: SearchContext, temperature: float) -> Ch
     return Chain(steps, None, tokens)
 
 
-async def majority_answer(problem: Problem, ctx: SearchContext, k: int,
-                          temperature: float | None = None) -> tuple[str | None, list[Chain]]:
+async def majority_answer(
+    problem: Problem, ctx: SearchContext, k: int, temperature: float | None = None
+) -> tuple[str | None, list[Chain]]:
     """k sampled chains; the most frequent answer (greedy when k == 1 and temperature 0)."""
     temp = ctx.generation.temperature if temperature is None else temperature
     chains = await asyncio.gather(*(sample_chain(problem, ctx, temp) for _ in range(k)))

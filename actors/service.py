@@ -77,10 +77,17 @@ class Actor:
     def heartbeat(self) -> Heartbeat:
         w = self.ctx.worker
         tok_s, busy = self.rates.model_rates(w.stats)
-        return Heartbeat(actor_id=self.report.actor_id, host=socket.gethostname(),
-                         backend=w.backend.name, policy_version=w.policy_version,
-                         ppm_version=w.ppm_version, trees_per_min=self.rates.trees_per_min(),
-                         tokens_per_s=tok_s, busy_fraction=busy, trees_in_flight=len(self.jobs))
+        return Heartbeat(
+            actor_id=self.report.actor_id,
+            host=socket.gethostname(),
+            backend=w.backend.name,
+            policy_version=w.policy_version,
+            ppm_version=w.ppm_version,
+            trees_per_min=self.rates.trees_per_min(),
+            tokens_per_s=tok_s,
+            busy_fraction=busy,
+            trees_in_flight=len(self.jobs),
+        )
 
     def start(self, problem: Problem, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -88,12 +95,16 @@ class Actor:
             self.jobs[seq].msg = msg
             return
         if msg.metadata.num_delivered > 1:
-            log.info("problem %s redelivered (delivery %d): an earlier holder died or returned it",
-                     problem.id, msg.metadata.num_delivered)
+            log.info(
+                "problem %s redelivered (delivery %d): an earlier holder died or returned it",
+                problem.id,
+                msg.metadata.num_delivered,
+            )
         job = Job(problem, msg, tree_id_for(problem, msg), self.watcher.current)
-        job.task = asyncio.create_task(run_job(job, self.b, self.ctx, self.keep_alive_s,
-                                               self.cfg.broker.publish_timeout_s, self._finished),
-                                       name=f"tree-{problem.id}")
+        job.task = asyncio.create_task(
+            run_job(job, self.b, self.ctx, self.keep_alive_s, self.cfg.broker.publish_timeout_s, self._finished),
+            name=f"tree-{problem.id}",
+        )
         self.jobs[seq] = job
 
     def _finished(self, published: bool) -> None:
@@ -116,8 +127,9 @@ class Actor:
             return
         free = self.k - len(self.jobs)
         try:
-            got = await fetch_problems(self.b, sub, min(free, self.cfg.actor.fetch_batch),
-                                       self.cfg.actor.fetch_timeout_s)
+            got = await fetch_problems(
+                self.b, sub, min(free, self.cfg.actor.fetch_batch), self.cfg.actor.fetch_timeout_s
+            )
         except TRANSIENT as e:
             log.info("fetch while the broker is away (%s); waiting", type(e).__name__)
             await asyncio.sleep(self.cfg.actor.fetch_timeout_s)
@@ -139,7 +151,7 @@ class Actor:
                     break
                 try:
                     msgs = await sub.fetch(sub.pending_msgs, timeout=0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 for m in msgs:
                     await nak(m)
@@ -179,8 +191,9 @@ def follow_pointer(ctx, pair: ModelPair) -> None:
         ctx.generation = ctx.generation.model_copy(update={"few_shot": False})
 
 
-async def _start_search(stack: contextlib.AsyncExitStack, b: Broker, cfg: Config, actor_id: str,
-                        cache_dir) -> tuple[object, ModelPair, dict]:
+async def _start_search(
+    stack: contextlib.AsyncExitStack, b: Broker, cfg: Config, actor_id: str, cache_dir
+) -> tuple[object, ModelPair, dict]:
     """The search context on the current pointer's pair, else on the configured models."""
     from actors.runtime import setup_search
 
@@ -190,8 +203,7 @@ async def _start_search(stack: contextlib.AsyncExitStack, b: Broker, cfg: Config
     except Exception as e:  # deliberate: the pointer's weights do not load; serve the configured ones
         if pair is None:
             raise
-        log.error("refusing round %d (%s: %s); starting on %s", pair.round, type(e).__name__, e,
-                  cfg.model.policy)
+        log.error("refusing round %d (%s: %s); starting on %s", pair.round, type(e).__name__, e, cfg.model.policy)
         refused[pair.key], pair = f"cannot load: {e}", None
         ctx = await stack.enter_async_context(setup_search(cfg, actor_id))
     w = ctx.worker
@@ -217,13 +229,15 @@ async def _serve(actor: Actor, sub, stop: asyncio.Event, bg: list[asyncio.Task])
             await actor.fetch(sub)
             continue
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([j.task for j in actor.jobs.values()] + [stopper], timeout=5.0,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [j.task for j in actor.jobs.values()] + [stopper], timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+        )
         stopper.cancel()
 
 
-async def run_actor(cfg: Config, stop: asyncio.Event, ready: asyncio.Event | None = None,
-                    report: ActorReport | None = None) -> ActorReport:
+async def run_actor(
+    cfg: Config, stop: asyncio.Event, ready: asyncio.Event | None = None, report: ActorReport | None = None
+) -> ActorReport:
     """Serve until ``stop`` is set, then drain; returns ``report`` (filled in as it goes).
 
     ``ready`` is set once problems are being pulled.
@@ -234,15 +248,16 @@ async def run_actor(cfg: Config, stop: asyncio.Event, ready: asyncio.Event | Non
     cache_dir = cfg.actor.checkpoint_dir or cfg.data_dir / "checkpoints"
     async with open_broker(cfg, f"rstar-actor-{actor_id}") as b, contextlib.AsyncExitStack() as stack:
         ctx, pair, refused = await _start_search(stack, b, cfg, actor_id, cache_dir)
-        watcher = ModelWatcher(b, cfg, ctx.worker, pair, cache_dir, refused,
-                               on_swap=lambda p: follow_pointer(ctx, p))
+        watcher = ModelWatcher(b, cfg, ctx.worker, pair, cache_dir, refused, on_swap=lambda p: follow_pointer(ctx, p))
         report.swaps, report.model_stats = watcher.events, ctx.worker.stats
         actor = Actor(b, cfg, ctx, watcher, report)
-        bg = [asyncio.create_task(watcher.run(), name="model-watcher"),
-              asyncio.create_task(heartbeat_loop(b, actor.heartbeat, cfg.actor.heartbeat_s),
-                                  name="heartbeat")]
-        log.info("actor %s serving %s (round %d) with %d trees in flight", actor_id,
-                 pair.policy_version, pair.round, actor.k)
+        bg = [
+            asyncio.create_task(watcher.run(), name="model-watcher"),
+            asyncio.create_task(heartbeat_loop(b, actor.heartbeat, cfg.actor.heartbeat_s), name="heartbeat"),
+        ]
+        log.info(
+            "actor %s serving %s (round %d) with %d trees in flight", actor_id, pair.policy_version, pair.round, actor.k
+        )
         try:
             sub = await problems_subscription(b)
             if ready is not None:
@@ -260,6 +275,5 @@ async def run_actor(cfg: Config, stop: asyncio.Event, ready: asyncio.Event | Non
             with contextlib.suppress(*TRANSIENT):
                 await delete_heartbeat(b, actor_id)
             report.worker = ctx.worker.stats.snapshot()
-    log.info("actor %s stopped: %d trees published, %d problems returned", actor_id,
-             report.published, report.returned)
+    log.info("actor %s stopped: %d trees published, %d problems returned", actor_id, report.published, report.returned)
     return report

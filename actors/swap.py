@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.client import Broker
 from broker.checkpoints import fetch_checkpoint
+from broker.client import Broker
 from rstar.checkpoints import CheckpointError, verify_dir
 from rstar.config import Config
 from rstar.log import get_logger, timed
@@ -44,8 +44,14 @@ from rstar.schemas import ModelPointer, ModelRef
 log = get_logger("actors.swap")
 
 # config.json keys that make two checkpoints "the same base": a PPM must share them with its policy.
-BASE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads")
+BASE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
 
 
 class SwapRefused(RuntimeError):
@@ -63,9 +69,10 @@ class ModelPair:
     ppm_sha256: str = ""
 
     @classmethod
-    def of(cls, p: ModelPointer) -> "ModelPair":
-        return cls(p.round, p.policy.version, p.ppm.version if p.ppm else "", p.policy.sha256,
-                   p.ppm.sha256 if p.ppm else "")
+    def of(cls, p: ModelPointer) -> ModelPair:
+        return cls(
+            p.round, p.policy.version, p.ppm.version if p.ppm else "", p.policy.sha256, p.ppm.sha256 if p.ppm else ""
+        )
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -129,8 +136,9 @@ def check_pair(policy_dir: Path, ppm_dir: Path | None) -> None:
     pol, ppm = _config(policy_dir, "policy"), _config(ppm_dir, "PPM")
     diff = [k for k in BASE_KEYS if pol.get(k) != ppm.get(k)]
     if diff:
-        raise SwapRefused("PPM base does not match the policy: " + ", ".join(
-            f"{k} {ppm.get(k)!r} vs {pol.get(k)!r}" for k in diff))
+        raise SwapRefused(
+            "PPM base does not match the policy: " + ", ".join(f"{k} {ppm.get(k)!r} vs {pol.get(k)!r}" for k in diff)
+        )
     try:
         head = json.loads((ppm_dir / META_FILE).read_text()).get("hidden_size")
     except (OSError, ValueError) as e:
@@ -141,8 +149,7 @@ def check_pair(policy_dir: Path, ppm_dir: Path | None) -> None:
 
 def with_models(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
     """A copy of ``cfg`` whose model section names these directories."""
-    model = cfg.model.model_copy(update={"policy": str(policy_dir),
-                                         "ppm": str(ppm_dir) if ppm_dir else None})
+    model = cfg.model.model_copy(update={"policy": str(policy_dir), "ppm": str(ppm_dir) if ppm_dir else None})
     return cfg.model_copy(update={"model": model})
 
 
@@ -165,8 +172,7 @@ class Loaded:
     scorer: object | None
 
 
-def load_pair(cfg: Config, pair: ModelPair, policy_dir: Path, ppm_dir: Path | None,
-              current_backend) -> Loaded:
+def load_pair(cfg: Config, pair: ModelPair, policy_dir: Path, ppm_dir: Path | None, current_backend) -> Loaded:
     """Build the new pair's models (blocking: call it in a worker thread, not the model thread)."""
     from actors.backends import setup_backend
     from actors.runtime import setup_scorer
@@ -207,7 +213,11 @@ def prune(cache_dir: Path, keep: list[Path], idle_s: float = 3600.0) -> None:
     now = time.time()
     for kind in ("policy", "ppm"):
         for d in (Path(cache_dir) / kind).glob("*"):
-            if (d.is_dir() and not d.name.startswith(".") and d.resolve() not in keep_set
-                    and d.stat().st_mtime < now - idle_s):
+            if (
+                d.is_dir()
+                and not d.name.startswith(".")
+                and d.resolve() not in keep_set
+                and d.stat().st_mtime < now - idle_s
+            ):
                 shutil.rmtree(d, ignore_errors=True)
                 d.with_name(f".{d.name}.lock").unlink(missing_ok=True)

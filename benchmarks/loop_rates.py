@@ -41,9 +41,14 @@ def round_rates(engine) -> dict:
     rows = list_rounds(engine)
     out, ts = [], []
     with engine.connect() as c:
-        tree_times = {r: (n, lo, hi) for r, n, lo, hi in c.execute(
-            select(TreeRow.round, func.count(), func.min(TreeRow.finished_at), func.max(TreeRow.finished_at))
-            .group_by(TreeRow.round))}
+        tree_times = {
+            r: (n, lo, hi)
+            for r, n, lo, hi in c.execute(
+                select(
+                    TreeRow.round, func.count(), func.min(TreeRow.finished_at), func.max(TreeRow.finished_at)
+                ).group_by(TreeRow.round)
+            )
+        }
     for r in rows:
         ev = r["eval"] or {}
         start = datetime.fromisoformat(r["started_at"]) if r["started_at"] else None
@@ -51,20 +56,38 @@ def round_rates(engine) -> dict:
         wall = (end - start).total_seconds() if start and end else None
         sft, ppm, boot = _secs(ev.get("sft")), _secs(ev.get("ppm")), _secs(ev.get("bootstrap"))
         acc = ev.get("accuracy") or {}
-        methods = {f"{name}/{label}": rec.get("seconds") for name, s in (acc.get("sets") or {}).items()
-                   for label, rec in s.items() if isinstance(rec, dict)}
+        methods = {
+            f"{name}/{label}": rec.get("seconds")
+            for name, s in (acc.get("sets") or {}).items()
+            for label, rec in s.items()
+            if isinstance(rec, dict)
+        }
         n, lo, hi = tree_times.get(r["round"], (0, None, None))
         span = (hi - lo).total_seconds() if lo is not None and hi is not None else 0.0
-        out.append({"round": r["round"], "state": r["state"], "wall_s": wall, "bootstrap_s": boot, "sft_s": sft,
-                    "ppm_s": ppm, "collect_s": None if wall is None else round(wall - sum(x or 0 for x in (sft, ppm, boot)), 1),
-                    "eval_s": acc.get("seconds"), "eval_methods_s": methods, "trees": n,
-                    # a bootstrap round's trees are the teacher's demonstrations, stored, not searched
-                    "trees_per_min": round(60 * n / span, 1) if span > 0 and boot is None else None})
+        out.append(
+            {
+                "round": r["round"],
+                "state": r["state"],
+                "wall_s": wall,
+                "bootstrap_s": boot,
+                "sft_s": sft,
+                "ppm_s": ppm,
+                "collect_s": None if wall is None else round(wall - sum(x or 0 for x in (sft, ppm, boot)), 1),
+                "eval_s": acc.get("seconds"),
+                "eval_methods_s": methods,
+                "trees": n,
+                # a bootstrap round's trees are the teacher's demonstrations, stored, not searched
+                "trees_per_min": round(60 * n / span, 1) if span > 0 and boot is None else None,
+            }
+        )
         ts += [t for t in (start, end) if t]
     evolved = [x for x in out if x["round"] >= 1 and x["wall_s"]]
     total = (max(ts) - min(ts)).total_seconds() if ts else None
-    return {"rounds": out, "total_wall_s": total,
-            "rounds_per_hour": round(3600 * len(evolved) / sum(x["wall_s"] for x in evolved), 2) if evolved else None}
+    return {
+        "rounds": out,
+        "total_wall_s": total,
+        "rounds_per_hour": round(3600 * len(evolved) / sum(x["wall_s"] for x in evolved), 2) if evolved else None,
+    }
 
 
 def main() -> None:

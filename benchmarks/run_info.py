@@ -11,12 +11,18 @@ import os
 import platform
 import shlex
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def run_info() -> dict:
     script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(os.path.dirname(__file__)))
-    return {"command": shlex.join(["python", script, *sys.argv[1:]]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-                        "loadavg_1m": round(os.getloadavg()[0], 2)}}
+    return {
+        "command": shlex.join(["python", script, *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "arch": platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        },
+    }

@@ -42,8 +42,7 @@ from actors.sandbox import ExecResult, SandboxPool  # noqa: E402
 from benchmarks.run_info import run_info  # noqa: E402
 from rstar.config import SandboxConfig  # noqa: E402
 
-STEPS = ["# two numbers\nx = 3\ny = 4\n", "# their product\nz = x * y\nprint(z)\n",
-         "# one more\nanswer = z + 1\n"]
+STEPS = ["# two numbers\nx = 3\ny = 4\n", "# their product\nz = x * y\nprint(z)\n", "# one more\nanswer = z + 1\n"]
 
 
 class Failures:
@@ -60,8 +59,16 @@ class Failures:
             return r
         self.by_phase[phase] = self.by_phase.get(phase, 0) + 1
         if len(self.first) < 5:
-            self.first.append({"phase": phase, "ok": r.ok, "error_kind": r.error_kind, "error": r.error,
-                               "answer": r.answer, "expected": answer})
+            self.first.append(
+                {
+                    "phase": phase,
+                    "ok": r.ok,
+                    "error_kind": r.error_kind,
+                    "error": r.error,
+                    "answer": r.answer,
+                    "expected": answer,
+                }
+            )
         return r
 
     @property
@@ -83,14 +90,17 @@ async def latency(pool: SandboxPool, calls: int, fails: Failures, phase: str) ->
         child.append(fails.check(phase, r, "13").duration_s)
     wall.sort()
     ms = lambda v: round(v * 1e3, 2)  # noqa: E731
-    return {"median": ms(statistics.median(wall)), "p90": ms(wall[int(0.9 * len(wall))]),
-            "min": ms(wall[0]), "child_ms_median": ms(statistics.median(child))}
+    return {
+        "median": ms(statistics.median(wall)),
+        "p90": ms(wall[int(0.9 * len(wall))]),
+        "min": ms(wall[0]),
+        "child_ms_median": ms(statistics.median(child)),
+    }
 
 
 async def throughput(pool: SandboxPool, calls: int, fails: Failures, phase: str) -> float:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(pool.run(STEPS[:2] + [f"answer = z + {i}\n"])
-                                     for i in range(calls)))
+    results = await asyncio.gather(*(pool.run(STEPS[:2] + [f"answer = z + {i}\n"]) for i in range(calls)))
     wall = time.perf_counter() - t0
     for i, r in enumerate(results):
         fails.check(phase, r, str(12 + i))
@@ -114,20 +124,20 @@ async def replay_chain(cfg: SandboxConfig, chain: list[str], fails: Failures, ph
         for depth in range(1, len(chain) + 1):
             fails.check(phase, await pool.run(chain[:depth]))
             v = _value(chain[:depth])
-            leaves = await asyncio.gather(*(pool.run(chain[:depth] + [f"answer = v + {k}\n"])
-                                            for k in range(3)))
+            leaves = await asyncio.gather(*(pool.run(chain[:depth] + [f"answer = v + {k}\n"]) for k in range(3)))
             for k, r in enumerate(leaves):
                 fails.check(phase, r, str(v + k))
-        return {"steps_run": int(pool.gauges()["sandbox/steps_run"]),
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {"steps_run": int(pool.gauges()["sandbox/steps_run"]), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 async def cache_effect(cfg: SandboxConfig, fails: Failures) -> dict:
     off = cfg.model_copy(update={"cache_entries": 0})
     out = {}
     for name, chain in (("cheap_chain", CHEAP), ("dear_chain", DEAR)):
-        out[name] = {"cached": await replay_chain(cfg, chain, fails, f"cache/{name}/cached"),
-                     "uncached": await replay_chain(off, chain, fails, f"cache/{name}/uncached")}
+        out[name] = {
+            "cached": await replay_chain(cfg, chain, fails, f"cache/{name}/cached"),
+            "uncached": await replay_chain(off, chain, fails, f"cache/{name}/uncached"),
+        }
     return out
 
 
@@ -138,14 +148,19 @@ async def main(args) -> dict:
         lat = await latency(pool, args.calls, fails, "latency")
         rps = await throughput(pool, args.calls, fails, "throughput")
         # Once a program has named sympy, the workers hold it (~100 MB) and every fork costs more.
-        for r in await asyncio.gather(*(pool.run(["import sympy\nanswer = sympy.Rational(1, 3)\n"])
-                                        for _ in range(2 * args.workers))):
+        for r in await asyncio.gather(
+            *(pool.run(["import sympy\nanswer = sympy.Rational(1, 3)\n"]) for _ in range(2 * args.workers))
+        ):
             fails.check("sympy_import", r)
         lat_sympy = await latency(pool, args.calls, fails, "sympy_loaded/latency")
         rps_sympy = await throughput(pool, args.calls, fails, "sympy_loaded/throughput")
     return {
-        **run_info(), "config": cfg.model_dump(mode="json"),
-        "workers": args.workers, "calls": args.calls, "latency_ms": lat, "runs_per_s": rps,
+        **run_info(),
+        "config": cfg.model_dump(mode="json"),
+        "workers": args.workers,
+        "calls": args.calls,
+        "latency_ms": lat,
+        "runs_per_s": rps,
         "sympy_loaded": {"latency_ms": lat_sympy, "runs_per_s": rps_sympy},
         "cache": await cache_effect(cfg, fails),
         "failures": fails.report(),
@@ -162,5 +177,7 @@ if __name__ == "__main__":
     out = asyncio.run(main(args))
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     if out["failures"]["count"]:
-        sys.exit(f"sandbox benchmark: {out['failures']['count']} of {out['failures']['runs']} runs failed "
-                 f"or answered wrongly ({out['failures']['by_phase']}): the figures above are not valid")
+        sys.exit(
+            f"sandbox benchmark: {out['failures']['count']} of {out['failures']['runs']} runs failed "
+            f"or answered wrongly ({out['failures']['by_phase']}): the figures above are not valid"
+        )

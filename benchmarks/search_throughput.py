@@ -37,48 +37,60 @@ from actors.batcher import ModelWorker  # noqa: E402
 from actors.runtime import chat_template_for  # noqa: E402
 from actors.sandbox import SandboxPool  # noqa: E402
 from actors.search import SearchContext, search_many  # noqa: E402
+from benchmarks.run_info import run_info  # noqa: E402
 from rstar import steps as fmt  # noqa: E402
 from rstar.config import load_config  # noqa: E402
 from rstar.curriculum import synthetic_problems  # noqa: E402
 from rstar.up import preset_path  # noqa: E402
 
-from benchmarks.run_info import run_info  # noqa: E402
-
 
 async def run_search(cfg, backend, problems, k: int, rollouts: int) -> dict:
-    async with SandboxPool(cfg.sandbox) as sandbox, \
-            ModelWorker(backend, max_batch=cfg.model.max_batch) as worker:
-        ctx = SearchContext(worker=worker, sandbox=sandbox, search=cfg.search,
-                            generation=cfg.generation,
-                            chat_template=chat_template_for(backend.tokenizer))
+    async with SandboxPool(cfg.sandbox) as sandbox, ModelWorker(backend, max_batch=cfg.model.max_batch) as worker:
+        ctx = SearchContext(
+            worker=worker,
+            sandbox=sandbox,
+            search=cfg.search,
+            generation=cfg.generation,
+            chat_template=chat_template_for(backend.tokenizer),
+        )
         t0 = time.perf_counter()
         trees = [t async for t in search_many(problems, ctx, k, rollouts=rollouts)]
         wall = time.perf_counter() - t0
         s = worker.stats
-        return {"trees": len(trees), "nodes": sum(len(t.nodes) for t in trees),
-                "wall_s": round(wall, 2), "gen_tokens": s.gen_tokens,
-                "tokens_per_s": round(s.gen_tokens / wall, 2),
-                "busy_fraction": round(s.busy_s / wall, 4), "gen_calls": s.gen_calls,
-                "mean_batch_sequences": round(s.gen_sequences / max(s.gen_calls, 1), 2)}
+        return {
+            "trees": len(trees),
+            "nodes": sum(len(t.nodes) for t in trees),
+            "wall_s": round(wall, 2),
+            "gen_tokens": s.gen_tokens,
+            "tokens_per_s": round(s.gen_tokens / wall, 2),
+            "busy_fraction": round(s.busy_s / wall, 4),
+            "gen_calls": s.gen_calls,
+            "mean_batch_sequences": round(s.gen_sequences / max(s.gen_calls, 1), 2),
+        }
 
 
 def run_raw(cfg, backend, problems, batch: int, n: int, repeats: int) -> dict:
     template = chat_template_for(backend.tokenizer)
     g = cfg.generation
-    params = GenParams(n=n, max_tokens=g.max_step_tokens, temperature=g.temperature,
-                       top_p=g.top_p, stop=tuple(fmt.STOP))
+    params = GenParams(
+        n=n, max_tokens=g.max_step_tokens, temperature=g.temperature, top_p=g.top_p, stop=tuple(fmt.STOP)
+    )
     backend.generate([fmt.build_prompt(problems[0].question, [], template)], GenParams(n=1, max_tokens=4))
     tokens, wall = 0, 0.0
     k = max(1, batch // n)
     for r in range(repeats):
-        batch = problems[r * k:(r + 1) * k] or problems[:k]
+        batch = problems[r * k : (r + 1) * k] or problems[:k]
         prompts = [fmt.build_prompt(p.question, [], template, g.few_shot) for p in batch]
         t0 = time.perf_counter()
         outs = backend.generate(prompts, params)
         wall += time.perf_counter() - t0
         tokens += sum(o.tokens for out in outs for o in out)
-    return {"batch_sequences": k * n, "gen_tokens": tokens, "wall_s": round(wall, 2),
-            "tokens_per_s": round(tokens / wall, 2)}
+    return {
+        "batch_sequences": k * n,
+        "gen_tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 2),
+    }
 
 
 def main() -> None:
@@ -95,8 +107,15 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config override section.field=value")
     a = ap.parse_args()
     a.k = a.k or max(1, 2 * a.batch // a.n)
-    cfg = load_config(preset=preset_path(a.preset) if a.preset else None, overrides=[f"search.n_children={a.n}", f"generation.max_step_tokens={a.max_step_tokens}",
-                                 f"model.max_batch={a.batch}", *a.set])
+    cfg = load_config(
+        preset=preset_path(a.preset) if a.preset else None,
+        overrides=[
+            f"search.n_children={a.n}",
+            f"generation.max_step_tokens={a.max_step_tokens}",
+            f"model.max_batch={a.batch}",
+            *a.set,
+        ],
+    )
     problems = synthetic_problems(a.problems, "heldout", (1, 2), seed=1)
     t0 = time.perf_counter()
     backend = setup_backend(cfg)
@@ -105,16 +124,25 @@ def main() -> None:
     search = asyncio.run(run_search(cfg, backend, problems, a.k, a.rollouts))
     lock = asyncio.run(run_search(cfg, backend, problems, 1, a.rollouts))
     out = {
-        **run_info(), "preset": a.preset,
-        "model": cfg.model.policy, "backend": backend.name, "load_s": round(load_s, 2),
-        "batch": a.batch, "k": a.k, "n": a.n, "rollouts": a.rollouts, "max_step_tokens": a.max_step_tokens,
+        **run_info(),
+        "preset": a.preset,
+        "model": cfg.model.policy,
+        "backend": backend.name,
+        "load_s": round(load_s, 2),
+        "batch": a.batch,
+        "k": a.k,
+        "n": a.n,
+        "rollouts": a.rollouts,
+        "max_step_tokens": a.max_step_tokens,
         "raw_tokens_per_s": raw["tokens_per_s"],
         "search_tokens_per_s": search["tokens_per_s"],
         "lockstep_tokens_per_s": lock["tokens_per_s"],
         "model_busy_fraction": search["busy_fraction"],
         "search_vs_raw": round(search["tokens_per_s"] / raw["tokens_per_s"], 3),
         "search_vs_lockstep": round(search["tokens_per_s"] / lock["tokens_per_s"], 3),
-        "raw": raw, "search": search, "lockstep": lock,
+        "raw": raw,
+        "search": search,
+        "lockstep": lock,
     }
     print(json.dumps(out, indent=None if a.json else 2))
 

@@ -49,7 +49,7 @@ def run(backend: str, args) -> dict:
     rng = random.Random(args.seed)
     problems = [sample_problem(rng) for _ in range(max(1, args.trees // 4))]  # ~4 trees per problem
     trees = [sample_tree(rng, args.nodes, round=1, problem=rng.choice(problems)) for _ in range(args.trees)]
-    batches = [trees[i:i + args.batch] for i in range(0, len(trees), args.batch)]
+    batches = [trees[i : i + args.batch] for i in range(0, len(trees), args.batch)]
     n_nodes = sum(len(t.nodes) for t in trees)
     with scratch_url(backend, args.pg_admin_url) as url:
         engine = open_store(url)
@@ -65,31 +65,41 @@ def run(backend: str, args) -> dict:
         finally:
             engine.dispose()
     assert written == len(trees) and rewritten == 0 and stored == n_nodes, (written, rewritten, stored)
-    return {**run_info(), "backend": backend, "trees": len(trees), "nodes": n_nodes, "batch": args.batch,
-            "write_s": round(first, 3), "nodes_per_s": round(n_nodes / first),
-            "trees_per_s": round(len(trees) / first, 1), "batch_ms": round(1000 * first / len(batches), 1),
-            "skip_s": round(second, 3), "skip_nodes_per_s": round(n_nodes / second)}
+    return {
+        **run_info(),
+        "backend": backend,
+        "trees": len(trees),
+        "nodes": n_nodes,
+        "batch": args.batch,
+        "write_s": round(first, 3),
+        "nodes_per_s": round(n_nodes / first),
+        "trees_per_s": round(len(trees) / first, 1),
+        "batch_ms": round(1000 * first / len(batches), 1),
+        "skip_s": round(second, 3),
+        "skip_nodes_per_s": round(n_nodes / second),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    p.add_argument("--pg-admin-url", default=DEFAULT_ADMIN_URL,
-                   help="a PostgreSQL URL allowed to CREATE/DROP DATABASE")
+    p.add_argument("--pg-admin-url", default=DEFAULT_ADMIN_URL, help="a PostgreSQL URL allowed to CREATE/DROP DATABASE")
     p.add_argument("--trees", type=int, default=500)
     p.add_argument("--nodes", type=int, default=200, help="nodes per tree")
     p.add_argument("--batch", type=int, default=50, help="trees per upsert_trees call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per line only")
     args = p.parse_args()
-    for backend in (["sqlite", "postgresql"] if args.backend == "both" else [args.backend]):
+    for backend in ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]:
         result = run(backend, args)
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{backend:10s} {result['nodes_per_s']:>8,} nodes/s  {result['trees_per_s']:>7} trees/s  "
-                  f"{result['batch_ms']} ms/batch of {args.batch}  (re-write skipped at "
-                  f"{result['skip_nodes_per_s']:,} nodes/s)")
+            print(
+                f"{backend:10s} {result['nodes_per_s']:>8,} nodes/s  {result['trees_per_s']:>7} trees/s  "
+                f"{result['batch_ms']} ms/batch of {args.batch}  (re-write skipped at "
+                f"{result['skip_nodes_per_s']:,} nodes/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for training and generation "
-                    "(0: torch's default, one per core)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training and generation (0: torch's default, one per core)",
+    )
     ap.add_argument("--method", choices=["full", "lora"], default="full")
     ap.add_argument("--eval-problems", type=int, default=3)
     ap.add_argument("--solve-rate", type=float, default=0.5, help="assumed share of a round's trees solved")
@@ -98,8 +102,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    cfg = load_config(overrides=[f"train.threads={args.threads}", "train.epochs=1", "train.ppm_epochs=1",
-                                 f'train.method="{args.method}"', f"model.threads={args.threads}"])
+    cfg = load_config(
+        overrides=[
+            f"train.threads={args.threads}",
+            "train.epochs=1",
+            "train.ppm_epochs=1",
+            f'train.method="{args.method}"',
+            f"model.threads={args.threads}",
+        ]
+    )
     base = resolve_model_dir(cfg.model.policy, cfg.model.cache_dir)
     with tempfile.TemporaryDirectory(prefix="rstar-train-speed-") as tmp:
         tmp = Path(tmp)
@@ -109,7 +120,11 @@ def main() -> None:
         t0 = time.perf_counter()
         ppm = train_ppm(ppm_pairs(args.pairs), tmp / "policy", tmp / "ppm", cfg.train, tmp / "ppm-work", progress=False)
         ppm_wall = time.perf_counter() - t0
-        ev = asyncio.run(eval_seconds(cfg, tmp / "policy", args.eval_problems, tmp / "ppm")) if args.eval_problems else {}
+        ev = (
+            asyncio.run(eval_seconds(cfg, tmp / "policy", args.eval_problems, tmp / "ppm"))
+            if args.eval_problems
+            else {}
+        )
 
     # The estimate is for a round at the config a round runs with, not the measurement's overrides.
     t, lc, s = load_config().train, cfg.learner, cfg.search
@@ -121,29 +136,50 @@ def main() -> None:
     pairs_n *= t.ppm_epochs
     eval_problems = lc.eval_synthetic_n + (lc.eval_real_n if lc.eval_real else 0)
     per_problem = sum(ev.get(f"{m}_s_per_problem", 0.0) for m in lc.eval_methods)
-    est = {"sft_s": round(sft_n * sft.seconds_per_example, 0),
-           "ppm_s": round(pairs_n * ppm.seconds_per_pair, 0),
-           "eval_s": round(eval_problems * per_problem, 0)}
+    est = {
+        "sft_s": round(sft_n * sft.seconds_per_example, 0),
+        "ppm_s": round(pairs_n * ppm.seconds_per_pair, 0),
+        "eval_s": round(eval_problems * per_problem, 0),
+    }
     # A training tree: search.rollouts rollouts, against eval_k for MCTS@k, on one actor.
     tree_s = ev.get("mcts_s_per_problem", 0.0) * s.rollouts / lc.eval_k
-    est["collect_s"] = round(60 * lc.round_quota / args.trees_per_min if args.trees_per_min
-                             else lc.round_quota * tree_s, 0)
+    est["collect_s"] = round(
+        60 * lc.round_quota / args.trees_per_min if args.trees_per_min else lc.round_quota * tree_s, 0
+    )
     est["total_h"] = round(sum(est.values()) / 3600, 2)
-    out = {**run_info(), "model": str(base), "method": args.method, "threads": args.threads,
-           "sft_s_per_example": sft.seconds_per_example, "sft_examples": sft.examples, "sft_steps": sft.steps,
-           "sft_overhead_s": round(sft_wall - sft.seconds_per_example * sft.examples, 1),
-           "ppm_s_per_pair": ppm.seconds_per_pair, "ppm_pairs": ppm.train_pairs + ppm.heldout_pairs,
-           "ppm_overhead_s": round(ppm_wall - ppm.seconds_per_pair * ppm.train_pairs, 1),
-           "eval": ev,
-           "sft_report": asdict(sft), "ppm_report": asdict(ppm),
-           "assumptions": {"round_quota": lc.round_quota, "solve_rate": args.solve_rate,
-                           "sft_examples": sft_n, "sft_epochs": t.epochs, "sft_steps": t.steps,
-                           "pairs_per_tree": args.pairs_per_tree, "ppm_pairs": pairs_n,
-                           "ppm_epochs": t.ppm_epochs, "ppm_heldout_fraction": t.ppm_heldout_fraction,
-                           "ppm_max_pairs": t.ppm_max_pairs, "rollouts": s.rollouts,
-                           "eval_problems": eval_problems, "eval_k": lc.eval_k,
-                           "trees_per_min": args.trees_per_min or "one actor, a tree costed as MCTS@k x rollouts/k"},
-           "estimate": est}
+    out = {
+        **run_info(),
+        "model": str(base),
+        "method": args.method,
+        "threads": args.threads,
+        "sft_s_per_example": sft.seconds_per_example,
+        "sft_examples": sft.examples,
+        "sft_steps": sft.steps,
+        "sft_overhead_s": round(sft_wall - sft.seconds_per_example * sft.examples, 1),
+        "ppm_s_per_pair": ppm.seconds_per_pair,
+        "ppm_pairs": ppm.train_pairs + ppm.heldout_pairs,
+        "ppm_overhead_s": round(ppm_wall - ppm.seconds_per_pair * ppm.train_pairs, 1),
+        "eval": ev,
+        "sft_report": asdict(sft),
+        "ppm_report": asdict(ppm),
+        "assumptions": {
+            "round_quota": lc.round_quota,
+            "solve_rate": args.solve_rate,
+            "sft_examples": sft_n,
+            "sft_epochs": t.epochs,
+            "sft_steps": t.steps,
+            "pairs_per_tree": args.pairs_per_tree,
+            "ppm_pairs": pairs_n,
+            "ppm_epochs": t.ppm_epochs,
+            "ppm_heldout_fraction": t.ppm_heldout_fraction,
+            "ppm_max_pairs": t.ppm_max_pairs,
+            "rollouts": s.rollouts,
+            "eval_problems": eval_problems,
+            "eval_k": lc.eval_k,
+            "trees_per_min": args.trees_per_min or "one actor, a tree costed as MCTS@k x rollouts/k",
+        },
+        "estimate": est,
+    }
     if args.json:
         print(json.dumps(out))
     else:

@@ -43,8 +43,7 @@ async def put_checkpoint(b: Broker, model_dir: Path, version: str) -> ModelRef:
         size = f.seek(0, 2)
         f.seek(0)
         with timed(log, f"put checkpoint {version} ({size / 1e6:.0f} MB)"):
-            await obs.put(version, f, meta=nats.js.api.ObjectMeta(
-                name=version, headers={"Rstar-Sha256": digest}))
+            await obs.put(version, f, meta=nats.js.api.ObjectMeta(name=version, headers={"Rstar-Sha256": digest}))
     return ModelRef(version=version, object=version, sha256=digest)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import nats
 import nats.errors
@@ -37,9 +37,15 @@ from rstar.schemas import TreeResult
 log = get_logger("rstar.broker.client")
 
 # Errors that mean "the server is away or busy for a moment": retry the same publish.
-RETRYABLE = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
-             nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
-             nats.errors.StaleConnectionError, asyncio.TimeoutError)
+RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    asyncio.TimeoutError,
+)
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -80,14 +86,24 @@ async def connect(url: str, name: str, cfg: BrokerConfig) -> NATS:
     while True:
         nc = NATS()
         try:
-            await nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                             connect_timeout=min(2.0, cfg.connect_timeout_s), allow_reconnect=True,
-                             disconnected_cb=disconnected, reconnected_cb=reconnected,
-                             error_cb=error, closed_cb=closed)
+            await nc.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=min(2.0, cfg.connect_timeout_s),
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                closed_cb=closed,
+            )
             return nc
-        except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.NoServersError, OSError) as e:
             if time.monotonic() > deadline:
-                raise BrokerUnavailableError(f"cannot connect to NATS at {url} within {cfg.connect_timeout_s:.0f}s: {e}") from e
+                raise BrokerUnavailableError(
+                    f"cannot connect to NATS at {url} within {cfg.connect_timeout_s:.0f}s: {e}"
+                ) from e
             await asyncio.sleep(0.2)
 
 
@@ -109,7 +125,7 @@ async def open_broker(cfg: Config, name: str, setup: bool = True) -> AsyncIterat
             if not nc.is_closed:
                 try:
                     await asyncio.wait_for(nc.drain(), 10)
-                except (asyncio.TimeoutError, nats.errors.Error) as e:
+                except (TimeoutError, nats.errors.Error) as e:
                     log.warning("%s: drain failed (%s); closing", name, e)
                     await nc.close()
 
@@ -123,8 +139,9 @@ async def publish(b: Broker, subject: str, data: bytes, headers: dict[str, str])
             return await b.js.publish(subject, data, timeout=b.cfg.publish_timeout_s, headers=dict(headers))
         except RETRYABLE as e:
             if time.monotonic() + delay > deadline:
-                raise BrokerUnavailableError(f"publish to {subject} failed for {b.cfg.publish_retry_s:.0f}s: "
-                                             f"{type(e).__name__}: {e}") from e
+                raise BrokerUnavailableError(
+                    f"publish to {subject} failed for {b.cfg.publish_retry_s:.0f}s: {type(e).__name__}: {e}"
+                ) from e
             log.info("publish to %s: %s; retrying in %.1fs", subject, type(e).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

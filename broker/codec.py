@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from rstar.schemas import SchemaError, TreeResult, decode, encode
 
@@ -69,8 +70,7 @@ def frame_payload(payload: bytes, key: str, max_payload: int, compress_min_bytes
     if len(payload) + _headers_size(headers) + _HEADER_SLACK <= max_payload:
         return [Frame(headers, payload)]
     digest = hashlib.sha256(payload).hexdigest()
-    probe = {**headers, TREE_ID: key, PART: "999999", PARTS: "999999", DIGEST: digest,
-             MSG_ID: f"{key}:999999/999999"}
+    probe = {**headers, TREE_ID: key, PART: "999999", PARTS: "999999", DIGEST: digest, MSG_ID: f"{key}:999999/999999"}
     size = max_payload - _headers_size(probe) - _HEADER_SLACK
     if size < 1024:
         raise ValueError(f"max_payload {max_payload} leaves no room for data next to the headers of {key!r}")
@@ -78,7 +78,7 @@ def frame_payload(payload: bytes, key: str, max_payload: int, compress_min_bytes
     frames = []
     for i in range(n):
         h = {**headers, TREE_ID: key, PART: str(i), PARTS: str(n), DIGEST: digest, MSG_ID: f"{key}:{i}/{n}"}
-        frames.append(Frame(h, payload[i * size:(i + 1) * size]))
+        frames.append(Frame(h, payload[i * size : (i + 1) * size]))
     return frames
 
 
@@ -166,7 +166,9 @@ class Reassembler:
             self._orphans.append((key, p.tokens, f"superseded by another payload with tree id {key}"))
             p = None
         if p is None:
-            p = self._sets[key] = _Partial(digest, n, now, {k: v for k, v in headers.items() if k == ENCODING}, touched=now)
+            p = self._sets[key] = _Partial(
+                digest, n, now, {k: v for k, v in headers.items() if k == ENCODING}, touched=now
+            )
         p.parts[i] = data
         p.tokens.append(token)
         if sum(map(len, p.parts.values())) > self.max_bytes:

@@ -51,16 +51,28 @@ def _source(msg: Msg) -> tuple[str, int, int]:
         return "core", 0, 0
 
 
-async def _publish_dead(b: Broker, subject: str, data: bytes | None, headers: Mapping[str, str] | None,
-                        source: tuple[str, int, int], error: BaseException | str) -> api.PubAck:
+async def _publish_dead(
+    b: Broker,
+    subject: str,
+    data: bytes | None,
+    headers: Mapping[str, str] | None,
+    source: tuple[str, int, int],
+    error: BaseException | str,
+) -> api.PubAck:
     stream, seq, delivered = source
     out: dict[str, str] = {k: v for k, v in (headers or {}).items() if k != "Nats-Msg-Id"}
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    out.update({"Rstar-Error": _header_safe(reason),
-                "Rstar-Error-Type": "str" if isinstance(error, str) else type(error).__name__,
-                "Rstar-Dlq-Subject": subject, "Rstar-Dlq-Stream": stream, "Rstar-Dlq-Seq": str(seq),
-                "Rstar-Dlq-Delivered": str(delivered),
-                "Nats-Msg-Id": f"dlq:{stream}:{seq}" if seq else f"dlq:{uuid.uuid4().hex}"})
+    out.update(
+        {
+            "Rstar-Error": _header_safe(reason),
+            "Rstar-Error-Type": "str" if isinstance(error, str) else type(error).__name__,
+            "Rstar-Dlq-Subject": subject,
+            "Rstar-Dlq-Stream": stream,
+            "Rstar-Dlq-Seq": str(seq),
+            "Rstar-Dlq-Delivered": str(delivered),
+            "Nats-Msg-Id": f"dlq:{stream}:{seq}" if seq else f"dlq:{uuid.uuid4().hex}",
+        }
+    )
     log.warning("dead-lettering %s #%s: %s", stream, seq, out["Rstar-Error"][:300])
     return await publish(b, "rstar.dlq." + subject.removeprefix("rstar."), data or b"", out)
 
@@ -86,8 +98,10 @@ async def dead_letter_exhausted(b: Broker, advisory: Mapping[str, Any]) -> bool:
         m = await b.js.get_msg(PROBLEMS_STREAM, seq)
     except NotFoundError:
         return False
-    reason = (f"delivered {deliveries} times without an ack (each actor that took it died or ran past "
-              "broker.problems_ack_wait_s); not delivered again")
+    reason = (
+        f"delivered {deliveries} times without an ack (each actor that took it died or ran past "
+        "broker.problems_ack_wait_s); not delivered again"
+    )
     await _publish_dead(b, m.subject, m.data, m.headers, (PROBLEMS_STREAM, seq, deliveries), reason)
     try:
         await b.js.delete_msg(PROBLEMS_STREAM, seq)
@@ -105,7 +119,7 @@ async def watch_exhausted_problems(b: Broker, stop: asyncio.Event) -> int:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(16, timeout=1.0)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in msgs:
                 try:
@@ -151,8 +165,9 @@ async def replay(b: Broker, seqs: Iterable[int] | None = None) -> list[tuple[int
             if missing_ok:
                 continue
             raise LookupError(f"no dead letter #{seq} (see `rstar broker dlq`)") from None
-        headers = {k: v for k, v in (m.headers or {}).items()
-                   if k != "Nats-Msg-Id" and not k.startswith(_DLQ_HEADER_PREFIXES)}
+        headers = {
+            k: v for k, v in (m.headers or {}).items() if k != "Nats-Msg-Id" and not k.startswith(_DLQ_HEADER_PREFIXES)
+        }
         subject = (m.headers or {}).get("Rstar-Dlq-Subject") or "rstar." + m.subject.removeprefix("rstar.dlq.")
         headers["Nats-Msg-Id"] = f"replay:{seq}:{uuid.uuid4().hex[:8]}"
         await publish(b, subject, m.data or b"", headers)

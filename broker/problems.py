@@ -16,8 +16,8 @@ dies mid-search has its problem redelivered after ``problems_ack_wait_s``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import nats.errors
 import nats.js.errors
@@ -27,8 +27,14 @@ from nats.js.kv import KeyValue
 
 from broker.client import Broker, publish
 from broker.dead_letters import dead_letter
-from broker.streams import (ACTORS_CONSUMER, PROBLEMS_REQUEUE_SUBJECT, PROBLEMS_STREAM, PROBLEMS_SUBJECT,
-                            SEEN_PROBLEMS_BUCKET, kv_key)
+from broker.streams import (
+    ACTORS_CONSUMER,
+    PROBLEMS_REQUEUE_SUBJECT,
+    PROBLEMS_STREAM,
+    PROBLEMS_SUBJECT,
+    SEEN_PROBLEMS_BUCKET,
+    kv_key,
+)
 from rstar.schemas import Problem, SchemaError, decode, encode
 
 
@@ -50,8 +56,9 @@ async def _add_one(b: Broker, kv: KeyValue, problem: Problem) -> bool:
     return not ack.duplicate
 
 
-async def add_problems(b: Broker, problems: Iterable[Problem], concurrency: int = 32,
-                       progress: Callable[[bool], None] | None = None) -> AddCounts:
+async def add_problems(
+    b: Broker, problems: Iterable[Problem], concurrency: int = 32, progress: Callable[[bool], None] | None = None
+) -> AddCounts:
     """Queue each problem whose id was never queued; ``progress(queued)`` is called per problem."""
     kv = await b.js.key_value(SEEN_PROBLEMS_BUCKET)
     counts = AddCounts()
@@ -100,15 +107,16 @@ async def problems_subscription(b: Broker) -> JetStreamContext.PullSubscription:
     return await b.js.pull_subscribe_bind(durable=ACTORS_CONSUMER, stream=PROBLEMS_STREAM)
 
 
-async def fetch_problems(b: Broker, sub: JetStreamContext.PullSubscription, batch: int,
-                         timeout: float = 1.0) -> list[tuple[Problem, Msg]]:
+async def fetch_problems(
+    b: Broker, sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0
+) -> list[tuple[Problem, Msg]]:
     """Up to ``batch`` problems with their messages; ``[]`` when none come within ``timeout``.
 
     Ack a message once its tree is published; call ``msg.in_progress()`` during long searches.
     """
     try:
         msgs = await sub.fetch(batch, timeout=timeout)
-    except asyncio.TimeoutError:  # nats' own TimeoutError is one; _fetch_n raises the plain kind
+    except TimeoutError:  # nats' own TimeoutError is one; _fetch_n raises the plain kind
         return []
     out = []
     for m in msgs:

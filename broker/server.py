@@ -31,10 +31,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 from rstar.config import Config
 from rstar.log import get_logger
@@ -127,8 +127,13 @@ def nats_listening(host: str, port: int) -> bool:
         return False
 
 
-def start_server(store_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                 max_payload: int = 1024 * 1024, timeout: float = 20.0) -> NatsServer:
+def start_server(
+    store_dir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    max_payload: int = 1024 * 1024,
+    timeout: float = 20.0,
+) -> NatsServer:
     """Start nats-server with JetStream storing under ``store_dir``; return once it accepts clients.
 
     ``port=None`` lets the server pick a free port (read back from its ports file, so no race).
@@ -139,17 +144,33 @@ def start_server(store_dir: Path, port: int | None = None, host: str = "127.0.0.
     run_dir.mkdir(exist_ok=True)
     conf = run_dir / "nats.conf"
     _write_conf(conf, max_payload)
-    cmd = [str(nats_server_binary()), "-c", str(conf), "-js", "-sd", str(store_dir), "-a", host,
-           "-p", str(-1 if port is None else port), "--ports_file_dir", str(run_dir),
-           "-l", str(run_dir / "nats-server.log")]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    cmd = [
+        str(nats_server_binary()),
+        "-c",
+        str(conf),
+        "-js",
+        "-sd",
+        str(store_dir),
+        "-a",
+        host,
+        "-p",
+        str(-1 if port is None else port),
+        "--ports_file_dir",
+        str(run_dir),
+        "-l",
+        str(run_dir / "nats-server.log"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            raise BrokerServerError(f"nats-server exited with {proc.returncode} while starting "
-                                    f"(store {store_dir}, port {port}): {err or _log_tail(run_dir)}")
+            raise BrokerServerError(
+                f"nats-server exited with {proc.returncode} while starting "
+                f"(store {store_dir}, port {port}): {err or _log_tail(run_dir)}"
+            )
         got = _read_ports_file(run_dir, proc.pid) if port is None else port
         if got is not None and nats_listening(host, got):
             log.info("nats-server pid %d listening on %s:%d, store %s", proc.pid, host, got, store_dir)
@@ -195,4 +216,3 @@ def embedded_server(cfg: Config) -> Iterator[str]:
     finally:
         if server is not None:
             server.stop()
-

@@ -69,44 +69,82 @@ def kv_key(name: str) -> str:
 def _stream_configs(cfg: BrokerConfig) -> list[api.StreamConfig]:
     return [
         api.StreamConfig(
-            name=PROBLEMS_STREAM, subjects=["rstar.problems.>"], retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE, duplicate_window=cfg.dedup_window_s,
-            description="problems waiting for an actor (work queue)"),
+            name=PROBLEMS_STREAM,
+            subjects=["rstar.problems.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=cfg.dedup_window_s,
+            description="problems waiting for an actor (work queue)",
+        ),
         api.StreamConfig(
-            name=TREES_STREAM, subjects=[TREES_SUBJECT], retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE, duplicate_window=cfg.dedup_window_s,
-            max_age=cfg.trees_max_age_s or None, max_msg_size=-1,
-            description="finished search trees (TreeResult), ingested by the learner"),
+            name=TREES_STREAM,
+            subjects=[TREES_SUBJECT],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=cfg.dedup_window_s,
+            max_age=cfg.trees_max_age_s or None,
+            max_msg_size=-1,
+            description="finished search trees (TreeResult), ingested by the learner",
+        ),
         api.StreamConfig(
-            name=DLQ_STREAM, subjects=["rstar.dlq.>"], retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE, duplicate_window=cfg.dedup_window_s,
+            name=DLQ_STREAM,
+            subjects=["rstar.dlq.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=cfg.dedup_window_s,
             max_age=cfg.dlq_max_age_s or None,
-            description="poison messages with their error in Rstar-Error headers"),
+            description="poison messages with their error in Rstar-Error headers",
+        ),
         # Advisories are plain messages the server sends once; captured here, one that comes while
         # no learner runs waits for the next instead of being missed.
         api.StreamConfig(
-            name=EXHAUSTED_STREAM, subjects=[EXHAUSTED_SUBJECT], retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE, max_age=cfg.dlq_max_age_s or None,
-            description="max-deliveries advisories of problems no actor finished (for the DLQ)"),
+            name=EXHAUSTED_STREAM,
+            subjects=[EXHAUSTED_SUBJECT],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            max_age=cfg.dlq_max_age_s or None,
+            description="max-deliveries advisories of problems no actor finished (for the DLQ)",
+        ),
     ]
 
 
 def _consumer_configs(cfg: BrokerConfig) -> list[tuple[str, api.ConsumerConfig]]:
     return [
-        (PROBLEMS_STREAM, api.ConsumerConfig(
-            durable_name=ACTORS_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=cfg.problems_ack_wait_s, max_deliver=cfg.problems_max_deliver,
-            deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=10_000,
-            description="actors pull problems; ack once the tree is published")),
-        (TREES_STREAM, api.ConsumerConfig(
-            durable_name=INGEST_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=cfg.trees_ack_wait_s, max_deliver=-1,
-            deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=20_000,
-            description="learner ingest; ack after the SQL commit")),
-        (EXHAUSTED_STREAM, api.ConsumerConfig(
-            durable_name=DLQ_MOVER_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0,
-            max_deliver=-1, deliver_policy=api.DeliverPolicy.ALL,
-            description="learner; ack once the advisory's problem is in the DLQ")),
+        (
+            PROBLEMS_STREAM,
+            api.ConsumerConfig(
+                durable_name=ACTORS_CONSUMER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=cfg.problems_ack_wait_s,
+                max_deliver=cfg.problems_max_deliver,
+                deliver_policy=api.DeliverPolicy.ALL,
+                max_ack_pending=10_000,
+                description="actors pull problems; ack once the tree is published",
+            ),
+        ),
+        (
+            TREES_STREAM,
+            api.ConsumerConfig(
+                durable_name=INGEST_CONSUMER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=cfg.trees_ack_wait_s,
+                max_deliver=-1,
+                deliver_policy=api.DeliverPolicy.ALL,
+                max_ack_pending=20_000,
+                description="learner ingest; ack after the SQL commit",
+            ),
+        ),
+        (
+            EXHAUSTED_STREAM,
+            api.ConsumerConfig(
+                durable_name=DLQ_MOVER_CONSUMER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=60.0,
+                max_deliver=-1,
+                deliver_policy=api.DeliverPolicy.ALL,
+                description="learner; ack once the advisory's problem is in the DLQ",
+            ),
+        ),
     ]
 
 
@@ -120,11 +158,13 @@ async def _ensure_stream(js: JetStreamContext, sc: api.StreamConfig) -> None:
         await js.update_stream(sc)
 
 
-async def _ensure_kv(js: JetStreamContext, bucket: str, *, history: int, ttl: float | None,
-                     max_value_size: int, description: str) -> None:
+async def _ensure_kv(
+    js: JetStreamContext, bucket: str, *, history: int, ttl: float | None, max_value_size: int, description: str
+) -> None:
     try:
-        await js.create_key_value(bucket=bucket, history=history, ttl=ttl,
-                                  max_value_size=max_value_size, description=description)
+        await js.create_key_value(
+            bucket=bucket, history=history, ttl=ttl, max_value_size=max_value_size, description=description
+        )
     except BadRequestError as e:
         if e.err_code != _STREAM_CONFLICT:
             raise
@@ -143,12 +183,25 @@ async def ensure_broker(js: JetStreamContext, cfg: BrokerConfig) -> None:
     for stream, cc in _consumer_configs(cfg):
         # Create-or-update on the server side: an existing durable keeps its ack floor.
         await js.add_consumer(stream, cc)
-    await _ensure_kv(js, MODELS_BUCKET, history=16, ttl=None, max_value_size=64 * 1024,
-                     description="current policy+PPM pointer (ModelPointer)")
-    await _ensure_kv(js, ACTORS_BUCKET, history=1, ttl=cfg.heartbeat_ttl_s, max_value_size=64 * 1024,
-                     description="actor heartbeats")
-    await _ensure_kv(js, SEEN_PROBLEMS_BUCKET, history=1, ttl=None, max_value_size=1024,
-                     description="problem ids ever queued by `rstar problems add`")
+    await _ensure_kv(
+        js,
+        MODELS_BUCKET,
+        history=16,
+        ttl=None,
+        max_value_size=64 * 1024,
+        description="current policy+PPM pointer (ModelPointer)",
+    )
+    await _ensure_kv(
+        js, ACTORS_BUCKET, history=1, ttl=cfg.heartbeat_ttl_s, max_value_size=64 * 1024, description="actor heartbeats"
+    )
+    await _ensure_kv(
+        js,
+        SEEN_PROBLEMS_BUCKET,
+        history=1,
+        ttl=None,
+        max_value_size=1024,
+        description="problem ids ever queued by `rstar problems add`",
+    )
     try:
         await js.object_store(CHECKPOINTS_BUCKET)
     except (BucketNotFoundError, NotFoundError):

@@ -66,29 +66,53 @@ def teacher_problems(cfg: Config, exclude: frozenset[str] | set[str] = frozenset
     if lc.teacher_source == "synthetic":
         from rstar.curriculum import synthetic_problems
 
-        problems = synthetic_problems(lc.teacher_problems + len(exclude), "train", tuple(lc.teacher_levels),
-                                      lc.teacher_seed)
+        problems = synthetic_problems(
+            lc.teacher_problems + len(exclude), "train", tuple(lc.teacher_levels), lc.teacher_seed
+        )
     else:
         from rstar.problems import load_problems, split_pool_heldout
 
         problems = load_problems(lc.teacher_source, seed=lc.teacher_seed)
         problems = split_pool_heldout(problems, lc.eval_real_fraction, lc.eval_seed)[0]
-    return [p for p in problems if p.id not in exclude][:lc.teacher_problems]
+    return [p for p in problems if p.id not in exclude][: lc.teacher_problems]
 
 
-def linear_tree(problem: Problem, steps: list[str], outputs: list[str], answer: str | None,
-                version: str) -> TreeResult:
+def linear_tree(problem: Problem, steps: list[str], outputs: list[str], answer: str | None, version: str) -> TreeResult:
     """A verified solution as a tree: root, then one node per step, Q = 1 along the path."""
     nodes = [Node(idx=0, parent=None, depth=0, visits=1, q=1.0, policy_version=version)]
     for i, (text, out) in enumerate(zip(steps, outputs), 1):
         last = i == len(steps)
-        nodes.append(Node(idx=i, parent=i - 1, depth=i, text=text, code_output=out, visits=1, q=1.0,
-                          terminal=last, correct=True if last else None, answer=answer if last else None,
-                          policy_version=version))
+        nodes.append(
+            Node(
+                idx=i,
+                parent=i - 1,
+                depth=i,
+                text=text,
+                code_output=out,
+                visits=1,
+                q=1.0,
+                terminal=last,
+                correct=True if last else None,
+                answer=answer if last else None,
+                policy_version=version,
+            )
+        )
     now = time.time()
-    return TreeResult(tree_id=teacher_tree_id(problem), problem=problem, actor_id="learner-teacher",
-                      policy_version=version, ppm_version="", started_at=now, finished_at=now, nodes=nodes,
-                      solved=True, best_answer=answer, round=0, source="teacher", rollouts=1)
+    return TreeResult(
+        tree_id=teacher_tree_id(problem),
+        problem=problem,
+        actor_id="learner-teacher",
+        policy_version=version,
+        ppm_version="",
+        started_at=now,
+        finished_at=now,
+        nodes=nodes,
+        solved=True,
+        best_answer=answer,
+        round=0,
+        source="teacher",
+        rollouts=1,
+    )
 
 
 async def verify_reference(problem: Problem, sandbox) -> TreeResult | None:
@@ -97,8 +121,10 @@ async def verify_reference(problem: Problem, sandbox) -> TreeResult | None:
 
     raw = problem.meta.get("reference_steps")
     if not raw or problem.answer is None:
-        raise BootstrapError(f"problem {problem.id} has no meta['reference_steps'] and answer: the curriculum "
-                             "teacher needs synthetic problems (learner.teacher_source = 'synthetic')")
+        raise BootstrapError(
+            f"problem {problem.id} has no meta['reference_steps'] and answer: the curriculum "
+            "teacher needs synthetic problems (learner.teacher_source = 'synthetic')"
+        )
     steps = [normalize_step(s) for s in raw]
     if not is_terminal(steps[-1]):
         return None
@@ -112,7 +138,7 @@ def _stored_ids(engine: Engine, ids: list[str]) -> set[str]:
     out: set[str] = set()
     with engine.connect() as c:
         for a in range(0, len(ids), 500):
-            out |= set(c.execute(select(TreeRow.id).where(TreeRow.id.in_(ids[a:a + 500]))).scalars())
+            out |= set(c.execute(select(TreeRow.id).where(TreeRow.id.in_(ids[a : a + 500]))).scalars())
     return out
 
 
@@ -122,7 +148,7 @@ async def _curriculum(cfg: Config, todo: list[Problem], store) -> int:
     failed = 0
     async with SandboxPool(cfg.sandbox) as sandbox:
         for a in range(0, len(todo), _WRITE_BATCH):
-            trees = await asyncio.gather(*(verify_reference(p, sandbox) for p in todo[a:a + _WRITE_BATCH]))
+            trees = await asyncio.gather(*(verify_reference(p, sandbox) for p in todo[a : a + _WRITE_BATCH]))
             failed += sum(t is None for t in trees)
             await store([t for t in trees if t is not None])
     return failed
@@ -134,14 +160,24 @@ async def _openai(cfg: Config, todo: list[Problem], store) -> int:
 
     if not cfg.model.openai_model:
         raise BootstrapError("learner.teacher = 'openai' needs model.openai_model (and model.openai_url)")
-    tcfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backend": "openai"}),
-                                  "generation": cfg.generation.model_copy(update={"few_shot": True})})
+    tcfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"backend": "openai"}),
+            "generation": cfg.generation.model_copy(update={"few_shot": True}),
+        }
+    )
     failed, batch = 0, []
     async with setup_search(tcfg, actor_id="learner-teacher", round=0) as ctx:
         async for tree in search_many(todo, ctx, cfg.search.trees_in_flight, cfg.learner.teacher_rollouts):
             failed += not tree.solved
-            batch.append(msgspec.structs.replace(tree, tree_id=teacher_tree_id(tree.problem), source="teacher",
-                                                 policy_version=f"teacher:{cfg.model.openai_model}"))
+            batch.append(
+                msgspec.structs.replace(
+                    tree,
+                    tree_id=teacher_tree_id(tree.problem),
+                    source="teacher",
+                    policy_version=f"teacher:{cfg.model.openai_model}",
+                )
+            )
             if len(batch) >= _WRITE_BATCH:
                 await store(batch)
                 batch = []
@@ -149,7 +185,9 @@ async def _openai(cfg: Config, todo: list[Problem], store) -> int:
     return failed
 
 
-async def run_bootstrap(cfg: Config, engine: Engine, exclude: frozenset[str] | set[str] = frozenset()) -> BootstrapReport:
+async def run_bootstrap(
+    cfg: Config, engine: Engine, exclude: frozenset[str] | set[str] = frozenset()
+) -> BootstrapReport:
     """Collect and store the teacher's trees for round 0 (resumes: stored problems are skipped)."""
     t0 = time.perf_counter()
     kind = cfg.learner.teacher
@@ -164,8 +202,12 @@ async def run_bootstrap(cfg: Config, engine: Engine, exclude: frozenset[str] | s
         nonlocal stored
         if trees:
             stored += await asyncio.to_thread(upsert_trees, engine, trees)
-            log.info("bootstrap: %d teacher trees stored (%d of %d problems to go)", stored + len(done),
-                     len(todo) - stored, len(problems))
+            log.info(
+                "bootstrap: %d teacher trees stored (%d of %d problems to go)",
+                stored + len(done),
+                len(todo) - stored,
+                len(problems),
+            )
 
     log.info("bootstrap with the %s teacher: %d problems, %d already stored", kind, len(problems), len(done))
     failed = await (_curriculum if kind == "curriculum" else _openai)(cfg, todo, store)

@@ -82,15 +82,23 @@ def _pairs_for_tree(question: str, tree_id: str, nodes: list[Node], k: int) -> l
     by_idx = {n.idx: n for n in nodes}
     rows = []
     for p in select_ppm_pairs(nodes, k):
-        rows.append({"tree_id": tree_id, "pos_idx": p.pos[-1], "neg_idx": p.neg[-1], "kind": p.kind,
-                     "prompt": _prompt(question, _texts(by_idx, p.prefix)),
-                     "pos_text": render_steps(_texts(by_idx, p.pos)),
-                     "neg_text": render_steps(_texts(by_idx, p.neg))})
+        rows.append(
+            {
+                "tree_id": tree_id,
+                "pos_idx": p.pos[-1],
+                "neg_idx": p.neg[-1],
+                "kind": p.kind,
+                "prompt": _prompt(question, _texts(by_idx, p.prefix)),
+                "pos_text": render_steps(_texts(by_idx, p.pos)),
+                "neg_text": render_steps(_texts(by_idx, p.neg)),
+            }
+        )
     return rows
 
 
-def select_round(engine: Engine, round: int, cfg: TrainConfig, window: int = 1,
-                 exclude: frozenset[str] | set[str] = frozenset()) -> Selection:
+def select_round(
+    engine: Engine, round: int, cfg: TrainConfig, window: int = 1, exclude: frozenset[str] | set[str] = frozenset()
+) -> Selection:
     """Select SFT rows and PPM pair rows from the trees of rounds ``round-window+1 .. round``."""
     sel = Selection()
     rounds = list(range(max(0, round - window + 1), round + 1))
@@ -119,9 +127,16 @@ def ppm_pairs(engine: Engine, round: int) -> list[PPMPair]:
     for r in lt.pair_rows(engine, round):
         head = _prompt(r["question"], [])
         if not r["prompt"].startswith(head):
-            raise TrainingDataError(f"ppm_pairs row {r['id']} (tree {r['tree_id']}): prompt does not start "
-                                    "with its question's prompt")
-        out.append(PPMPair(tree_id=r["tree_id"], question=r["question"],
-                           prefix=tuple(parse_steps(r["prompt"][len(head):])),
-                           pos=tuple(parse_steps(r["pos_text"])), neg=tuple(parse_steps(r["neg_text"]))))
+            raise TrainingDataError(
+                f"ppm_pairs row {r['id']} (tree {r['tree_id']}): prompt does not start with its question's prompt"
+            )
+        out.append(
+            PPMPair(
+                tree_id=r["tree_id"],
+                question=r["question"],
+                prefix=tuple(parse_steps(r["prompt"][len(head) :])),
+                pos=tuple(parse_steps(r["pos_text"])),
+                neg=tuple(parse_steps(r["neg_text"])),
+            )
+        )
     return out

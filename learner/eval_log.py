@@ -39,11 +39,17 @@ class _Line(ProblemOutcome):
 def run_key(cfg: Config, dataset: str, split: str | None, method: str, k: int) -> dict[str, Any]:
     """What decides the answers of a run (not its speed: threads, batch sizes, trees in flight)."""
     s = cfg.search
-    return {"dataset": dataset, "split": split, "method": method, "k": 1 if method == "greedy" else k,
-            "policy": cfg.model.policy, "ppm": cfg.model.ppm, "seed": s.seed,
-            "generation": cfg.generation.model_dump(),
-            "search": {"c_uct": s.c_uct, "n_children": s.n_children, "max_depth": s.max_depth,
-                       "ppm_init": s.ppm_init}}
+    return {
+        "dataset": dataset,
+        "split": split,
+        "method": method,
+        "k": 1 if method == "greedy" else k,
+        "policy": cfg.model.policy,
+        "ppm": cfg.model.ppm,
+        "seed": s.seed,
+        "generation": cfg.generation.model_dump(),
+        "search": {"c_uct": s.c_uct, "n_children": s.n_children, "max_depth": s.max_depth, "ppm_init": s.ppm_init},
+    }
 
 
 class EvalLog:
@@ -69,8 +75,10 @@ class EvalLog:
             raise EvalLogError(f"{self.path}:1: not an rstar eval log (no run header); use another --out")
         if had != run:
             diff = sorted(key for key in run.keys() | had.keys() if run.get(key) != had.get(key))
-            raise EvalLogError(f"{self.path} holds another run (differs in {', '.join(diff)}); "
-                               "use another --out, or delete the file to start over")
+            raise EvalLogError(
+                f"{self.path} holds another run (differs in {', '.join(diff)}); "
+                "use another --out, or delete the file to start over"
+            )
         body = lines[1:]
         last = max((i for i, raw in enumerate(body) if raw.strip()), default=-1)
         for i, raw in enumerate(body):
@@ -92,8 +100,9 @@ class EvalLog:
         self.path.write_bytes(keep)
 
     def record(self, outcome: ProblemOutcome, wall_s: float, gen_tokens: int) -> None:
-        line = _Line(**msgspec.structs.asdict(outcome), segment=self.segment, wall_s=round(wall_s, 2),
-                     gen_tokens=gen_tokens)
+        line = _Line(
+            **msgspec.structs.asdict(outcome), segment=self.segment, wall_s=round(wall_s, 2), gen_tokens=gen_tokens
+        )
         self.done[line.problem_id] = line
         with self.path.open("ab") as f:
             f.write(msgspec.json.encode(line) + b"\n")
@@ -106,9 +115,17 @@ class EvalLog:
             wall, tokens = per_segment.get(line.segment, (0.0, 0))
             per_segment[line.segment] = (max(wall, line.wall_s), max(tokens, line.gen_tokens))
         n_correct = sum(line.correct for line in lines)
-        outcomes = [ProblemOutcome(problem_id=x.problem_id, answer=x.answer, gold=x.gold, correct=x.correct)
-                    for x in lines]
-        return EvalResult(dataset=dataset, method=method, k=1 if method == "greedy" else k, n=len(lines),
-                          correct=n_correct, accuracy=round(n_correct / len(lines), 4) if lines else 0.0,
-                          seconds=round(sum(w for w, _ in per_segment.values()), 2),
-                          gen_tokens=sum(t for _, t in per_segment.values()), outcomes=outcomes)
+        outcomes = [
+            ProblemOutcome(problem_id=x.problem_id, answer=x.answer, gold=x.gold, correct=x.correct) for x in lines
+        ]
+        return EvalResult(
+            dataset=dataset,
+            method=method,
+            k=1 if method == "greedy" else k,
+            n=len(lines),
+            correct=n_correct,
+            accuracy=round(n_correct / len(lines), 4) if lines else 0.0,
+            seconds=round(sum(w for w, _ in per_segment.values()), 2),
+            gen_tokens=sum(t for _, t in per_segment.values()),
+            outcomes=outcomes,
+        )

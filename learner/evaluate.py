@@ -77,9 +77,15 @@ async def answer_one(problem: Problem, ctx: SearchContext, method: Method, k: in
     raise ValueError(f"unknown method {method!r} ({', '.join(METHODS)})")
 
 
-async def evaluate(problems: list[Problem], ctx: SearchContext, method: Method, k: int = 8,
-                   dataset: str = "", concurrency: int | None = None,
-                   on_done: Callable[[ProblemOutcome], None] | None = None) -> EvalResult:
+async def evaluate(
+    problems: list[Problem],
+    ctx: SearchContext,
+    method: Method,
+    k: int = 8,
+    dataset: str = "",
+    concurrency: int | None = None,
+    on_done: Callable[[ProblemOutcome], None] | None = None,
+) -> EvalResult:
     ctx = method_context(ctx, method)
     sem = asyncio.Semaphore(concurrency or ctx.search.trees_in_flight)
     tokens0 = ctx.worker.stats.gen_tokens
@@ -96,8 +102,14 @@ async def evaluate(problems: list[Problem], ctx: SearchContext, method: Method, 
 
     outcomes = await asyncio.gather(*(one(p) for p in problems))
     n_correct = sum(o.correct for o in outcomes)
-    return EvalResult(dataset=dataset, method=method, k=1 if method == "greedy" else k,
-                      n=len(outcomes), correct=n_correct,
-                      accuracy=round(n_correct / len(outcomes), 4) if outcomes else 0.0,
-                      seconds=round(time.perf_counter() - t0, 2),
-                      gen_tokens=ctx.worker.stats.gen_tokens - tokens0, outcomes=list(outcomes))
+    return EvalResult(
+        dataset=dataset,
+        method=method,
+        k=1 if method == "greedy" else k,
+        n=len(outcomes),
+        correct=n_correct,
+        accuracy=round(n_correct / len(outcomes), 4) if outcomes else 0.0,
+        seconds=round(time.perf_counter() - t0, 2),
+        gen_tokens=ctx.worker.stats.gen_tokens - tokens0,
+        outcomes=list(outcomes),
+    )

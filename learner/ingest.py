@@ -36,8 +36,8 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from broker.client import Broker, BrokerUnavailableError, open_broker
-from broker.dead_letters import dead_letter
 from broker.codec import ChunkError, Reassembler, decode_tree, is_part
+from broker.dead_letters import dead_letter
 from broker.streams import INGEST_CONSUMER, TREES_STREAM
 from rstar.config import Config
 from rstar.log import get_logger
@@ -139,8 +139,12 @@ async def _write(b: Broker, engine: Engine, batch: _Batch, stats: IngestStats) -
     except Exception as e:
         if _is_transient(e):
             raise
-        log.warning("batch of %d trees refused (%s: %s); writing them one by one", len(batch.trees),
-                    type(e).__name__, str(e)[:300])
+        log.warning(
+            "batch of %d trees refused (%s: %s); writing them one by one",
+            len(batch.trees),
+            type(e).__name__,
+            str(e)[:300],
+        )
         stats.isolations += 1
         ok = []
         for i, tree in enumerate(batch.trees):
@@ -166,8 +170,12 @@ async def _write_or_nak(b: Broker, engine: Engine, batch: _Batch, stats: IngestS
         if not _is_transient(e):
             raise
         stats.db_retries += 1
-        log.error("store unavailable (%s: %s); batch of %d trees will be retried", type(e).__name__,
-                  str(e)[:300], len(batch.trees))
+        log.error(
+            "store unavailable (%s: %s); batch of %d trees will be retried",
+            type(e).__name__,
+            str(e)[:300],
+            len(batch.trees),
+        )
         for carriers in batch.msgs:
             for m in carriers:
                 with contextlib.suppress(nats.errors.MsgAlreadyAckdError):  # dead-lettered before the outage
@@ -187,18 +195,30 @@ async def _tend_partials(b: Broker, asm: Reassembler, stats: IngestStats) -> Non
 async def _fetch(sub: Any, batch_size: int, max_wait_s: float) -> list[Msg]:
     try:
         return await sub.fetch(batch_size, timeout=max_wait_s)
-    except asyncio.TimeoutError:  # nats' own TimeoutError is one; _fetch_n raises the plain kind
+    except TimeoutError:  # nats' own TimeoutError is one; _fetch_n raises the plain kind
         return []
-    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError,
-            nats.errors.StaleConnectionError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
+    except (
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.StaleConnectionError,
+        nats.errors.NoRespondersError,
+        nats.js.errors.ServiceUnavailableError,
+    ) as e:
         log.info("fetch while NATS is away (%s); waiting", type(e).__name__)
         await asyncio.sleep(max_wait_s)
         return []
 
 
-async def ingest_loop(b: Broker, engine: Engine, stop: asyncio.Event, batch_size: int = 256,
-                      max_wait_s: float = 0.5, stats: IngestStats | None = None, log_every_s: float = 30.0,
-                      consumer: str = INGEST_CONSUMER) -> IngestStats:
+async def ingest_loop(
+    b: Broker,
+    engine: Engine,
+    stop: asyncio.Event,
+    batch_size: int = 256,
+    max_wait_s: float = 0.5,
+    stats: IngestStats | None = None,
+    log_every_s: float = 30.0,
+    consumer: str = INGEST_CONSUMER,
+) -> IngestStats:
     """Consume TREES into the store until ``stop`` is set, on an open broker connection.
 
     ``consumer`` names the durable pull consumer on TREES (another name fills a second store).
@@ -218,8 +238,15 @@ async def ingest_loop(b: Broker, engine: Engine, stop: asyncio.Event, batch_size
             await _tend_partials(b, asm, stats)
             if time.monotonic() - last_log >= log_every_s:
                 last_log = time.monotonic()
-                log.info("ingest: %d trees (%d new), %d nodes, %.0f nodes/s, %d dead-lettered, %d held parts sets",
-                         stats.trees, stats.new_trees, stats.nodes, stats.nodes_per_s(), stats.dead_lettered, len(asm))
+                log.info(
+                    "ingest: %d trees (%d new), %d nodes, %.0f nodes/s, %d dead-lettered, %d held parts sets",
+                    stats.trees,
+                    stats.new_trees,
+                    stats.nodes,
+                    stats.nodes_per_s(),
+                    stats.dead_lettered,
+                    len(asm),
+                )
     finally:
         if writing is not None:
             await writing  # finish (commit and ack) what was started; parts held stay unacked
@@ -228,8 +255,14 @@ async def ingest_loop(b: Broker, engine: Engine, stop: asyncio.Event, batch_size
     return stats
 
 
-async def run_ingest(cfg: Config, engine: Engine, stop: asyncio.Event, batch_size: int = 256,
-                     max_wait_s: float = 0.5, stats: IngestStats | None = None) -> IngestStats:
+async def run_ingest(
+    cfg: Config,
+    engine: Engine,
+    stop: asyncio.Event,
+    batch_size: int = 256,
+    max_wait_s: float = 0.5,
+    stats: IngestStats | None = None,
+) -> IngestStats:
     """Connect to the broker of ``cfg`` and ingest until ``stop`` is set; returns the counters."""
     async with open_broker(cfg, "rstar-ingest") as b:
         return await ingest_loop(b, engine, stop, batch_size, max_wait_s, stats)

@@ -62,6 +62,7 @@ class PPMReport:
 
 def split_by_tree(pairs: list[PPMPair], fraction: float, seed: int = 0) -> tuple[list[PPMPair], list[PPMPair]]:
     """``(train, heldout)``: every pair of a held-out tree is held out, none of it trains."""
+
     def h(tid: str) -> float:
         return int(hashlib.sha256(f"{seed}\n{tid}".encode()).hexdigest()[:12], 16) / 16**12
 
@@ -77,8 +78,10 @@ def encode_pairs(pairs: list[PPMPair], tokenizer, max_len: int) -> tuple[list[tu
 
     out, dropped = [], 0
     for p in pairs:
-        sides = [tokenizer(ppm_text(p.question, list(p.prefix + s), tokenizer),
-                           add_special_tokens=False)["input_ids"] for s in (p.pos, p.neg)]
+        sides = [
+            tokenizer(ppm_text(p.question, list(p.prefix + s), tokenizer), add_special_tokens=False)["input_ids"]
+            for s in (p.pos, p.neg)
+        ]
         if max(len(s) for s in sides) > max_len:
             dropped += 1
             continue
@@ -95,8 +98,8 @@ def collate_pairs(batch: list[tuple[list[int], list[int]]], pad_id: int):
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -128,10 +131,10 @@ def pairwise_accuracy(ppm, encoded: list[tuple[list[int], list[int]]], pad_id: i
     dev = next(ppm.parameters()).device
     with torch.inference_mode():
         for a in range(0, len(encoded), batch):
-            chunk = encoded[a:a + batch]
+            chunk = encoded[a : a + batch]
             ids, mask = collate_pairs(chunk, pad_id)
             r = ppm.reward(ids.to(dev), mask.to(dev))
-            right += int((r[:len(chunk)] > r[len(chunk):]).sum())
+            right += int((r[: len(chunk)] > r[len(chunk) :]).sum())
     ppm.train(was_training)
     return round(right / len(encoded), 4)
 
@@ -150,8 +153,15 @@ def save_ppm_dir(ppm, tokenizer, out_dir: Path) -> Path:
     return out_dir
 
 
-def train_ppm(pairs: list[PPMPair], policy_dir: Path, out_dir: Path, cfg: TrainConfig, work_dir: Path,
-              progress: bool = True, stop: threading.Event | None = None) -> PPMReport:
+def train_ppm(
+    pairs: list[PPMPair],
+    policy_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    work_dir: Path,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> PPMReport:
     import torch
     import torch.nn.functional as F
 
@@ -184,24 +194,38 @@ def train_ppm(pairs: list[PPMPair], policy_dir: Path, out_dir: Path, cfg: TrainC
     def loss_fn(m, idx: list[int], device):
         ids, mask = collate_pairs([train_enc[i] for i in idx], pad)
         r = m(ids.to(device), mask.to(device))
-        return -F.logsigmoid(r[:len(idx)] - r[len(idx):]).mean()
+        return -F.logsigmoid(r[: len(idx)] - r[len(idx) :]).mean()
 
     manifest = Path(policy_dir) / MANIFEST
     policy_id = file_sha256(manifest) if manifest.is_file() else str(Path(policy_dir).resolve())
-    res = run_loop(_reward_model(ppm), len(train_enc), loss_fn, spec, work_dir,
-                   fingerprint(train_enc, spec, cfg.method, policy_id), progress, stop)
+    res = run_loop(
+        _reward_model(ppm),
+        len(train_enc),
+        loss_fn,
+        spec,
+        work_dir,
+        fingerprint(train_enc, spec, cfg.method, policy_id),
+        progress,
+        stop,
+    )
     ppm = res.model.ppm
     ppm.backbone = merge_lora(ppm.backbone)
     acc = pairwise_accuracy(ppm, held_enc, pad)
     save_ppm_dir(ppm.eval(), tokenizer, out_dir)
     clear_state(work_dir)
     # Pairs in the batches this call ran, counted exactly (the last batch may be short), as SFT does.
-    n_seen = sum(len(b) for b in run_batches(spec, len(train_enc))[res.resumed_from_batch:])
+    n_seen = sum(len(b) for b in run_batches(spec, len(train_enc))[res.resumed_from_batch :])
     losses = res.losses
-    return PPMReport(pairs=len(pairs), train_pairs=len(train_enc), heldout_pairs=len(held_enc),
-                     dropped_too_long=dropped + held_dropped, steps=res.steps,
-                     first_loss=round(losses[0], 4) if losses else float("nan"),
-                     last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
-                     heldout_accuracy=acc, seconds=round(time.perf_counter() - t0, 2),
-                     seconds_per_pair=round(res.seconds / max(n_seen, 1), 3),
-                     resumed_from_step=res.resumed_from_batch // cfg.grad_accum)
+    return PPMReport(
+        pairs=len(pairs),
+        train_pairs=len(train_enc),
+        heldout_pairs=len(held_enc),
+        dropped_too_long=dropped + held_dropped,
+        steps=res.steps,
+        first_loss=round(losses[0], 4) if losses else float("nan"),
+        last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
+        heldout_accuracy=acc,
+        seconds=round(time.perf_counter() - t0, 2),
+        seconds_per_pair=round(res.seconds / max(n_seen, 1), 3),
+        resumed_from_step=res.resumed_from_batch // cfg.grad_accum,
+    )

@@ -47,9 +47,18 @@ def model_version(kind: str, round: int, model_dir: Path) -> str:
     return f"{kind}-r{round}-{file_sha256(Path(model_dir) / MANIFEST)[:8]}"
 
 
-async def publish_pair(b, engine: Engine, *, round: int, policy_dir: Path, ppm_dir: Path | None,
-                       announce_ppm: bool, base: str, policy_metrics: dict | None = None,
-                       ppm_metrics: dict | None = None) -> Published:
+async def publish_pair(
+    b,
+    engine: Engine,
+    *,
+    round: int,
+    policy_dir: Path,
+    ppm_dir: Path | None,
+    announce_ppm: bool,
+    base: str,
+    policy_metrics: dict | None = None,
+    ppm_metrics: dict | None = None,
+) -> Published:
     from broker.checkpoints import put_checkpoint, set_pointer
 
     policy = await put_checkpoint(b, policy_dir, model_version("policy", round, policy_dir))
@@ -59,16 +68,38 @@ async def publish_pair(b, engine: Engine, *, round: int, policy_dir: Path, ppm_d
 
     def rows() -> None:
         with lt.begin(engine) as conn:
-            pid = lt.add_checkpoint(conn, round=round, kind="policy", version=policy.version, object=policy.object,
-                                    sha256=policy.sha256, metrics=policy_metrics or {}, base=base)
+            pid = lt.add_checkpoint(
+                conn,
+                round=round,
+                kind="policy",
+                version=policy.version,
+                object=policy.object,
+                sha256=policy.sha256,
+                metrics=policy_metrics or {},
+                base=base,
+            )
             if ppm is not None:
-                lt.add_checkpoint(conn, round=round, kind="ppm", version=ppm.version, object=ppm.object,
-                                  sha256=ppm.sha256, metrics=ppm_metrics or {}, parent_id=pid, base=policy.version)
+                lt.add_checkpoint(
+                    conn,
+                    round=round,
+                    kind="ppm",
+                    version=ppm.version,
+                    object=ppm.object,
+                    sha256=ppm.sha256,
+                    metrics=ppm_metrics or {},
+                    parent_id=pid,
+                    base=policy.version,
+                )
 
     await asyncio.to_thread(rows)
     pointer = ModelPointer(round=round + 1, policy=policy, ppm=ppm if announce_ppm else None)
     revision = await set_pointer(b, pointer)
-    log.info("published round %d: %s%s -> pointer round %d (revision %d)", round, policy.version,
-             f" + {ppm.version}" + ("" if announce_ppm else " (not announced)") if ppm else "",
-             pointer.round, revision)
+    log.info(
+        "published round %d: %s%s -> pointer round %d (revision %d)",
+        round,
+        policy.version,
+        f" + {ppm.version}" + ("" if announce_ppm else " (not announced)") if ppm else "",
+        pointer.round,
+        revision,
+    )
     return Published(pointer, policy, ppm)

@@ -57,7 +57,7 @@ def eval_sets(cfg: Config) -> dict[str, list[Problem]]:
         from rstar.problems import load_problems, split_pool_heldout
 
         held = split_pool_heldout(load_problems(lc.eval_real), lc.eval_real_fraction, lc.eval_seed)[1]
-        sets[Path(lc.eval_real).stem if lc.eval_real.endswith(".jsonl") else lc.eval_real] = held[:lc.eval_real_n]
+        sets[Path(lc.eval_real).stem if lc.eval_real.endswith(".jsonl") else lc.eval_real] = held[: lc.eval_real_n]
     return sets
 
 
@@ -89,9 +89,13 @@ def record(problems: list[Problem], outcomes) -> dict:
             b = by_level.setdefault(str(lv), {"n": 0, "correct": 0})
             b["n"] += 1
             b["correct"] += bool(o.correct)
-    return {"n": n, "correct": correct, "accuracy": round(correct / n, 4) if n else 0.0,
-            "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
-            "correct_ids": sorted(o.problem_id for o in outcomes if o.correct)}
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": round(correct / n, 4) if n else 0.0,
+        "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
+        "correct_ids": sorted(o.problem_id for o in outcomes if o.correct),
+    }
 
 
 def level_key(level: str):
@@ -116,15 +120,20 @@ def read_record(value) -> dict | None:
     n, correct = value.get("n"), value.get("correct")
     counted = isinstance(n, int) and isinstance(correct, int) and 0 <= correct <= n
     acc = value.get("accuracy")
-    by_level = {str(k): {"n": int(v["n"]), "correct": int(v["correct"])}
-                for k, v in (value.get("by_level") or {}).items()
-                if isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("correct"), int)}
+    by_level = {
+        str(k): {"n": int(v["n"]), "correct": int(v["correct"])}
+        for k, v in (value.get("by_level") or {}).items()
+        if isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("correct"), int)
+    }
     if counted and n:
         acc = round(correct / n, 4)
-    return {"n": n if counted else None, "correct": correct if counted else None,
-            "accuracy": float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
-            "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
-            "correct_ids": sorted(map(str, ids)) if isinstance(ids := value.get("correct_ids"), list) else None}
+    return {
+        "n": n if counted else None,
+        "correct": correct if counted else None,
+        "accuracy": float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
+        "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
+        "correct_ids": sorted(map(str, ids)) if isinstance(ids := value.get("correct_ids"), list) else None,
+    }
 
 
 def paired_p(a: dict, b: dict) -> float | None:
@@ -154,11 +163,15 @@ def round_records(ev: dict | None) -> dict[str, dict[str, dict]]:
 def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
     """The search settings of an evaluation: the round's models, no few-shot, the PPM loaded when
     there is one (``learner.evaluate.method_context`` decides per method whether it is used)."""
-    return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"policy": str(policy_dir), "backend": "transformers",
-                                              "ppm": str(ppm_dir) if ppm_dir else None}),
-        "generation": cfg.generation.model_copy(update={"few_shot": False}),
-        "search": cfg.search.model_copy(update={"ppm_init": ppm_dir is not None})})
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(
+                update={"policy": str(policy_dir), "backend": "transformers", "ppm": str(ppm_dir) if ppm_dir else None}
+            ),
+            "generation": cfg.generation.model_copy(update={"few_shot": False}),
+            "search": cfg.search.model_copy(update={"ppm_init": ppm_dir is not None}),
+        }
+    )
 
 
 def round_methods(cfg: Config, with_ppm: bool) -> list[str]:
@@ -167,9 +180,15 @@ def round_methods(cfg: Config, with_ppm: bool) -> list[str]:
     return [m for m in cfg.learner.eval_methods if with_ppm or m != "mcts+ppm"]
 
 
-async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir: Path,
-                         ppm_dir: Path | None, round: int, done: dict | None = None,
-                         on_figure=None) -> dict:
+async def evaluate_round(
+    cfg: Config,
+    sets: dict[str, list[Problem]],
+    policy_dir: Path,
+    ppm_dir: Path | None,
+    round: int,
+    done: dict | None = None,
+    on_figure=None,
+) -> dict:
     """``{"sets": {name: {"n": n, label: record, ...}}, "seconds": s}``, a ``record`` per method label
     (``greedy``, ``majority@k``, ``mcts@k``, ``mcts+ppm@k``).
 
@@ -189,14 +208,18 @@ async def evaluate_round(cfg: Config, sets: dict[str, list[Problem]], policy_dir
     def figures() -> dict:
         return {"sets": out, "seconds": float(f"{prior + time.perf_counter() - t0:.2f}")}  # `round` is the round here
 
-    todo = [(name, m) for name in sets for m in round_methods(cfg, ppm_dir is not None)
-            if method_label(m, lc.eval_k) not in out.get(name, {})]
+    todo = [
+        (name, m)
+        for name in sets
+        for m in round_methods(cfg, ppm_dir is not None)
+        if method_label(m, lc.eval_k) not in out.get(name, {})
+    ]
     if not todo:
         return figures()
     async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round=round) as ctx:
         for name, method in todo:
             label = method_label(method, lc.eval_k)
-            problems = sets[name] if method == "greedy" or not lc.eval_sampled_n else sets[name][:lc.eval_sampled_n]
+            problems = sets[name] if method == "greedy" or not lc.eval_sampled_n else sets[name][: lc.eval_sampled_n]
             res = await evaluate(problems, ctx, method, lc.eval_k, dataset=name)
             out.setdefault(name, {})["n"] = len(sets[name])
             out[name][label] = record(problems, res.outcomes) | {"seconds": res.seconds}

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,8 +56,10 @@ def start_model(cfg: Config, round_no: int) -> Path:
         return resolve_model_dir(base_model(cfg), cfg.model.cache_dir)
     start = round_dir(cfg, 0 if how == "bootstrap" else round_no - 1) / "policy"
     if not complete(start):
-        raise RuntimeError(f"round {round_no} fine-tunes from {start} (learner.finetune_from = {how!r}), "
-                           "which is not a complete checkpoint")
+        raise RuntimeError(
+            f"round {round_no} fine-tunes from {start} (learner.finetune_from = {how!r}), "
+            "which is not a complete checkpoint"
+        )
     return start
 
 
@@ -66,8 +68,9 @@ def round_train_config(cfg: Config, round_no: int):
     tc = cfg.train
     if round_no != 0:
         return tc
-    return tc.model_copy(update={"lr": tc.bootstrap_lr or tc.lr,
-                                 "steps": tc.steps if tc.bootstrap_steps is None else tc.bootstrap_steps})
+    return tc.model_copy(
+        update={"lr": tc.bootstrap_lr or tc.lr, "steps": tc.steps if tc.bootstrap_steps is None else tc.bootstrap_steps}
+    )
 
 
 async def _in_thread(L: Learner, fn, *args):
@@ -89,9 +92,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"note": f"{path.name} not found"}
 
 
-async def _commit(L: Learner, round: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None,
-                  **values) -> bool:
+async def _commit(
+    L: Learner, round: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None, **values
+) -> bool:
     """One transaction: the stage's results, the state move, and (publishing) the next round."""
+
     def run() -> bool:
         with lt.begin(L.engine) as conn:
             if sel is not None:
@@ -101,6 +106,7 @@ async def _commit(L: Learner, round: int, expect: str, to: str, patch: dict, sel
             if moved and nxt is not None:
                 lt.open_round(conn, nxt, L.cfg.learner.round_quota)
             return moved
+
     moved = await asyncio.to_thread(run)
     if moved:
         log.info("round %d: %s -> %s", round, expect, to)
@@ -120,7 +126,7 @@ async def _collect(L: Learner, row: dict) -> bool:
     # A collecting round follows the configured quota (a restart with a new round_quota applies it).
     quota = row["quota"] if r == 0 else lc.round_quota
     if not patch and not lc.control:  # a control round trains on no actor tree: nothing to wait for
-        age = (datetime.now(timezone.utc) - row["started_at"]).total_seconds()
+        age = (datetime.now(UTC) - row["started_at"]).total_seconds()
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
     if lc.control:  # the same round, trained on the teacher's trees only (round 0's selection)
@@ -134,8 +140,15 @@ async def _collect(L: Learner, row: dict) -> bool:
         log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
         return False
     counts["solve_rate"] = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
-    patch |= {"collect": counts, "data": {"sft_examples": len(sel.sft), "ppm_pairs": len(sel.pairs),
-                                          "problems": sel.problems, "solved_problems": sel.solved_problems}}
+    patch |= {
+        "collect": counts,
+        "data": {
+            "sft_examples": len(sel.sft),
+            "ppm_pairs": len(sel.pairs),
+            "problems": sel.problems,
+            "solved_problems": sel.solved_problems,
+        },
+    }
     return await _commit(L, r, "collecting", "training_policy", patch, sel=sel, quota=quota)
 
 
@@ -146,8 +159,9 @@ async def _train_policy(L: Learner, row: dict) -> bool:
     if not complete(d / "policy"):
         examples = await asyncio.to_thread(data.sft_examples, L.engine, r)
         start = await asyncio.to_thread(start_model, L.cfg, r)
-        rep = await _in_thread(L, train_sft, examples, start, d / "policy", round_train_config(L.cfg, r),
-                               d / "sft-work")
+        rep = await _in_thread(
+            L, train_sft, examples, start, d / "policy", round_train_config(L.cfg, r), d / "sft-work"
+        )
         _write_json(d / "sft.json", asdict(rep) | {"from": str(start)})
     return await _commit(L, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
 
@@ -163,8 +177,9 @@ async def _train_ppm(L: Learner, row: dict) -> bool:
         rep = await _in_thread(L, train_ppm, pairs, d / "policy", d / "ppm", L.cfg.train, d / "ppm-work")
         _write_json(d / "ppm.json", asdict(rep))
     rep = _read_json(d / "ppm.json")
-    return await _commit(L, r, "training_ppm", "publishing",
-                         {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")})
+    return await _commit(
+        L, r, "training_ppm", "publishing", {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")}
+    )
 
 
 async def evaluate_published(L: Learner, row: dict) -> None:
@@ -183,12 +198,14 @@ async def evaluate_published(L: Learner, row: dict) -> None:
         def run() -> None:
             with lt.begin(L.engine) as conn:
                 lt.merge_eval(conn, r, patch)
+
         await asyncio.to_thread(run)
 
     # Each finished figure is stored at once (``accuracy_partial``): a restart resumes from it.
     done = (row["eval"] or {}).get("accuracy_partial")
-    figures = await evaluate_round(L.cfg, L.sets, d / "policy", ppm, r, done=done,
-                                   on_figure=lambda figs: store({"accuracy_partial": figs}))
+    figures = await evaluate_round(
+        L.cfg, L.sets, d / "policy", ppm, r, done=done, on_figure=lambda figs: store({"accuracy_partial": figs})
+    )
     await store({"accuracy": figures, "accuracy_partial": None})
     log.info("round %d: evaluated in %.0fs", r, figures["seconds"])
 
@@ -207,8 +224,11 @@ async def requeue_unsolved(cfg: Config, engine, broker, round: int):
         log.warning("round %d re-queue: %s", round, note)
     for p in pool.problems:  # the same attempt id twice is deduplicated by the broker
         meta = {**p.meta, "rollouts": lc.requeue_rollouts}
-        await requeue_problem(broker, Problem(id=p.id, source=p.source, question=p.question, answer=p.answer,
-                                              meta=meta), attempt=f"r{round + 1}")
+        await requeue_problem(
+            broker,
+            Problem(id=p.id, source=p.source, question=p.question, answer=p.answer, meta=meta),
+            attempt=f"r{round + 1}",
+        )
     return pool
 
 
@@ -220,18 +240,36 @@ async def _publish(L: Learner, row: dict) -> bool:
     lc, r, d = L.cfg.learner, row["round"], round_dir(L.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
     ev = row["eval"] or {}
-    pub = await publish_pair(L.broker, L.engine, round=r, policy_dir=d / "policy", ppm_dir=ppm,
-                             announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
-                             base=base_model(L.cfg), policy_metrics={"sft": ev.get("sft")},
-                             ppm_metrics={"ppm": ev.get("ppm")})
+    pub = await publish_pair(
+        L.broker,
+        L.engine,
+        round=r,
+        policy_dir=d / "policy",
+        ppm_dir=ppm,
+        announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
+        base=base_model(L.cfg),
+        policy_metrics={"sft": ev.get("sft")},
+        ppm_metrics={"ppm": ev.get("ppm")},
+    )
     requeued = await requeue_unsolved(L.cfg, L.engine, L.broker, r)
     last = bool(lc.max_rounds) and r >= lc.max_rounds
     left_out = {"requeue_left_out": requeued.counts()} if requeued.held_out or requeued.teacher else {}
-    return await _commit(L, r, row["state"], "published", {"requeued": len(requeued.problems), **left_out},
-                         nxt=None if last else r + 1, policy_version=pub.policy.version,
-                         ppm_version=pub.ppm.version if pub.ppm else None)
+    return await _commit(
+        L,
+        r,
+        row["state"],
+        "published",
+        {"requeued": len(requeued.problems), **left_out},
+        nxt=None if last else r + 1,
+        policy_version=pub.policy.version,
+        ppm_version=pub.ppm.version if pub.ppm else None,
+    )
 
 
-STAGES = {"collecting": _collect, "training_policy": _train_policy, "training_ppm": _train_ppm,
-          "publishing": _publish,
-          "evaluating": _publish}  # rounds stored before evaluation ran beside publishing
+STAGES = {
+    "collecting": _collect,
+    "training_policy": _train_policy,
+    "training_ppm": _train_ppm,
+    "publishing": _publish,
+    "evaluating": _publish,
+}  # rounds stored before evaluation ran beside publishing

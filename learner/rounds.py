@@ -84,8 +84,12 @@ def make_learner(cfg: Config, engine: Engine, broker=None, progress: bool = Fals
 
 def finished(cfg: Config, row: dict | None) -> bool:
     """The last configured round is published (``max_rounds``); nothing more to do."""
-    return row is not None and row["state"] == "published" and bool(cfg.learner.max_rounds) \
+    return (
+        row is not None
+        and row["state"] == "published"
+        and bool(cfg.learner.max_rounds)
         and row["round"] >= cfg.learner.max_rounds
+    )
 
 
 async def step(L: Learner) -> bool:
@@ -93,12 +97,16 @@ async def step(L: Learner) -> bool:
     row = await asyncio.to_thread(lt.last_round, L.engine)
     if row is None or (row["state"] == "published" and not finished(L.cfg, row)):
         nxt = 0 if row is None else row["round"] + 1
-        quota = L.cfg.learner.teacher_problems if nxt == 0 and L.cfg.learner.teacher != "none" \
+        quota = (
+            L.cfg.learner.teacher_problems
+            if nxt == 0 and L.cfg.learner.teacher != "none"
             else L.cfg.learner.round_quota
+        )
 
         def opened() -> None:
             with lt.begin(L.engine) as conn:
                 lt.open_round(conn, nxt, quota)
+
         await asyncio.to_thread(opened)
         return True
     if row["state"] == "published":
@@ -120,14 +128,16 @@ async def _until_done_or_stop(coro, stop: asyncio.Event, name: str) -> asyncio.T
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
 async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
     """The round stages and the evaluator side by side; an error in one stops the other."""
-    tasks = [asyncio.create_task(run_rounds(L, stop, exit_when_done), name="learner-round-stages"),
-             asyncio.create_task(run_evaluator(L, stop, exit_when_done), name="learner-evaluator")]
+    tasks = [
+        asyncio.create_task(run_rounds(L, stop, exit_when_done), name="learner-round-stages"),
+        asyncio.create_task(run_evaluator(L, stop, exit_when_done), name="learner-evaluator"),
+    ]
     try:
         for fut in asyncio.as_completed(tasks):
             await fut

@@ -89,8 +89,7 @@ def select_step_pairs(nodes: Sequence[Node], k: int = 2) -> list[Pair]:
     pairs = []
     for parent, kids in sorted(children.items()):
         pos = sorted((c for c in kids if out[c.idx][0]), key=lambda c: (-c.q, c.idx))[:k]
-        neg = sorted((c for c in kids if out[c.idx][1] and not out[c.idx][0]),
-                     key=lambda c: (c.q, c.idx))[:k]
+        neg = sorted((c for c in kids if out[c.idx][1] and not out[c.idx][0]), key=lambda c: (c.q, c.idx))[:k]
         for a in pos:
             for b in neg:
                 pairs.append(Pair("step", p[parent], (a.idx,), (b.idx,)))

@@ -26,8 +26,7 @@ from rstar.stopping import run_until_signal
 log = get_logger("learner.service")
 
 
-async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = False,
-                      progress: bool = False) -> None:
+async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = False, progress: bool = False) -> None:
     """Ingest and run rounds until ``stop`` is set (or the last round is published, if asked)."""
     from broker.client import open_broker
     from broker.dead_letters import watch_exhausted_problems
@@ -39,11 +38,16 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
     try:
         async with open_broker(cfg, "rstar-learner") as b:
             L = await asyncio.to_thread(make_learner, cfg, engine, b, progress)
-            tasks = [asyncio.create_task(ingest_loop(b, engine, stop), name="learner-ingest"),
-                     asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds"),
-                     asyncio.create_task(watch_exhausted_problems(b, stop), name="learner-dlq")]
-            log.info("learner: ingesting into %s, rounds under %s", engine.url.render_as_string(hide_password=True),
-                     cfg.data_dir / "learner")
+            tasks = [
+                asyncio.create_task(ingest_loop(b, engine, stop), name="learner-ingest"),
+                asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds"),
+                asyncio.create_task(watch_exhausted_problems(b, stop), name="learner-dlq"),
+            ]
+            log.info(
+                "learner: ingesting into %s, rounds under %s",
+                engine.url.render_as_string(hide_password=True),
+                cfg.data_dir / "learner",
+            )
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             stop.set()  # one task ended (stop, error, or all rounds done): end the others
             results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from learner.train_loop import (LoopSpec, apply_lora, clear_state, merge_lora, run_batches,
-                                 run_loop)
+from learner.train_loop import LoopSpec, apply_lora, clear_state, merge_lora, run_batches, run_loop
 from rstar import steps as fmt
 from rstar.config import TrainConfig
 from rstar.log import get_logger
@@ -86,10 +85,20 @@ def collate(batch: list[dict], pad_id: int):
 
 
 def spec_from(cfg: TrainConfig, desc: str, lr: float, epochs: int, batch_size: int, steps: int = 0) -> LoopSpec:
-    return LoopSpec(lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=cfg.grad_accum,
-                    warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                    save_every=cfg.save_every, seed=cfg.seed, log_every=cfg.log_every, desc=desc,
-                    threads=cfg.threads, steps=steps)
+    return LoopSpec(
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        save_every=cfg.save_every,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        desc=desc,
+        threads=cfg.threads,
+        steps=steps,
+    )
 
 
 def fingerprint(data: list, spec: LoopSpec, *extra: str) -> str:
@@ -100,8 +109,15 @@ def fingerprint(data: list, spec: LoopSpec, *extra: str) -> str:
     return h.hexdigest()
 
 
-def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: TrainConfig,
-              work_dir: Path, progress: bool = True, stop: threading.Event | None = None) -> SFTReport:
+def train_sft(
+    examples: list[SFTExample],
+    base_dir: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    work_dir: Path,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+) -> SFTReport:
     import torch
 
     from rstar.checkpoints import save_model_dir
@@ -128,15 +144,29 @@ def train_sft(examples: list[SFTExample], base_dir: Path, out_dir: Path, cfg: Tr
         return m(**batch).loss
 
     lengths = [len(d["input_ids"]) for d in data]
-    res = run_loop(model, len(data), loss_fn, spec, work_dir,
-                   fingerprint(data, spec, cfg.method, str(Path(base_dir).resolve())), progress, stop, lengths)
+    res = run_loop(
+        model,
+        len(data),
+        loss_fn,
+        spec,
+        work_dir,
+        fingerprint(data, spec, cfg.method, str(Path(base_dir).resolve())),
+        progress,
+        stop,
+        lengths,
+    )
     save_model_dir(merge_lora(res.model).eval(), tokenizer, out_dir)
     clear_state(work_dir)
     secs = time.perf_counter() - t0
-    n_seen = sum(len(b) for b in run_batches(spec, len(data), lengths)[res.resumed_from_batch:])
+    n_seen = sum(len(b) for b in run_batches(spec, len(data), lengths)[res.resumed_from_batch :])
     losses = res.losses
-    return SFTReport(examples=len(data), dropped_too_long=dropped, steps=res.steps,
-                     first_loss=round(losses[0], 4) if losses else float("nan"),
-                     last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
-                     seconds=round(secs, 2), seconds_per_example=round(res.seconds / max(n_seen, 1), 3),
-                     resumed_from_step=res.resumed_from_batch // cfg.grad_accum)
+    return SFTReport(
+        examples=len(data),
+        dropped_too_long=dropped,
+        steps=res.steps,
+        first_loss=round(losses[0], 4) if losses else float("nan"),
+        last_loss=round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else float("nan"),
+        seconds=round(secs, 2),
+        seconds_per_example=round(res.seconds / max(n_seen, 1), 3),
+        resumed_from_step=res.resumed_from_batch // cfg.grad_accum,
+    )

@@ -74,8 +74,9 @@ class LoopResult:
 GROUP_BATCHES = 16  # length grouping: items are sorted by length within windows of this many batches
 
 
-def batch_order(n: int, epochs: int, batch_size: int, seed: int, total: int = 0,
-                lengths: list[int] | None = None) -> list[list[int]]:
+def batch_order(
+    n: int, epochs: int, batch_size: int, seed: int, total: int = 0, lengths: list[int] | None = None
+) -> list[list[int]]:
     """Item indices of every batch of the run, shuffled per epoch by ``seed``: ``epochs`` passes,
     or with ``total`` > 0 exactly ``total`` batches, over as many passes as that takes.
 
@@ -90,20 +91,20 @@ def batch_order(n: int, epochs: int, batch_size: int, seed: int, total: int = 0,
         idx = list(range(n))
         rng.shuffle(idx)
         if lengths is None:
-            batches += [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+            batches += [idx[i : i + batch_size] for i in range(0, n, batch_size)]
         else:
             window = batch_size * GROUP_BATCHES
             epoch: list[list[int]] = []
             for w in range(0, n, window):
-                part = sorted(idx[w:w + window], key=lambda i: lengths[i])
-                epoch += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+                part = sorted(idx[w : w + window], key=lambda i: lengths[i])
+                epoch += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
             rng.shuffle(epoch)
             batches += epoch
         e += 1
     return batches[:total] if total > 0 else batches
 
 
-def run_batches(spec: "LoopSpec", n: int, lengths: list[int] | None = None) -> list[list[int]]:
+def run_batches(spec: LoopSpec, n: int, lengths: list[int] | None = None) -> list[list[int]]:
     """Every batch of a run of ``spec`` over ``n`` items (``spec.steps`` optimizer steps, or epochs)."""
     return batch_order(n, spec.epochs, spec.batch_size, spec.seed, spec.steps * spec.grad_accum, lengths)
 
@@ -112,8 +113,9 @@ def apply_lora(model, r: int, alpha: int, task_type: str | None):
     """LoRA adapters on every linear layer (peft); merged back by ``merge_lora`` before saving."""
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                            target_modules="all-linear", task_type=task_type))
+    return get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+    )
 
 
 def merge_lora(model):
@@ -148,9 +150,17 @@ def clear_state(work_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: Path,
-             fingerprint: str, progress: bool = True, stop: threading.Event | None = None,
-             lengths: list[int] | None = None) -> LoopResult:
+def run_loop(
+    model,
+    n_items: int,
+    loss_fn: Callable,
+    spec: LoopSpec,
+    work_dir: Path,
+    fingerprint: str,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    lengths: list[int] | None = None,
+) -> LoopResult:
     """Train ``model`` on ``n_items`` items; ``loss_fn(model, item_indices, device)`` -> loss.
     ``lengths`` (tokens per item) groups items of similar length into batches (``batch_order``)."""
     import torch
@@ -171,11 +181,13 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
     batches = [everything[i * acc.num_processes + acc.process_index] for i in range(per_proc)]
     steps = math.ceil(len(batches) / spec.grad_accum)
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr,
-                            weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=spec.weight_decay
+    )
     # A prepared scheduler steps once per process per optimizer step: size it for that.
-    sched = get_cosine_schedule_with_warmup(opt, int(spec.warmup_ratio * steps) * acc.num_processes,
-                                            steps * acc.num_processes)
+    sched = get_cosine_schedule_with_warmup(
+        opt, int(spec.warmup_ratio * steps) * acc.num_processes, steps * acc.num_processes
+    )
     model, opt, sched = acc.prepare(model, opt, sched)
 
     start = 0
@@ -206,7 +218,7 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
             bar.update(task, advance=1, description=f"{spec.desc} loss {losses[-1]:.3f}")
             step = math.ceil(done / spec.grad_accum)
             if not progress and sync and step % spec.log_every == 0:
-                recent = losses[-spec.log_every * spec.grad_accum:]
+                recent = losses[-spec.log_every * spec.grad_accum :]
                 log.info("%s: step %d/%d loss %.4f", spec.desc, step, steps, sum(recent) / len(recent))
             if done < len(batches) and sync:
                 if stop is not None and stop.is_set():
@@ -214,5 +226,11 @@ def run_loop(model, n_items: int, loss_fn: Callable, spec: LoopSpec, work_dir: P
                     raise TrainingInterrupted(work_dir, done)
                 if step % spec.save_every == 0:
                     _save(acc, work_dir, done, fingerprint)
-    return LoopResult(model=acc.unwrap_model(model), batches=len(batches), steps=steps, losses=losses,
-                      resumed_from_batch=start, seconds=round(time.perf_counter() - t0, 2))
+    return LoopResult(
+        model=acc.unwrap_model(model),
+        batches=len(batches),
+        steps=steps,
+        losses=losses,
+        resumed_from_batch=start,
+        seconds=round(time.perf_counter() - t0, 2),
+    )

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rstar.answer_numbers import MATH_WORDS, Num, mixed, number, repeating, spelled, value
+from rstar.answer_numbers import MATH_WORDS, Num, mixed, repeating, spelled, value
 
 
 class Malformed(ValueError):
@@ -50,11 +50,14 @@ class Form:
 
 BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\\\|\\[!,;:> ]|\\[hv]?phantom\s*(?:\{[^{}]*\}|[^\s{])"
-                      r"|\\left\s*\.|\\right\s*\.|\\left|\\right|\\displaystyle|\\hline")
+_SPACING = re.compile(
+    r"\\\\|\\[!,;:> ]|\\[hv]?phantom\s*(?:\{[^{}]*\}|[^\s{])"
+    r"|\\left\s*\.|\\right\s*\.|\\left|\\right|\\displaystyle|\\hline"
+)
 _LABELS = re.compile(r"\\?%|\bper\s*cent\b|\bpercent\b|\\?\$|\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°", re.I)
-_FILLER = re.compile(r"^(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|=|:)?\s*:?\s*",
-                     re.I)
+_FILLER = re.compile(
+    r"^(?:(?:so|thus|therefore|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer\s*(?:is|=|:)?\s*:?\s*", re.I
+)
 _TEXT_UNIT = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*([A-Za-z]{2,}[A-Za-z .^/\d]*)\}\s*$")
 _FRAC_ARGS = re.compile(r"\\frac\s*(\d|\\[A-Za-z]+|\{[^{}]*\})\s*(\d|\\[A-Za-z]+|\{[^{}]*\})")
 _HEDGE = re.compile(r"\bor\b", re.I)
@@ -70,7 +73,7 @@ def braced(text: str, start: int) -> str | None:
     for i in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[start + 1:i]
+            return text[start + 1 : i]
     return None
 
 
@@ -80,13 +83,13 @@ def _boxes(s: str) -> list[tuple[int, int, str]]:
     for m in BOXED.finditer(s):
         if out and m.start() < out[-1][1]:
             continue  # inside the previous box
-        if s[m.end():m.end() + 1] == "{":
+        if s[m.end() : m.end() + 1] == "{":
             inner = braced(s, m.end())
             if inner is None:
                 raise Malformed("has an unclosed \\boxed{")
             out.append((m.start(), m.end() + len(inner) + 2, inner.strip()))
         else:
-            token = re.match(r"[^\s$]*", s[m.end():]).group(0)
+            token = re.match(r"[^\s$]*", s[m.end() :]).group(0)
             out.append((m.start(), m.end() + len(token), token))
     return out
 
@@ -97,7 +100,7 @@ def _unwrap(s: str) -> str:
         before = s = s.strip()
         for a, b in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a):-len(b)].strip()
+                s = s[len(a) : -len(b)].strip()
         boxes = _boxes(s)
         if any(not content for _, _, content in boxes):
             raise Malformed("has an empty \\boxed{}")
@@ -115,7 +118,7 @@ def _unwrap(s: str) -> str:
 def _drop_text_unit(s: str) -> str:
     """``2\\sqrt{3}\\text{ cm}`` → ``2\\sqrt{3}``: a word label after mathematics is a unit."""
     m = _TEXT_UNIT.search(s)
-    return s[:m.start()] if m and m[1].split()[0].lower() not in MATH_WORDS else s
+    return s[: m.start()] if m and m[1].split()[0].lower() not in MATH_WORDS else s
 
 
 def _plain(s: str) -> str:
@@ -178,9 +181,12 @@ def _kind(s: str) -> str:
     return "equation" if "=" in s.replace("\\leq", "").replace("\\geq", "") else "expr"
 
 
-_MATRIX = re.compile(r"(?P<factor>[^\\]*?|\\frac\{[^{}]*\}\{[^{}]*\})\s*(?P<open>\()?\s*"
-                     r"\\begin\{(?P<env>pmatrix|bmatrix|Bmatrix|matrix|smallmatrix|array)\}(?:\{[lcr|\s]*\})?"
-                     r"(?P<body>.*?)\\end\{(?P=env)\}\s*(?(open)\))", re.S)
+_MATRIX = re.compile(
+    r"(?P<factor>[^\\]*?|\\frac\{[^{}]*\}\{[^{}]*\})\s*(?P<open>\()?\s*"
+    r"\\begin\{(?P<env>pmatrix|bmatrix|Bmatrix|matrix|smallmatrix|array)\}(?:\{[lcr|\s]*\})?"
+    r"(?P<body>.*?)\\end\{(?P=env)\}\s*(?(open)\))",
+    re.S,
+)
 
 
 def _matrix(s: str) -> Form | None:
@@ -193,7 +199,7 @@ def _matrix(s: str) -> Form | None:
     if not cells or len({len(r) for r in cells}) != 1 or any(not c for r in cells for c in r):
         return None
     factor = m["factor"].strip()
-    text = (factor + "\\begin{pmatrix}" + "\\\\".join("&".join(r) for r in cells) + "\\end{pmatrix}")
+    text = factor + "\\begin{pmatrix}" + "\\\\".join("&".join(r) for r in cells) + "\\end{pmatrix}"
     scale = value(factor) if factor else Num(Fraction(1), False)
     values = [value(c) for r in cells for c in r]
     exact = None if scale is None or None in values else tuple(Num(scale.value * v.value, v.double) for v in values)
@@ -206,7 +212,7 @@ _ASSIGN = re.compile(r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?\s*=\s*")
 def _unassigned(s: str) -> str:
     """``x = 5`` → ``5``: a single-variable assignment stands for its value."""
     m = _ASSIGN.match(s.strip())
-    return s.strip()[m.end():] if m else s.strip()
+    return s.strip()[m.end() :] if m else s.strip()
 
 
 def _numbers(s: str) -> tuple[Num, ...] | None:
@@ -217,7 +223,7 @@ def _numbers(s: str) -> tuple[Num, ...] | None:
     out: list[Num] = []
     for part in map(_unassigned, split_top(s, ",")):
         pm = re.match(r"\\pm\s*", part)
-        n = value(part[pm.end():] if pm else part)
+        n = value(part[pm.end() :] if pm else part)
         if n is None:
             return None
         out += [n, Num(-n.value, n.double)] if pm else [n]
@@ -289,8 +295,13 @@ _IMAGINARY = re.compile(r"(?<![\\A-Za-z])i(?![A-Za-z])")
 _PI_WORD = re.compile(r"(?<![\\a-zA-Z])pi\b")
 
 
+def _exact_fraction(m: re.Match) -> str:
+    num, den = Fraction(m[1]).as_integer_ratio()
+    return f"{{\\frac{{{num}}}{{{den}}}}}"
+
+
 def for_math_verify(text: str) -> str:
     """``text`` with decimals as exact fractions, ``i`` as the imaginary unit, ``pi`` as ``\\pi``."""
-    text = _DECIMAL.sub(lambda m: "{\\frac{%d}{%d}}" % Fraction(m[1]).as_integer_ratio(), text)
+    text = _DECIMAL.sub(_exact_fraction, text)
     text = _IMAGINARY.sub("(I)", text)  # latex2sympy reads "I" as sympy.I ("(I)": it drops I's exponent)
     return _PI_WORD.sub(r"\\pi", text)

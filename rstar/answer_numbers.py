@@ -26,13 +26,28 @@ class Num(NamedTuple):
 
 # ---------------------------------------------------------------- spelled, repeating, mixed
 
-_ONES = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
+_ONES = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
 _TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
-_PARTS = {"half": 2, "halve": 2, "third": 3, "quarter": 4, "fourth": 4, "fifth": 5, "sixth": 6,
-          "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10}
+_PARTS = {
+    "half": 2,
+    "halve": 2,
+    "third": 3,
+    "quarter": 4,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+}
 _WORD = re.compile(r"[a-z]+", re.I)
 
 
@@ -65,7 +80,7 @@ def _spelled_value(words: list[str]) -> Fraction | None:
     whole, frac = [w for w in words if w != "and"], []  # "two hundred and five"
     if words and _part(words[-1]) and "and" in words:  # "three and a half"
         cut = len(words) - 1 - words[::-1].index("and")
-        whole, frac = words[:cut], words[cut + 1:]
+        whole, frac = words[:cut], words[cut + 1 :]
     elif words and _part(words[-1]):  # "two thirds"
         whole, frac = [], words
     value = Fraction(0)
@@ -87,9 +102,14 @@ def spelled(s: str) -> str:
     words: list[tuple[str, int]] = []  # (word, where it ends)
     for m in _WORD.finditer(s):
         w = m.group(0).lower()
-        gap = s[words[-1][1] if words else 0:m.start()]
-        if (gap.strip(" -") if words else gap) or not (w in _ONES or w in _TENS or w in _SCALES or _part(w)
-                                                       or w in ("hundred", "and", "a", "an", "negative", "minus")):
+        gap = s[words[-1][1] if words else 0 : m.start()]
+        if (gap.strip(" -") if words else gap) or not (
+            w in _ONES
+            or w in _TENS
+            or w in _SCALES
+            or _part(w)
+            or w in ("hundred", "and", "a", "an", "negative", "minus")
+        ):
             break
         words.append((w, m.end()))
     while words and words[-1][0] in ("and", "a", "an", "negative", "minus"):
@@ -98,7 +118,7 @@ def spelled(s: str) -> str:
     if x is None:
         return s
     digits = f"{x.numerator}/{x.denominator}" if x.denominator > 1 else f"{x}"
-    return digits + s[words[-1][1]:]
+    return digits + s[words[-1][1] :]
 
 
 _REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*(?:\{(\d+)\}|(\d))")
@@ -107,19 +127,23 @@ _MIXED = re.compile(r"(?<![\w.^_}\\)])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
 
 def repeating(s: str) -> str:
     """``0.8\\overline{3}`` → ``\\frac{5}{6}``: a repeating decimal is an exact value."""
+
     def exact(m: re.Match) -> str:
         whole, fixed, period = m[1] or "0", m[2], m[3] or m[4]
         value = Fraction(int(whole)) + Fraction(int(fixed or "0"), 10 ** len(fixed))
         value += Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
         return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
     return _REPEATING.sub(exact, s)
 
 
 def mixed(s: str) -> str:
     """``2\\frac{3}{4}`` → ``\\frac{11}{4}``: an integer written before a fraction is a mixed number."""
+
     def improper(m: re.Match) -> str:
         whole, num, den = int(m[1]), int(m[2]), int(m[3])
         return f"\\frac{{{whole * den + num}}}{{{den}}}"
+
     return _MIXED.sub(improper, s)
 
 
@@ -133,12 +157,66 @@ _VALUE = re.compile(
     rf"|(?P<n>{_NUM})\s*/\s*(?P<d>{_NUM})"
     rf"|(?P<pb>\d+)\s*\^\s*(?:\{{\s*(?P<pe>[-+]?\d+)\s*\}}|(?P<pe1>\d))"
     rf"|(?P<num>{_NUM}){_EXP})"
-    rf"\s*(?P<rest>.*)", re.I | re.S)
+    rf"\s*(?P<rest>.*)",
+    re.I | re.S,
+)
 # Words after a number that are mathematics, not a unit: "5 pi" is not 5.
-MATH_WORDS = {"pi", "e", "i", "sqrt", "x", "y", "z", "n", "k", "and", "or", "to", "times", "over",
-              "mod", "squared", "cubed", "plus", "minus", "ln", "log", "sin", "cos", "tan", "with"}
-_UNIT_SYMBOLS = {"m", "cm", "mm", "km", "g", "kg", "mg", "s", "ms", "min", "h", "hr", "hrs", "l", "ml",
-                 "in", "ft", "yd", "mi", "lb", "lbs", "oz", "mph", "kph", "kmh", "sq", "cu"}
+MATH_WORDS = {
+    "pi",
+    "e",
+    "i",
+    "sqrt",
+    "x",
+    "y",
+    "z",
+    "n",
+    "k",
+    "and",
+    "or",
+    "to",
+    "times",
+    "over",
+    "mod",
+    "squared",
+    "cubed",
+    "plus",
+    "minus",
+    "ln",
+    "log",
+    "sin",
+    "cos",
+    "tan",
+    "with",
+}
+_UNIT_SYMBOLS = {
+    "m",
+    "cm",
+    "mm",
+    "km",
+    "g",
+    "kg",
+    "mg",
+    "s",
+    "ms",
+    "min",
+    "h",
+    "hr",
+    "hrs",
+    "l",
+    "ml",
+    "in",
+    "ft",
+    "yd",
+    "mi",
+    "lb",
+    "lbs",
+    "oz",
+    "mph",
+    "kph",
+    "kmh",
+    "sq",
+    "cu",
+}
 _UNIT = re.compile(r"[a-z][a-z./^0-9²³]*(?:\s+[a-z][a-z./^0-9²³]*)*", re.I)
 MAX_DIGITS = 4000  # a value with more digits is left to math-verify (and its deadline)
 

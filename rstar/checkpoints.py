@@ -34,8 +34,9 @@ def file_sha256(path: Path) -> str:
 
 
 def write_manifest(d: Path) -> dict[str, str]:
-    files = {p.relative_to(d).as_posix(): file_sha256(p)
-             for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.relative_to(d).as_posix(): file_sha256(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST
+    }
     (d / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
     return files
 

@@ -120,8 +120,17 @@ class SandboxConfig(Section):
     isolation: Literal["strict", "weak"] = "strict"
     """``strict`` refuses to start unless every mechanism works (root with CAP_SYS_ADMIN);
     ``weak`` keeps what works and logs what is missing."""
-    modules: list[str] = ["math", "cmath", "fractions", "itertools", "functools", "operator",
-                          "statistics", "sympy", "numpy"]
+    modules: list[str] = [
+        "math",
+        "cmath",
+        "fractions",
+        "itertools",
+        "functools",
+        "operator",
+        "statistics",
+        "sympy",
+        "numpy",
+    ]
     """Allow-list of stateless modules: a worker imports one (once, before forking) when a
     program names it, and a cached snapshot may refer only to these."""
     grace_s: float = Field(10.0, gt=0)
@@ -320,7 +329,7 @@ class LearnerConfig(Section):
     """Seed of the held-out sets (synthetic generator, real-set split): fixed across rounds."""
 
     @model_validator(mode="after")
-    def _check_levels(self) -> "LearnerConfig":
+    def _check_levels(self) -> LearnerConfig:
         for name in ("teacher_levels", "eval_levels"):
             levels = getattr(self, name)
             if not levels or any(not 1 <= lv <= 6 for lv in levels):
@@ -378,7 +387,7 @@ class Config(Section):
     actor: ActorConfig = ActorConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         if self.model.backend == "openai" and not self.model.openai_model:
             raise ValueError("model.openai_model must name the served model when backend = 'openai'")
         return self
@@ -388,8 +397,9 @@ class Config(Section):
         return self.store.url or f"sqlite:///{(self.data_dir / 'rstar.db').resolve()}"
 
 
-SECTIONS = tuple(k for k, f in Config.model_fields.items()
-                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+SECTIONS = tuple(
+    k for k, f in Config.model_fields.items() if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+)
 
 
 class ConfigError(ValueError):
@@ -455,7 +465,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     ``__`` (``RSTAR_LOG_LEVEL``, ...) are not config; a ``__`` name must start with a section."""
     tree: dict[str, Any] = {}
     for name, raw in env.items():
-        key = name[len("RSTAR_"):].lower() if name.startswith("RSTAR_") else ""
+        key = name[len("RSTAR_") :].lower() if name.startswith("RSTAR_") else ""
         section = key.split("__")[0]
         if "__" in key and section not in Config.model_fields:
             raise ConfigError(f"{name}: no config section {section!r} (sections: {', '.join(SECTIONS)})")
@@ -465,9 +475,12 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def config_layers(path: str | Path | None = None, overrides: list[str] | None = None,
-                  env: Mapping[str, str] | None = None,
-                  preset: str | Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+def config_layers(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    preset: str | Path | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     """The sources of a config, lowest first, each named: ``preset NAME``, ``file PATH``, ``env``,
     ``--set``. The defaults (the classes above) are below all of them."""
     env = os.environ if env is None else env
@@ -494,13 +507,17 @@ def value_sources(layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
     for name, tree in layers:
         for key, value in tree.items():
             section = isinstance(value, dict) and key in SECTIONS
-            for sub in (value if section else {None: value}):
+            for sub in value if section else {None: value}:
                 out[f"{key}.{sub}" if section else key] = name
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                env: Mapping[str, str] | None = None, preset: str | Path | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    preset: str | Path | None = None,
+) -> Config:
     """Build the Config from defaults, a preset, a TOML (or resolved JSON) file, environment and
     ``key=value`` overrides, in that order (``config_layers``)."""
     tree: dict[str, Any] = {}

@@ -35,61 +35,119 @@ HELDOUT_FRACTION = 0.2
 LEVELS = (1, 2, 3, 4, 5, 6)
 SPLITS = ("train", "heldout")
 # name, subject and object pronoun
-NAMES = [("Lena", "she", "her"), ("Omar", "he", "him"), ("Mia", "she", "her"),
-         ("Jonas", "he", "him"), ("Priya", "she", "her"), ("Diego", "he", "him"),
-         ("Aiko", "she", "her"), ("Kwame", "he", "him"), ("Sofia", "she", "her"),
-         ("Tom", "he", "him"), ("Nora", "she", "her"), ("Ravi", "he", "him")]
+NAMES = [
+    ("Lena", "she", "her"),
+    ("Omar", "he", "him"),
+    ("Mia", "she", "her"),
+    ("Jonas", "he", "him"),
+    ("Priya", "she", "her"),
+    ("Diego", "he", "him"),
+    ("Aiko", "she", "her"),
+    ("Kwame", "he", "him"),
+    ("Sofia", "she", "her"),
+    ("Tom", "he", "him"),
+    ("Nora", "she", "her"),
+    ("Ravi", "he", "him"),
+]
 FRIENDS = ["Ben", "Carla", "Ivan", "Zoe", "Malik", "Ines", "Hugo", "Yara"]
 # singular, plural, container, containers
-ITEMS = [("apple", "apples", "basket", "baskets"), ("pencil", "pencils", "box", "boxes"),
-         ("sticker", "stickers", "sheet", "sheets"), ("marble", "marbles", "bag", "bags"),
-         ("cookie", "cookies", "tray", "trays"), ("egg", "eggs", "carton", "cartons"),
-         ("shell", "shells", "jar", "jars"), ("card", "cards", "pack", "packs"),
-         ("flower", "flowers", "vase", "vases"), ("toy car", "toy cars", "crate", "crates")]
-_FRACTIONS = {(1, 2): "half", (1, 3): "a third", (2, 3): "two thirds", (1, 4): "a quarter",
-              (3, 4): "three quarters", (1, 5): "a fifth", (2, 5): "two fifths"}
+ITEMS = [
+    ("apple", "apples", "basket", "baskets"),
+    ("pencil", "pencils", "box", "boxes"),
+    ("sticker", "stickers", "sheet", "sheets"),
+    ("marble", "marbles", "bag", "bags"),
+    ("cookie", "cookies", "tray", "trays"),
+    ("egg", "eggs", "carton", "cartons"),
+    ("shell", "shells", "jar", "jars"),
+    ("card", "cards", "pack", "packs"),
+    ("flower", "flowers", "vase", "vases"),
+    ("toy car", "toy cars", "crate", "crates"),
+]
+_FRACTIONS = {
+    (1, 2): "half",
+    (1, 3): "a third",
+    (2, 3): "two thirds",
+    (1, 4): "a quarter",
+    (3, 4): "three quarters",
+    (1, 5): "a fifth",
+    (2, 5): "two fifths",
+}
 # level: (operations, largest number, operation kinds, distractors)
-_SPEC = {1: ((1, 2), 20, ("add", "sub"), (0, 0)),
-         2: ((2, 3), 50, ("add", "sub", "mul", "div"), (0, 0)),
-         3: ((3, 4), 100, ("add", "sub", "mul", "div"), (0, 0)),
-         4: ((4, 5), 200, ("add", "sub", "mul", "div", "pct", "frac"), (1, 1)),
-         5: ((5, 6), 500, ("add", "sub", "mul", "div", "pct", "frac"), (1, 2)),
-         6: ((6, 7), 1000, ("add", "sub", "mul", "div", "pct", "frac"), (2, 2))}
+_SPEC = {
+    1: ((1, 2), 20, ("add", "sub"), (0, 0)),
+    2: ((2, 3), 50, ("add", "sub", "mul", "div"), (0, 0)),
+    3: ((3, 4), 100, ("add", "sub", "mul", "div"), (0, 0)),
+    4: ((4, 5), 200, ("add", "sub", "mul", "div", "pct", "frac"), (1, 1)),
+    5: ((5, 6), 500, ("add", "sub", "mul", "div", "pct", "frac"), (1, 2)),
+    6: ((6, 7), 1000, ("add", "sub", "mul", "div", "pct", "frac"), (2, 2)),
+}
 _BOUND = 20_000
 
 # Sentence templates as (sentence, reason); both are formatted with the story's words and k.
 _T = {
-    "add": [("{P} buys {k} more {items}.", "{p} buys {k} more"),
-            ("{f} gives {o} {k} {items}.", "{f} adds {k}"),
-            ("Then {p} finds another {k} {items}.", "{k} more are found"),
-            ("{P} receives {k} {items} as a gift.", "the gift adds {k}")],
-    "sub": [("{P} gives {k} {items} to {f}.", "{k} go to {f}"),
-            ("{k} of the {items} get lost.", "{k} are lost"),
-            ("{P} uses {k} of them for a school project.", "{k} are used up"),
-            ("{P} sells {k} {items} at the market.", "{k} are sold")],
-    "mul": [("A week later {p} has {k} times as many {items} as before.", "there are now {k} times as many"),
-            ("{P} manages to make the collection {k} times bigger.", "the collection grows {k}-fold")],
-    "div": [("{P} splits the {items} equally into {k} {conts} and keeps only one {cont}.", "one of {k} equal parts is kept"),
-            ("{P} shares them equally among {k} children, {self} included, and keeps one share.", "each of {k} people gets an equal share")],
-    "pct": [("{P} sells {k}% of the {items}.", "{k}% are sold"),
-            ("{k}% of the {items} are damaged and thrown away.", "{k}% are thrown away")],
-    "frac": [("{P} gives {fw} of the {items} to {f}.", "{fw} of them go to {f}"),
-             ("{P} donates {fw} of them to a school.", "{fw} are donated")],
+    "add": [
+        ("{P} buys {k} more {items}.", "{p} buys {k} more"),
+        ("{f} gives {o} {k} {items}.", "{f} adds {k}"),
+        ("Then {p} finds another {k} {items}.", "{k} more are found"),
+        ("{P} receives {k} {items} as a gift.", "the gift adds {k}"),
+    ],
+    "sub": [
+        ("{P} gives {k} {items} to {f}.", "{k} go to {f}"),
+        ("{k} of the {items} get lost.", "{k} are lost"),
+        ("{P} uses {k} of them for a school project.", "{k} are used up"),
+        ("{P} sells {k} {items} at the market.", "{k} are sold"),
+    ],
+    "mul": [
+        ("A week later {p} has {k} times as many {items} as before.", "there are now {k} times as many"),
+        ("{P} manages to make the collection {k} times bigger.", "the collection grows {k}-fold"),
+    ],
+    "div": [
+        (
+            "{P} splits the {items} equally into {k} {conts} and keeps only one {cont}.",
+            "one of {k} equal parts is kept",
+        ),
+        (
+            "{P} shares them equally among {k} children, {self} included, and keeps one share.",
+            "each of {k} people gets an equal share",
+        ),
+    ],
+    "pct": [
+        ("{P} sells {k}% of the {items}.", "{k}% are sold"),
+        ("{k}% of the {items} are damaged and thrown away.", "{k}% are thrown away"),
+    ],
+    "frac": [
+        ("{P} gives {fw} of the {items} to {f}.", "{fw} of them go to {f}"),
+        ("{P} donates {fw} of them to a school.", "{fw} are donated"),
+    ],
 }
-_COMMENT = {"add": ["# {R}, so add {k}.", "# Add {k}: {r}.", "# {R}; the count goes up by {k}."],
-            "sub": ["# {R}, so subtract {k}.", "# Take away {k} because {r}.", "# {R}; {k} fewer remain."],
-            "mul": ["# {R}: multiply by {k}.", "# Multiply by {k}, since {r}."],
-            "div": ["# {R}: divide by {k}.", "# Divide by {k}, since {r}."],
-            "pct": ["# {R}: work out {k}% of the amount and subtract it.", "# {k}% is {k}/100 of them; remove that part."],
-            "frac": ["# {R}: find {fw} of the amount and subtract it.", "# {Fw} of them leave, so subtract that part."]}
-_NEW_VARS = {"add": ["after_adding", "total", "new_total", "{noun}_now"],
-             "sub": ["remaining", "left", "{noun}_left", "after_removing"],
-             "mul": ["grown", "multiplied", "{noun}_later"], "div": ["share", "one_part", "{noun}_kept"],
-             "pct": ["after_percent", "kept", "{noun}_remaining"], "frac": ["rest", "kept_part", "{noun}_after"]}
-_LITERALS = {"add": ["extra", "added", "more"], "sub": ["removed", "taken", "minus"], "mul": ["factor", "times"],
-             "div": ["parts", "groups"]}
-_DISTRACTORS = ["{f} has {k} {other}.", "{N}'s cousin is {k} years old.", "The market is {k} km from {N}'s home.",
-                "{N}'s class has {k} students."]
+_COMMENT = {
+    "add": ["# {R}, so add {k}.", "# Add {k}: {r}.", "# {R}; the count goes up by {k}."],
+    "sub": ["# {R}, so subtract {k}.", "# Take away {k} because {r}.", "# {R}; {k} fewer remain."],
+    "mul": ["# {R}: multiply by {k}.", "# Multiply by {k}, since {r}."],
+    "div": ["# {R}: divide by {k}.", "# Divide by {k}, since {r}."],
+    "pct": ["# {R}: work out {k}% of the amount and subtract it.", "# {k}% is {k}/100 of them; remove that part."],
+    "frac": ["# {R}: find {fw} of the amount and subtract it.", "# {Fw} of them leave, so subtract that part."],
+}
+_NEW_VARS = {
+    "add": ["after_adding", "total", "new_total", "{noun}_now"],
+    "sub": ["remaining", "left", "{noun}_left", "after_removing"],
+    "mul": ["grown", "multiplied", "{noun}_later"],
+    "div": ["share", "one_part", "{noun}_kept"],
+    "pct": ["after_percent", "kept", "{noun}_remaining"],
+    "frac": ["rest", "kept_part", "{noun}_after"],
+}
+_LITERALS = {
+    "add": ["extra", "added", "more"],
+    "sub": ["removed", "taken", "minus"],
+    "mul": ["factor", "times"],
+    "div": ["parts", "groups"],
+}
+_DISTRACTORS = [
+    "{f} has {k} {other}.",
+    "{N}'s cousin is {k} years old.",
+    "The market is {k} km from {N}'s home.",
+    "{N}'s class has {k} students.",
+]
 
 
 class CurriculumError(ValueError):
@@ -125,8 +183,19 @@ class _Story:
         name, subj, obj = rng.choice(NAMES)
         sing, plural, cont, conts = rng.choice(ITEMS)
         other = rng.choice([i for i in ITEMS if i[1] != plural])[1]
-        self.words = dict(N=name, p=subj, P=subj.capitalize(), o=obj, self=f"{obj}self", f=rng.choice(FRIENDS),
-                          item=sing, items=plural, cont=cont, conts=conts, other=other)
+        self.words = dict(
+            N=name,
+            p=subj,
+            P=subj.capitalize(),
+            o=obj,
+            self=f"{obj}self",
+            f=rng.choice(FRIENDS),
+            item=sing,
+            items=plural,
+            cont=cont,
+            conts=conts,
+            other=other,
+        )
         self.noun = plural.replace(" ", "_")
         self.inplace = rng.random() < 0.4
         self.var = rng.choice([self.noun, "count", f"n_{self.noun}", f"num_{self.noun}"])
@@ -161,29 +230,75 @@ def _start(s: _Story) -> int:
     r, kind = s.rng, s.rng.choice(["one"] + (["group", "sum"] if s.level >= 2 else []))
     if kind == "one":
         a = s.num(2 if s.level == 1 else 5, s.top)
-        s.sentences.append(s.fmt(r.choice(["{N} has {a} {items}.", "{N} starts the week with {a} {items}.",
-                                           "{N} owns {a} {items}.", "There are {a} {items} in {N}'s room."]), a=a))
-        s.chunks.append(([s.fmt(r.choice(["# {N} starts with {a} {items}.", "# Start from the {a} {items}."]), a=a)],
-                         [f"{s.var} = {a}"]))
+        s.sentences.append(
+            s.fmt(
+                r.choice(
+                    [
+                        "{N} has {a} {items}.",
+                        "{N} starts the week with {a} {items}.",
+                        "{N} owns {a} {items}.",
+                        "There are {a} {items} in {N}'s room.",
+                    ]
+                ),
+                a=a,
+            )
+        )
+        s.chunks.append(
+            (
+                [s.fmt(r.choice(["# {N} starts with {a} {items}.", "# Start from the {a} {items}."]), a=a)],
+                [f"{s.var} = {a}"],
+            )
+        )
         s.value = Fraction(a)
         return 0
     if kind == "group":
         a, b = s.num(2, 9), s.num(2, max(4, s.top // 8))
-        s.sentences.append(s.fmt(r.choice(["{N} has {a} {conts} with {b} {items} in each.",
-                                           "{N} buys {a} {conts} of {items}, and each {cont} holds {b}."]), a=a, b=b))
-        comment = s.fmt(r.choice(["# {a} {conts} with {b} {items} each: multiply.",
-                                  "# Multiply the number of {conts} by the {items} in each {cont}."]), a=a, b=b)
+        s.sentences.append(
+            s.fmt(
+                r.choice(
+                    [
+                        "{N} has {a} {conts} with {b} {items} in each.",
+                        "{N} buys {a} {conts} of {items}, and each {cont} holds {b}.",
+                    ]
+                ),
+                a=a,
+                b=b,
+            )
+        )
+        comment = s.fmt(
+            r.choice(
+                [
+                    "# {a} {conts} with {b} {items} each: multiply.",
+                    "# Multiply the number of {conts} by the {items} in each {cont}.",
+                ]
+            ),
+            a=a,
+            b=b,
+        )
         cont = s.words["conts"].replace(" ", "_")
-        code = ([f"{s.var} = {a} * {b}"] if r.random() < 0.5 else
-                [f"{cont} = {a}", f"per_{s.words['cont']} = {b}", f"{s.var} = {cont} * per_{s.words['cont']}"])
+        code = (
+            [f"{s.var} = {a} * {b}"]
+            if r.random() < 0.5
+            else [f"{cont} = {a}", f"per_{s.words['cont']} = {b}", f"{s.var} = {cont} * per_{s.words['cont']}"]
+        )
         s.value = Fraction(a * b)
     else:
         a, b = s.num(2, s.top), s.num(2, s.top)
-        first, second, sentence = r.choice([("monday", "tuesday", "{N} collects {a} {items} on Monday and {b} on Tuesday."),
-                                            ("small", "large", "{N} has {a} small {items} and {b} large {items}.")])
+        first, second, sentence = r.choice(
+            [
+                ("monday", "tuesday", "{N} collects {a} {items} on Monday and {b} on Tuesday."),
+                ("small", "large", "{N} has {a} small {items} and {b} large {items}."),
+            ]
+        )
         s.sentences.append(s.fmt(sentence, a=a, b=b))
-        comment = s.fmt(r.choice(["# Add the two amounts: {a} and {b}.", "# Altogether {N} has {a} + {b} {items}."]), a=a, b=b)
-        code = [f"{s.var} = {a} + {b}"] if r.random() < 0.5 else [f"{first} = {a}", f"{second} = {b}", f"{s.var} = {first} + {second}"]
+        comment = s.fmt(
+            r.choice(["# Add the two amounts: {a} and {b}.", "# Altogether {N} has {a} + {b} {items}."]), a=a, b=b
+        )
+        code = (
+            [f"{s.var} = {a} + {b}"]
+            if r.random() < 0.5
+            else [f"{first} = {a}", f"{second} = {b}", f"{s.var} = {first} + {second}"]
+        )
         s.value = Fraction(a + b)
     s.chunks.append(([comment], code))
     return 1
@@ -256,7 +371,9 @@ def _code(s: _Story, kind: str, k) -> list[str]:
             operand = s.unique(r.choice(_LITERALS[kind]))
             lines.append(f"{operand} = {k}")
         target = s.fresh(kind)
-        lines.append(f"{var} {sym}= {operand}" if s.inplace and r.random() < 0.5 else f"{target} = {var} {sym} {operand}")
+        lines.append(
+            f"{var} {sym}= {operand}" if s.inplace and r.random() < 0.5 else f"{target} = {var} {sym} {operand}"
+        )
     s.var = target
     return lines
 
@@ -265,34 +382,77 @@ def _finish(s: _Story, ending: str) -> Fraction:
     """The question sentence and the step that binds ``answer``; returns the exact answer."""
     r, var = s.rng, s.var
     if ending == "money":
-        price = Fraction(r.randint(2, 9)) if s.level < 5 else Fraction(r.choice(["0.25", "0.5", "0.75", "1.25", "1.5", "2.5", "0.2", "1.2"]))
+        price = (
+            Fraction(r.randint(2, 9))
+            if s.level < 5
+            else Fraction(r.choice(["0.25", "0.5", "0.75", "1.25", "1.5", "2.5", "0.2", "1.2"]))
+        )
         shown = str(price.numerator) if price.denominator == 1 else f"{float(price):.2f}"
-        s.sentences.append(s.fmt(r.choice(["{P} then sells every one of the {items} for ${c}. How much money does {p} make?",
-                                           "Each {item} is worth ${c}. How many dollars are all of {N}'s {items} worth?"]), c=shown))
+        s.sentences.append(
+            s.fmt(
+                r.choice(
+                    [
+                        "{P} then sells every one of the {items} for ${c}. How much money does {p} make?",
+                        "Each {item} is worth ${c}. How many dollars are all of {N}'s {items} worth?",
+                    ]
+                ),
+                c=shown,
+            )
+        )
         lit = str(price.numerator) if price.denominator == 1 else format_exact(price)
-        code = ([f"price = {lit}", f"answer = {var} * price"] if r.random() < 0.5 else [f"answer = {var} * {lit}"])
+        code = [f"price = {lit}", f"answer = {var} * price"] if r.random() < 0.5 else [f"answer = {var} * {lit}"]
         s.chunks.append(([s.fmt("# Each {item} brings ${c}, so multiply by the price.", c=shown)], code))
         return s.value * price
     if ending == "rate":
         ks = [k for k in range(2, 13) if int(s.value) % k == 0 and int(s.value) // k >= 2]
         if ks:
             k = r.choice(ks)
-            s.sentences.append(s.fmt(r.choice(["If {p} uses {k} {items} a day, for how many days will they last?",
-                                               "{P} packs them into {conts} of {k}. How many {conts} does {p} fill?"]), k=k))
-            s.chunks.append(([s.fmt("# Divide by the {k} per group to count the groups.", k=k)],
-                             [f"answer = {var} {r.choice(['/', '//'])} {k}"]))
+            s.sentences.append(
+                s.fmt(
+                    r.choice(
+                        [
+                            "If {p} uses {k} {items} a day, for how many days will they last?",
+                            "{P} packs them into {conts} of {k}. How many {conts} does {p} fill?",
+                        ]
+                    ),
+                    k=k,
+                )
+            )
+            s.chunks.append(
+                (
+                    [s.fmt("# Divide by the {k} per group to count the groups.", k=k)],
+                    [f"answer = {var} {r.choice(['/', '//'])} {k}"],
+                )
+            )
             return s.value / k
-    questions = ["How many {items} does {N} have now?", "How many {items} does {p} end up with?",
-                 "What is the total number of {items} {N} has at the end?"]
+    questions = [
+        "How many {items} does {N} have now?",
+        "How many {items} does {p} end up with?",
+        "What is the total number of {items} {N} has at the end?",
+    ]
     if s.removed:
         questions += ["How many {items} are left?", "How many {items} remain in the end?"]
     s.sentences.append(s.fmt(r.choice(questions)))
     last_comments, last_code = s.chunks[-1]
     if r.random() < 0.5 and last_code[-1].startswith(f"{var} = "):
-        last_code[-1] = "answer" + last_code[-1][len(var):]  # the last move binds the answer itself
+        last_code[-1] = "answer" + last_code[-1][len(var) :]  # the last move binds the answer itself
     else:
-        s.chunks.append(([s.fmt(r.choice(["# The number of {items} {N} has is the answer.", "# That count answers the question.",
-                                          "# {N} ends with this many {items}."]))], [f"answer = {var}"]))
+        s.chunks.append(
+            (
+                [
+                    s.fmt(
+                        r.choice(
+                            [
+                                "# The number of {items} {N} has is the answer.",
+                                "# That count answers the question.",
+                                "# {N} ends with this many {items}.",
+                            ]
+                        )
+                    )
+                ],
+                [f"answer = {var}"],
+            )
+        )
     return s.value
 
 
@@ -322,7 +482,9 @@ def _generate(rng: random.Random, level: int) -> tuple[str, list[str], str]:
     return " ".join(s.sentences), steps, format_exact(answer)
 
 
-def synthetic_problems(n: int, split: str = "train", levels: tuple[int, ...] = (1, 2, 3), seed: int = 0) -> list[Problem]:
+def synthetic_problems(
+    n: int, split: str = "train", levels: tuple[int, ...] = (1, 2, 3), seed: int = 0
+) -> list[Problem]:
     """``n`` distinct problems of ``split`` (``train`` or ``heldout``), levels taken in turn."""
     if split not in SPLITS:
         raise CurriculumError(f"unknown split {split!r}: use one of {SPLITS}")
@@ -337,8 +499,15 @@ def synthetic_problems(n: int, split: str = "train", levels: tuple[int, ...] = (
         pid = problem_id("synthetic", question)
         if pid not in seen and split_of(pid) == split:
             seen.add(pid)
-            out.append(Problem(id=pid, source="synthetic", question=question, answer=answer,
-                               meta={"level": level, "split": split, "reference_steps": steps}))
+            out.append(
+                Problem(
+                    id=pid,
+                    source="synthetic",
+                    question=question,
+                    answer=answer,
+                    meta={"level": level, "split": split, "reference_steps": steps},
+                )
+            )
     if len(out) == n:
         return out
     raise CurriculumError(f"could not make {n} distinct {split} problems at levels {levels}")

@@ -54,21 +54,38 @@ class View:
         now = time.monotonic()
         self._trees = [(t, n) for t, n in self._trees if now - t <= 300] + [(now, st["trees"])]
         t0, n0 = self._trees[0]
-        s = Snapshot(problems=st["problems"], trees=st["trees"], solved_trees=st["solved_trees"],
-                     nodes=st["nodes"], rounds=rounds,
-                     trees_per_min=round(60 * (st["trees"] - n0) / (now - t0), 1) if now > t0 else 0.0)
+        s = Snapshot(
+            problems=st["problems"],
+            trees=st["trees"],
+            solved_trees=st["solved_trees"],
+            nodes=st["nodes"],
+            rounds=rounds,
+            trees_per_min=round(60 * (st["trees"] - n0) / (now - t0), 1) if now > t0 else 0.0,
+        )
         if rounds:
             s.round, s.round_state = rounds[-1]["round"], rounds[-1]["state"]
             done = [r["round"] for r in rounds if r["state"] == "published"]
             s.published_round = max(done) if done else -1
-            evaluated = [r["round"] for r in rounds if r["state"] == "published" and "accuracy" in (r.get("eval") or {})]
+            evaluated = [
+                r["round"] for r in rounds if r["state"] == "published" and "accuracy" in (r.get("eval") or {})
+            ]
             s.evaluated_round = max(evaluated) if evaluated else -1
         if pointer is not None:
             s.pointer = f"round {pointer.round}: {pointer.policy.version}" + (
-                f" + {pointer.ppm.version}" if pointer.ppm else "")
-        s.actors = [{"id": h.actor_id, "policy": h.policy_version, "ppm": h.ppm_version,
-                     "trees/min": h.trees_per_min, "tok/s": h.tokens_per_s,
-                     "busy": h.busy_fraction, "in flight": h.trees_in_flight} for h in fleet]
+                f" + {pointer.ppm.version}" if pointer.ppm else ""
+            )
+        s.actors = [
+            {
+                "id": h.actor_id,
+                "policy": h.policy_version,
+                "ppm": h.ppm_version,
+                "trees/min": h.trees_per_min,
+                "tok/s": h.tokens_per_s,
+                "busy": h.busy_fraction,
+                "in flight": h.trees_in_flight,
+            }
+            for h in fleet
+        ]
         if pointer is not None:
             s.swapped_actors = sum(h.policy_version == pointer.policy.version for h in fleet)
         return s
@@ -82,10 +99,14 @@ def _last_eval(rounds: list[dict]) -> str:
     for r in reversed(rounds):
         sets = round_records(r.get("eval"))
         if sets:
-            parts = [f"{name}: " + " / ".join(
-                f"{k} {100 * v['accuracy']:.0f}%" + (f" ({v['correct']}/{v['n']})" if v["n"] is not None else "")
-                for k, v in sorted(recs.items(), key=lambda kv: method_rank(kv[0])))
-                for name, recs in sets.items()]
+            parts = [
+                f"{name}: "
+                + " / ".join(
+                    f"{k} {100 * v['accuracy']:.0f}%" + (f" ({v['correct']}/{v['n']})" if v["n"] is not None else "")
+                    for k, v in sorted(recs.items(), key=lambda kv: method_rank(kv[0]))
+                )
+                for name, recs in sets.items()
+            ]
             return f"round {r['round']} — " + "; ".join(parts)
     return "none yet"
 
@@ -98,8 +119,10 @@ def render(s: Snapshot, processes: list[dict], elapsed_s: float):
     head.add_row("running", f"{elapsed_s / 60:.1f} min")
     head.add_row("round", f"{s.round if s.round is not None else '–'} ({s.round_state})")
     head.add_row("models", s.pointer)
-    head.add_row("trees", f"{s.trees} stored, {s.trees_per_min} / min, solve rate {solve}, "
-                          f"{s.nodes} nodes, {s.problems} problems")
+    head.add_row(
+        "trees",
+        f"{s.trees} stored, {s.trees_per_min} / min, solve rate {solve}, {s.nodes} nodes, {s.problems} problems",
+    )
     head.add_row("last eval", _last_eval(s.rounds))
     marks = []
     if s.first_tree_s is not None:
@@ -114,8 +137,15 @@ def render(s: Snapshot, processes: list[dict], elapsed_s: float):
     for col in ("id", "policy", "ppm", "trees/min", "tok/s", "busy", "in flight"):
         actors.add_column(col)
     for a in s.actors:
-        actors.add_row(a["id"], a["policy"] or "–", a["ppm"] or "–", f"{a['trees/min']:.1f}",
-                       f"{a['tok/s']:.0f}", f"{100 * a['busy']:.0f}%", str(a["in flight"]))
+        actors.add_row(
+            a["id"],
+            a["policy"] or "–",
+            a["ppm"] or "–",
+            f"{a['trees/min']:.1f}",
+            f"{a['tok/s']:.0f}",
+            f"{100 * a['busy']:.0f}%",
+            str(a["in flight"]),
+        )
     procs = Table(title="processes", expand=True)
     for col in ("name", "pid", "state", "restarts"):
         procs.add_column(col)

@@ -116,7 +116,7 @@ def extract_answer(text: str | None) -> str | None:
     boxes = list(forms.BOXED.finditer(text))
     if boxes:
         end = boxes[-1].end()
-        if text[end:end + 1] == "{":
+        if text[end : end + 1] == "{":
             inner = forms.braced(text, end)
             return inner.strip() or None if inner is not None else None
         token = re.match(r"[^\s$]+", text[end:])  # \boxed 5

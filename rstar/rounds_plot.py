@@ -47,13 +47,16 @@ def level_series(rows: list[dict], method: str = "greedy") -> dict[str, dict[str
 def _errorbar(ax, pts: list[Point], dx: float = 0.0, **kw) -> None:
     xs = [x + dx for x, *_ in pts]
     ys = [100 * y for _, y, _, _ in pts]
-    err = [[100 * (y - lo) if lo is not None else 0.0 for _, y, lo, _ in pts],
-           [100 * (hi - y) if hi is not None else 0.0 for _, y, _, hi in pts]]
+    err = [
+        [100 * (y - lo) if lo is not None else 0.0 for _, y, lo, _ in pts],
+        [100 * (hi - y) if hi is not None else 0.0 for _, y, _, hi in pts],
+    ]
     ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=3, elinewidth=1, **kw)
 
 
-def plot_rounds(rows: list[dict], path: str | Path, title: str = "rstar self-evolution",
-                control_rows: list[dict] | None = None) -> Path:
+def plot_rounds(
+    rows: list[dict], path: str | Path, title: str = "rstar self-evolution", control_rows: list[dict] | None = None
+) -> Path:
     """Draw the rounds to ``path`` (PNG); ``control_rows`` (a control run's rows, same shape)
     add its greedy accuracy, dashed, to each evaluation set's panel. Returns ``path``."""
     try:
@@ -68,8 +71,9 @@ def plot_rounds(rows: list[dict], path: str | Path, title: str = "rstar self-evo
     levels = level_series(rows)
     solve = [(r["round"], ((r.get("eval") or {}).get("collect") or {}).get("solve_rate")) for r in rows]
     solve = [(x, y) for x, y in solve if isinstance(y, (int, float)) and x > 0]
-    panels = ([("acc", name) for name in series] + [("levels", name) for name in levels]
-              + ([("solve", "")] if solve else []))
+    panels = (
+        [("acc", name) for name in series] + [("levels", name) for name in levels] + ([("solve", "")] if solve else [])
+    )
     if not panels:
         raise RuntimeError("no round has evaluation figures or a solve rate yet")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
@@ -81,11 +85,16 @@ def plot_rounds(rows: list[dict], path: str | Path, title: str = "rstar self-evo
             lines = sorted(series[name].items(), key=lambda kv: (method_rank(kv[0]), kv[0]))
             xs = {x for _, pts in lines for x, *_ in pts} | {x for x, *_ in control.get(name, {}).get("greedy", [])}
             for i, (label, pts) in enumerate(lines):
-                _errorbar(ax, pts, dx=0.06 * (i - (len(lines) - 1) / 2), label=label,
-                          color=f"C{method_rank(label)}")
+                _errorbar(ax, pts, dx=0.06 * (i - (len(lines) - 1) / 2), label=label, color=f"C{method_rank(label)}")
             if control.get(name, {}).get("greedy"):
-                _errorbar(ax, control[name]["greedy"], dx=0.06 * (len(lines) + 1) / 2, label="control greedy",
-                          color="0.35", linestyle="--")
+                _errorbar(
+                    ax,
+                    control[name]["greedy"],
+                    dx=0.06 * (len(lines) + 1) / 2,
+                    label="control greedy",
+                    color="0.35",
+                    linestyle="--",
+                )
             ax.set_title(f"held-out {name} (95 % Wilson)")
         else:
             ax.plot([x for x, _ in solve], [100 * y for _, y in solve], marker="o", label="solve rate (actors)")

@@ -42,7 +42,7 @@ def mcnemar_exact_counts(only_a: int, only_b: int) -> float:
     m = only_a + only_b
     if m == 0:
         return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2 ** m
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m
     return min(1.0, 2 * tail)
 
 

@@ -87,9 +87,14 @@ class Supervisor:
             out.write(f"\n--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(c.argv)}\n".encode())
             out.flush()
             # A new session: Ctrl-C in the terminal reaches rstar up only, which stops children in order.
-            c.proc = subprocess.Popen(c.argv, stdout=out, stderr=subprocess.STDOUT,
-                                      env={**self.env, PARENT_ENV: str(os.getpid())},
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            c.proc = subprocess.Popen(
+                c.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, PARENT_ENV: str(os.getpid())},
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         c.started_at = time.monotonic()
 
     def poll(self) -> None:
@@ -119,9 +124,17 @@ class Supervisor:
         return any(c.name == name and c.proc is not None and c.proc.poll() is None for c in self.children)
 
     def status(self) -> list[dict]:
-        return [{"name": c.name, "pid": c.proc.pid if c.proc else None,
-                 "running": c.proc is not None and c.proc.poll() is None,
-                 "restarts": c.restarts, "last_exit": c.last_exit, "done": c.done} for c in self.children]
+        return [
+            {
+                "name": c.name,
+                "pid": c.proc.pid if c.proc else None,
+                "running": c.proc is not None and c.proc.poll() is None,
+                "restarts": c.restarts,
+                "last_exit": c.last_exit,
+                "done": c.done,
+            }
+            for c in self.children
+        ]
 
     def stop(self, grace_s: float = 30.0) -> None:
         running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]

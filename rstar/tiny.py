@@ -37,16 +37,19 @@ def _corpus() -> list[str]:
         lines += [question, render_steps(steps)]
     for a in range(2, 30):
         b = (a * 7) % 13 + 1
-        lines.append(render_steps([
-            f"# There are {a} boxes with {b} items each.\nboxes = {a}\nitems = boxes * {b}\n",
-            f"# {b} items are removed; the rest is the answer.\nanswer = items - {b}\n",
-        ]))
+        lines.append(
+            render_steps(
+                [
+                    f"# There are {a} boxes with {b} items each.\nboxes = {a}\nitems = boxes * {b}\n",
+                    f"# {b} items are removed; the rest is the answer.\nanswer = items - {b}\n",
+                ]
+            )
+        )
         lines.append(f"Problem: Mia has {a} coins and finds {b} more. How many coins does she have?")
     return lines
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512,
-                    head_dim: int | None = None) -> Path:
+def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512, head_dim: int | None = None) -> Path:
     """Write a tiny random Llama + trained BPE tokenizer to ``out_dir``; returns ``out_dir``.
 
     ``head_dim`` defaults to hidden/heads = 12; vLLM's CPU attention needs one of its supported
@@ -61,22 +64,39 @@ def make_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = 512,
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     bpe.add_tokens([AddedToken(STEP_END, special=False, normalized=False)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  unk_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out_dir)
 
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=48, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        vocab_size=len(tok),
+        hidden_size=48,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
         head_dim=head_dim or 48 // 4,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, initializer_range=0.2)
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.2,
+    )
     # A wide init makes next-token distributions peaked rather than uniform, so greedy decoding
     # has no near-ties and equivalence tests compare well-separated argmaxes.
     torch.manual_seed(seed)

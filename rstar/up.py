@@ -77,12 +77,17 @@ async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
         log.warning("problem pool: %s", note)
     async with open_broker(cfg, "rstar-up-seed") as b:
         counts = await add_problems(b, pool.problems)
-    return {"problems": len(pool.problems), "published": counts.published, "already_queued": counts.duplicates,
-            **pool.counts()}
+    return {
+        "problems": len(pool.problems),
+        "published": counts.published,
+        "already_queued": counts.duplicates,
+        **pool.counts(),
+    }
 
 
-async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: asyncio.Event,
-                 start_children: Callable[[], None]) -> None:
+async def _watch(
+    cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: asyncio.Event, start_children: Callable[[], None]
+) -> None:
     """Read the starting state, start the children, then show the dashboard until told to stop.
 
     The starting state (trees, pointer) is read before any child runs, so a resumed run's old
@@ -108,8 +113,9 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
             base = Snapshot()
         start_children()
         started = time.monotonic()
-        with Live(render(last, sup.status(), 0.0), console=Console(), refresh_per_second=1,
-                  auto_refresh=opts.live) as live:
+        with Live(
+            render(last, sup.status(), 0.0), console=Console(), refresh_per_second=1, auto_refresh=opts.live
+        ) as live:
             while not stop.is_set():
                 sup.poll()
                 try:
@@ -130,8 +136,11 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
                 if opts.duration_s and elapsed >= opts.duration_s:
                     log.info("--duration reached: stopping")
                     return
-                if opts.rounds and last.published_round >= opts.rounds and (
-                        last.evaluated_round >= opts.rounds or not evaluates):
+                if (
+                    opts.rounds
+                    and last.published_round >= opts.rounds
+                    and (last.evaluated_round >= opts.rounds or not evaluates)
+                ):
                     # A bounded run ends once its last pair is in service, not merely published:
                     # wait (bounded) until an actor's heartbeat reports the pointer's policy.
                     done_at = done_at if done_at is not None else elapsed
@@ -139,12 +148,15 @@ async def _watch(cfg: Config, engine, sup: Supervisor, opts: UpOptions, stop: as
                         log.info("round %d published and evaluated: stopping", opts.rounds)
                         return
                     if elapsed - done_at >= SERVE_GRACE_S:
-                        log.warning("round %d published and evaluated, but no actor reported serving it "
-                                    "within %.0fs: stopping", opts.rounds, SERVE_GRACE_S)
+                        log.warning(
+                            "round %d published and evaluated, but no actor reported serving it within %.0fs: stopping",
+                            opts.rounds,
+                            SERVE_GRACE_S,
+                        )
                         return
                 try:
                     await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
 

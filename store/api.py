@@ -67,8 +67,7 @@ class ApiError(Exception):
 
 
 def _json(data, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json",
-                        headers=headers)
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json", headers=headers)
 
 
 def _error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> web.Response:
@@ -161,8 +160,16 @@ async def trees(request: web.Request) -> web.Response:
     source = _str(request.query.get("source"), "source")
     if source not in (None, "search", "teacher"):
         raise ApiError(400, f"source must be search or teacher, got {source[:40]!r}", "source")
-    rows, total = await _db(request, queries.list_trees, round=_int(request, "round"), solved=_bool(request, "solved"),
-                            problem_id=_str(request.query.get("problem"), "problem"), limit=limit, offset=offset, source=source)
+    rows, total = await _db(
+        request,
+        queries.list_trees,
+        round=_int(request, "round"),
+        solved=_bool(request, "solved"),
+        problem_id=_str(request.query.get("problem"), "problem"),
+        limit=limit,
+        offset=offset,
+        source=source,
+    )
     return _json({"total": total, "limit": limit, "offset": offset, "items": rows})
 
 
@@ -207,8 +214,11 @@ async def add_problems(request: web.Request) -> web.Response:
     for i, p in enumerate(posted):
         if not p.question.strip() or not 0 < len(p.source) <= 100:
             raise ApiError(400, f"problem {i}: question must not be empty, source 1..100 characters", f"body[{i}]")
-        problems.append(Problem(id=problem_id(p.source, p.question), source=p.source, question=p.question,
-                                answer=p.answer, meta=p.meta))
+        problems.append(
+            Problem(
+                id=problem_id(p.source, p.question), source=p.source, question=p.question, answer=p.answer, meta=p.meta
+            )
+        )
         try:
             check_problem(problems[-1])
         except InvalidProblemError as e:

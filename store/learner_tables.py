@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
@@ -55,24 +55,27 @@ def unevaluated_round(engine: Engine) -> dict[str, Any] | None:
     (evaluation slower than rounds) still reports on its latest model; older rounds fill in later.
     """
     with engine.connect() as c:
-        rows = c.execute(select(*RoundRow.__table__.c).where(RoundRow.state == "published")
-                         .order_by(RoundRow.round.desc())).all()
+        rows = c.execute(
+            select(*RoundRow.__table__.c).where(RoundRow.state == "published").order_by(RoundRow.round.desc())
+        ).all()
     return next((dict(r._mapping) for r in rows if "accuracy" not in (r.eval or {})), None)
 
 
 def open_round(conn: Connection, round: int, quota: int) -> None:
     """Insert round ``round`` in state ``collecting`` unless it exists."""
     if conn.execute(select(RoundRow.round).where(RoundRow.round == round)).first() is None:
-        conn.execute(insert(RoundRow).values(round=round, state="collecting", quota=quota, eval={},
-                                             started_at=datetime.now(timezone.utc)))
+        conn.execute(
+            insert(RoundRow).values(round=round, state="collecting", quota=quota, eval={}, started_at=datetime.now(UTC))
+        )
 
 
 def advance(conn: Connection, round: int, expect: str, to: str, **values: Any) -> bool:
     """Move ``round`` from state ``expect`` to ``to`` (and set ``values``); False if not in ``expect``."""
     if to == "published":
-        values.setdefault("closed_at", datetime.now(timezone.utc))
-    res = conn.execute(update(RoundRow).where(RoundRow.round == round, RoundRow.state == expect)
-                       .values(state=to, **values))
+        values.setdefault("closed_at", datetime.now(UTC))
+    res = conn.execute(
+        update(RoundRow).where(RoundRow.round == round, RoundRow.state == expect).values(state=to, **values)
+    )
     return res.rowcount == 1
 
 
@@ -93,36 +96,72 @@ def tree_counts(engine: Engine, round: int) -> dict[str, int]:
     with engine.connect() as c:
         trees, solved_trees, problems = c.execute(q).one()
         solved_problems = c.scalar(sq)
-    return {"trees": trees, "solved_trees": int(solved_trees), "problems": problems,
-            "solved_problems": solved_problems}
+    return {"trees": trees, "solved_trees": int(solved_trees), "problems": problems, "solved_problems": solved_problems}
 
 
-def trees_with_nodes(engine: Engine, rounds: list[int], chunk: int = 200) -> Iterator[tuple[str, str, list[tuple[str, list[Node]]]]]:
+def trees_with_nodes(
+    engine: Engine, rounds: list[int], chunk: int = 200
+) -> Iterator[tuple[str, str, list[tuple[str, list[Node]]]]]:
     """Per problem with trees in ``rounds``: ``(problem_id, question, [(tree_id, nodes)])``.
 
     Problems come in id order, ``chunk`` at a time (keyset), so memory stays flat on any store.
     """
     after = ""
-    cols = (NodeRow.tree_id, NodeRow.idx, NodeRow.parent_idx, NodeRow.depth, NodeRow.text, NodeRow.code_output,
-            NodeRow.visits, NodeRow.q, NodeRow.ppm_score, NodeRow.terminal, NodeRow.correct, NodeRow.answer)
+    cols = (
+        NodeRow.tree_id,
+        NodeRow.idx,
+        NodeRow.parent_idx,
+        NodeRow.depth,
+        NodeRow.text,
+        NodeRow.code_output,
+        NodeRow.visits,
+        NodeRow.q,
+        NodeRow.ppm_score,
+        NodeRow.terminal,
+        NodeRow.correct,
+        NodeRow.answer,
+    )
     while True:
         with engine.connect() as c:
-            pids = c.execute(select(TreeRow.problem_id).where(TreeRow.round.in_(rounds), TreeRow.problem_id > after)
-                             .group_by(TreeRow.problem_id).order_by(TreeRow.problem_id).limit(chunk)).scalars().all()
+            pids = (
+                c.execute(
+                    select(TreeRow.problem_id)
+                    .where(TreeRow.round.in_(rounds), TreeRow.problem_id > after)
+                    .group_by(TreeRow.problem_id)
+                    .order_by(TreeRow.problem_id)
+                    .limit(chunk)
+                )
+                .scalars()
+                .all()
+            )
             if not pids:
                 return
-            trees = c.execute(select(TreeRow.id, TreeRow.problem_id, ProblemRow.question)
-                              .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-                              .where(TreeRow.problem_id.in_(pids), TreeRow.round.in_(rounds))
-                              .order_by(TreeRow.problem_id, TreeRow.id)).all()
-            nodes = c.execute(select(*cols).where(NodeRow.tree_id.in_([t.id for t in trees]))
-                              .order_by(NodeRow.tree_id, NodeRow.idx)).all()
+            trees = c.execute(
+                select(TreeRow.id, TreeRow.problem_id, ProblemRow.question)
+                .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+                .where(TreeRow.problem_id.in_(pids), TreeRow.round.in_(rounds))
+                .order_by(TreeRow.problem_id, TreeRow.id)
+            ).all()
+            nodes = c.execute(
+                select(*cols).where(NodeRow.tree_id.in_([t.id for t in trees])).order_by(NodeRow.tree_id, NodeRow.idx)
+            ).all()
         by_tree: dict[str, list[Node]] = {}
         for n in nodes:
-            by_tree.setdefault(n.tree_id, []).append(Node(
-                idx=n.idx, parent=n.parent_idx, depth=n.depth, text=n.text, code_output=n.code_output,
-                visits=n.visits, q=n.q, ppm_score=n.ppm_score, terminal=n.terminal, correct=n.correct,
-                answer=n.answer))
+            by_tree.setdefault(n.tree_id, []).append(
+                Node(
+                    idx=n.idx,
+                    parent=n.parent_idx,
+                    depth=n.depth,
+                    text=n.text,
+                    code_output=n.code_output,
+                    visits=n.visits,
+                    q=n.q,
+                    ppm_score=n.ppm_score,
+                    terminal=n.terminal,
+                    correct=n.correct,
+                    answer=n.answer,
+                )
+            )
         for pid in pids:
             ts = [t for t in trees if t.problem_id == pid]
             yield pid, ts[0].question, [(t.id, by_tree.get(t.id, [])) for t in ts]
@@ -133,13 +172,22 @@ def unsolved_problems(engine: Engine, round: int, below_rollouts: int) -> list[P
     """Problems searched in ``round`` (source ``search``) that no tree solved, each of whose trees
     used fewer than ``below_rollouts`` rollouts."""
     solved = func.max(case((TreeRow.solved, 1), else_=0))
-    ids = (select(TreeRow.problem_id).where(TreeRow.round == round, TreeRow.source == "search")
-           .group_by(TreeRow.problem_id).having(solved == 0, func.max(TreeRow.rollouts) < below_rollouts))
-    q = (select(ProblemRow.id, ProblemRow.source, ProblemRow.question, ProblemRow.answer, ProblemRow.meta)
-         .where(ProblemRow.id.in_(ids.scalar_subquery())).order_by(ProblemRow.id))
+    ids = (
+        select(TreeRow.problem_id)
+        .where(TreeRow.round == round, TreeRow.source == "search")
+        .group_by(TreeRow.problem_id)
+        .having(solved == 0, func.max(TreeRow.rollouts) < below_rollouts)
+    )
+    q = (
+        select(ProblemRow.id, ProblemRow.source, ProblemRow.question, ProblemRow.answer, ProblemRow.meta)
+        .where(ProblemRow.id.in_(ids.scalar_subquery()))
+        .order_by(ProblemRow.id)
+    )
     with engine.connect() as c:
-        return [Problem(id=r.id, source=r.source, question=r.question, answer=r.answer, meta=dict(r.meta or {}))
-                for r in c.execute(q)]
+        return [
+            Problem(id=r.id, source=r.source, question=r.question, answer=r.answer, meta=dict(r.meta or {}))
+            for r in c.execute(q)
+        ]
 
 
 # --- training rows ------------------------------------------------------------------------------
@@ -155,32 +203,78 @@ def replace_selection(conn: Connection, round: int, sft: list[dict[str, Any]], p
 
 def sft_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
     """The round's SFT rows with each tree's question, in id order."""
-    q = (select(SftExampleRow.id, SftExampleRow.tree_id, SftExampleRow.leaf_idx, SftExampleRow.text,
-                SftExampleRow.avg_q, ProblemRow.question)
-         .join(TreeRow, TreeRow.id == SftExampleRow.tree_id).join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-         .where(SftExampleRow.round == round).order_by(SftExampleRow.id))
+    q = (
+        select(
+            SftExampleRow.id,
+            SftExampleRow.tree_id,
+            SftExampleRow.leaf_idx,
+            SftExampleRow.text,
+            SftExampleRow.avg_q,
+            ProblemRow.question,
+        )
+        .join(TreeRow, TreeRow.id == SftExampleRow.tree_id)
+        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+        .where(SftExampleRow.round == round)
+        .order_by(SftExampleRow.id)
+    )
     with engine.connect() as c:
         return [dict(r._mapping) for r in c.execute(q)]
 
 
 def pair_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
     """The round's PPM pair rows with each tree's question, in id order."""
-    q = (select(PpmPairRow.id, PpmPairRow.tree_id, PpmPairRow.pos_idx, PpmPairRow.neg_idx, PpmPairRow.prompt,
-                PpmPairRow.pos_text, PpmPairRow.neg_text, PpmPairRow.kind, ProblemRow.question)
-         .join(TreeRow, TreeRow.id == PpmPairRow.tree_id).join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-         .where(PpmPairRow.round == round).order_by(PpmPairRow.id))
+    q = (
+        select(
+            PpmPairRow.id,
+            PpmPairRow.tree_id,
+            PpmPairRow.pos_idx,
+            PpmPairRow.neg_idx,
+            PpmPairRow.prompt,
+            PpmPairRow.pos_text,
+            PpmPairRow.neg_text,
+            PpmPairRow.kind,
+            ProblemRow.question,
+        )
+        .join(TreeRow, TreeRow.id == PpmPairRow.tree_id)
+        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+        .where(PpmPairRow.round == round)
+        .order_by(PpmPairRow.id)
+    )
     with engine.connect() as c:
         return [dict(r._mapping) for r in c.execute(q)]
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-def add_checkpoint(conn: Connection, *, round: int, kind: str, version: str, object: str, sha256: str,
-                   metrics: dict[str, Any], parent_id: int | None = None, base: str | None = None) -> int:
+def add_checkpoint(
+    conn: Connection,
+    *,
+    round: int,
+    kind: str,
+    version: str,
+    object: str,
+    sha256: str,
+    metrics: dict[str, Any],
+    parent_id: int | None = None,
+    base: str | None = None,
+) -> int:
     """Record a published model (idempotent on kind+version); returns its row id."""
-    found = conn.execute(select(CheckpointRow.id).where(CheckpointRow.kind == kind,
-                                                        CheckpointRow.version == version)).scalar_one_or_none()
+    found = conn.execute(
+        select(CheckpointRow.id).where(CheckpointRow.kind == kind, CheckpointRow.version == version)
+    ).scalar_one_or_none()
     if found is not None:
         return found
-    return conn.execute(insert(CheckpointRow).values(
-        round=round, kind=kind, version=version, object=object, sha256=sha256, metrics=metrics,
-        parent_id=parent_id, base=base, created_at=datetime.now(timezone.utc)).returning(CheckpointRow.id)).scalar_one()
+    return conn.execute(
+        insert(CheckpointRow)
+        .values(
+            round=round,
+            kind=kind,
+            version=version,
+            object=object,
+            sha256=sha256,
+            metrics=metrics,
+            parent_id=parent_id,
+            base=base,
+            created_at=datetime.now(UTC),
+        )
+        .returning(CheckpointRow.id)
+    ).scalar_one()

@@ -30,12 +30,23 @@ class ApiMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("rstar_api_requests", "HTTP requests served.", ["method", "route", "status"], registry=r)
-        self.latency = Histogram("rstar_api_request_seconds", "HTTP request handling time.", ["route"], registry=r,
-                                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.totals = Gauge("rstar_store_rows", "Store totals (problems, trees, nodes, solved …).", ["what"], registry=r)
+        self.requests = Counter(
+            "rstar_api_requests", "HTTP requests served.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "rstar_api_request_seconds",
+            "HTTP request handling time.",
+            ["route"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.totals = Gauge(
+            "rstar_store_rows", "Store totals (problems, trees, nodes, solved …).", ["what"], registry=r
+        )
         self.round_trees = Gauge("rstar_store_round_trees", "Trees stored per round.", ["round"], registry=r)
-        self.round_solved = Gauge("rstar_store_round_solved_trees", "Solved trees stored per round.", ["round"], registry=r)
+        self.round_solved = Gauge(
+            "rstar_store_round_solved_trees", "Solved trees stored per round.", ["round"], registry=r
+        )
         self.refresh_errors = Counter("rstar_store_metrics_refresh_errors", "Failed store gauge refreshes.", registry=r)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -32,97 +32,251 @@ _OBJ = {"type": "object", "additionalProperties": True}
 _ITEMS = lambda ref: {"type": "object", "properties": {"items": {"type": "array", "items": ref}}}  # noqa: E731
 
 _SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["error"],
-              "properties": {"error": {"type": "string"}, "param": {"type": "string"}}},
-    "Stats": {"type": "object", "properties": {
-        **{k: {"type": "integer"} for k in ("problems", "problems_searched", "trees", "solved_trees",
-                                            "solved_problems", "nodes")},
-        "by_round": {"type": "array", "items": _OBJ}, "by_policy_version": {"type": "array", "items": _OBJ}}},
-    "Tree": {"type": "object", "description": "A trees row plus its problem's question.", "properties": {
-        "id": {"type": "string"}, "problem_id": {"type": "string"}, "actor_id": {"type": "string"},
-        "policy_version": {"type": "string"}, "ppm_version": {"type": "string"}, "round": {"type": "integer"},
-        "source": {"type": "string", "enum": ["search", "teacher"]},
-        "started_at": {"type": "string", "format": "date-time"}, "finished_at": {"type": "string", "format": "date-time"},
-        "solved": {"type": "boolean"}, "best_answer": {"type": ["string", "null"]}, "rollouts": {"type": "integer"},
-        "n_nodes": {"type": "integer"}, "max_depth": {"type": "integer"}, "question": {"type": "string"}}},
-    "Node": {"type": "object", "properties": {
-        "idx": {"type": "integer"}, "parent_idx": {"type": ["integer", "null"]}, "depth": {"type": "integer"},
-        "path": {"type": "string", "description": "ancestor idx chain, root first: 0.3.7"},
-        "text": {"type": "string"}, "code_output": {"type": "string"}, "q": {"type": "number"},
-        "visits": {"type": "integer"}, "ppm_score": {"type": ["number", "null"]}, "terminal": {"type": "boolean"},
-        "correct": {"type": ["boolean", "null"]}, "answer": {"type": ["string", "null"]},
-        "policy_version": {"type": "string"}, "ppm_version": {"type": "string"}, "gen_tokens": {"type": "integer"}}},
-    "Problem": {"type": "object", "properties": {
-        "id": {"type": "string"}, "source": {"type": "string"}, "question": {"type": "string"},
-        "answer": {"type": ["string", "null"]}, "meta": _OBJ, "created_at": {"type": "string", "format": "date-time"},
-        "trees": {"type": "integer"}, "solved_trees": {"type": "integer"}}},
-    "NewProblem": {"type": "object", "required": ["source", "question"], "additionalProperties": False,
-                   "properties": {"source": {"type": "string", "minLength": 1}, "question": {"type": "string", "minLength": 1},
-                                  "answer": {"type": ["string", "null"]}, "meta": _OBJ}},
-    "Round": {"type": "object", "properties": {
-        "round": {"type": "integer"}, "state": {"type": "string"}, "started_at": {"type": "string", "format": "date-time"},
-        "closed_at": {"type": ["string", "null"], "format": "date-time"}, "quota": {"type": "integer"},
-        "eval": _OBJ, "policy_version": {"type": ["string", "null"]}, "ppm_version": {"type": ["string", "null"]}}},
-    "Checkpoint": {"type": "object", "properties": {
-        "id": {"type": "integer"}, "round": {"type": "integer"}, "kind": {"type": "string", "enum": ["policy", "ppm"]},
-        "version": {"type": "string"}, "object": {"type": "string"}, "sha256": {"type": "string"}, "metrics": _OBJ,
-        "parent_id": {"type": ["integer", "null"]}, "base": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"}}},
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}, "param": {"type": "string"}},
+    },
+    "Stats": {
+        "type": "object",
+        "properties": {
+            **{
+                k: {"type": "integer"}
+                for k in ("problems", "problems_searched", "trees", "solved_trees", "solved_problems", "nodes")
+            },
+            "by_round": {"type": "array", "items": _OBJ},
+            "by_policy_version": {"type": "array", "items": _OBJ},
+        },
+    },
+    "Tree": {
+        "type": "object",
+        "description": "A trees row plus its problem's question.",
+        "properties": {
+            "id": {"type": "string"},
+            "problem_id": {"type": "string"},
+            "actor_id": {"type": "string"},
+            "policy_version": {"type": "string"},
+            "ppm_version": {"type": "string"},
+            "round": {"type": "integer"},
+            "source": {"type": "string", "enum": ["search", "teacher"]},
+            "started_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "solved": {"type": "boolean"},
+            "best_answer": {"type": ["string", "null"]},
+            "rollouts": {"type": "integer"},
+            "n_nodes": {"type": "integer"},
+            "max_depth": {"type": "integer"},
+            "question": {"type": "string"},
+        },
+    },
+    "Node": {
+        "type": "object",
+        "properties": {
+            "idx": {"type": "integer"},
+            "parent_idx": {"type": ["integer", "null"]},
+            "depth": {"type": "integer"},
+            "path": {"type": "string", "description": "ancestor idx chain, root first: 0.3.7"},
+            "text": {"type": "string"},
+            "code_output": {"type": "string"},
+            "q": {"type": "number"},
+            "visits": {"type": "integer"},
+            "ppm_score": {"type": ["number", "null"]},
+            "terminal": {"type": "boolean"},
+            "correct": {"type": ["boolean", "null"]},
+            "answer": {"type": ["string", "null"]},
+            "policy_version": {"type": "string"},
+            "ppm_version": {"type": "string"},
+            "gen_tokens": {"type": "integer"},
+        },
+    },
+    "Problem": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "source": {"type": "string"},
+            "question": {"type": "string"},
+            "answer": {"type": ["string", "null"]},
+            "meta": _OBJ,
+            "created_at": {"type": "string", "format": "date-time"},
+            "trees": {"type": "integer"},
+            "solved_trees": {"type": "integer"},
+        },
+    },
+    "NewProblem": {
+        "type": "object",
+        "required": ["source", "question"],
+        "additionalProperties": False,
+        "properties": {
+            "source": {"type": "string", "minLength": 1},
+            "question": {"type": "string", "minLength": 1},
+            "answer": {"type": ["string", "null"]},
+            "meta": _OBJ,
+        },
+    },
+    "Round": {
+        "type": "object",
+        "properties": {
+            "round": {"type": "integer"},
+            "state": {"type": "string"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "closed_at": {"type": ["string", "null"], "format": "date-time"},
+            "quota": {"type": "integer"},
+            "eval": _OBJ,
+            "policy_version": {"type": ["string", "null"]},
+            "ppm_version": {"type": ["string", "null"]},
+        },
+    },
+    "Checkpoint": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "round": {"type": "integer"},
+            "kind": {"type": "string", "enum": ["policy", "ppm"]},
+            "version": {"type": "string"},
+            "object": {"type": "string"},
+            "sha256": {"type": "string"},
+            "metrics": _OBJ,
+            "parent_id": {"type": ["integer", "null"]},
+            "base": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
 }
 
 
 def openapi_spec(max_limit: int) -> dict[str, Any]:
     """The document; ``max_limit`` is the largest page size ``/api/trees`` accepts."""
-    page = [_query("limit", {"type": "integer", "minimum": 1, "maximum": max_limit, "default": 50}, "page size"),
-            _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "rows to skip")]
+    page = [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": max_limit, "default": 50}, "page size"),
+        _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "rows to skip"),
+    ]
     paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "Liveness and database reachability", "responses": {
-            "200": _json({"type": "object", "properties": {"status": {"type": "string"}, "revision": {"type": "string"}}}),
-            "503": _ERROR}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-            "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/health": {
+            "get": {
+                "summary": "Liveness and database reachability",
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"status": {"type": "string"}, "revision": {"type": "string"}}}
+                    ),
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json(_OBJ)}}},
-        "/": {"get": {"summary": "The web tree explorer", "responses": {
-            "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-        "/api/stats": {"get": {"summary": "Store totals, per round and per policy version",
-                               "responses": {"200": _json(_ref("Stats"))}}},
-        "/api/trees": {"get": {
-            "summary": "Trees, newest first, filtered and paginated",
-            "parameters": [_query("round", {"type": "integer"}, "only this round"),
-                           _query("solved", {"type": "boolean"}, "only solved (true) or unsolved (false) trees"),
-                           _query("problem", {"type": "string"}, "only trees of this problem id"),
-                           _query("source", {"type": "string", "enum": ["search", "teacher"]}, "only this source"),
-                           *page],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
-                "items": {"type": "array", "items": _ref("Tree")}}}), "400": _ERROR}}},
-        "/api/trees/{id}": {"get": {
-            "summary": "One tree with all its nodes", "parameters": [_path_id("tree id")],
-            "responses": {"200": _json({"type": "object", "properties": {
-                "tree": _ref("Tree"), "nodes": {"type": "array", "items": _ref("Node")}}}), "404": _ERROR}}},
-        "/api/problems/{id}": {"get": {
-            "summary": "One problem with its tree counts", "parameters": [_path_id("problem id")],
-            "responses": {"200": _json(_ref("Problem")), "404": _ERROR}}},
-        "/api/problems": {"post": {
-            "summary": "Add problems (ids computed from source + question); needs the API token",
-            "security": [{"bearer": []}],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"type": "array", "items": _ref("NewProblem"), "minItems": 1}}}},
-            "responses": {"200": _json({"type": "object", "properties": {
-                "received": {"type": "integer"}, "new": {"type": "integer"},
-                "ids": {"type": "array", "items": {"type": "string"}}}}),
-                "400": _ERROR, "401": _ERROR, "403": _ERROR, "413": _ERROR, "502": _ERROR}}},
+        "/": {
+            "get": {
+                "summary": "The web tree explorer",
+                "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/api/stats": {
+            "get": {
+                "summary": "Store totals, per round and per policy version",
+                "responses": {"200": _json(_ref("Stats"))},
+            }
+        },
+        "/api/trees": {
+            "get": {
+                "summary": "Trees, newest first, filtered and paginated",
+                "parameters": [
+                    _query("round", {"type": "integer"}, "only this round"),
+                    _query("solved", {"type": "boolean"}, "only solved (true) or unsolved (false) trees"),
+                    _query("problem", {"type": "string"}, "only trees of this problem id"),
+                    _query("source", {"type": "string", "enum": ["search", "teacher"]}, "only this source"),
+                    *page,
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "total": {"type": "integer"},
+                                "limit": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                                "items": {"type": "array", "items": _ref("Tree")},
+                            },
+                        }
+                    ),
+                    "400": _ERROR,
+                },
+            }
+        },
+        "/api/trees/{id}": {
+            "get": {
+                "summary": "One tree with all its nodes",
+                "parameters": [_path_id("tree id")],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"tree": _ref("Tree"), "nodes": {"type": "array", "items": _ref("Node")}},
+                        }
+                    ),
+                    "404": _ERROR,
+                },
+            }
+        },
+        "/api/problems/{id}": {
+            "get": {
+                "summary": "One problem with its tree counts",
+                "parameters": [_path_id("problem id")],
+                "responses": {"200": _json(_ref("Problem")), "404": _ERROR},
+            }
+        },
+        "/api/problems": {
+            "post": {
+                "summary": "Add problems (ids computed from source + question); needs the API token",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "array", "items": _ref("NewProblem"), "minItems": 1}}
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "received": {"type": "integer"},
+                                "new": {"type": "integer"},
+                                "ids": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "413": _ERROR,
+                    "502": _ERROR,
+                },
+            }
+        },
         "/api/rounds": {"get": {"summary": "Rounds, oldest first", "responses": {"200": _json(_ITEMS(_ref("Round")))}}},
-        "/api/checkpoints": {"get": {
-            "summary": "Checkpoints, oldest first",
-            "parameters": [_query("kind", {"type": "string", "enum": ["policy", "ppm"]}, "only this kind"),
-                           _query("round", {"type": "integer"}, "only this round")],
-            "responses": {"200": _json(_ITEMS(_ref("Checkpoint"))), "400": _ERROR}}},
+        "/api/checkpoints": {
+            "get": {
+                "summary": "Checkpoints, oldest first",
+                "parameters": [
+                    _query("kind", {"type": "string", "enum": ["policy", "ppm"]}, "only this kind"),
+                    _query("round", {"type": "integer"}, "only this round"),
+                ],
+                "responses": {"200": _json(_ITEMS(_ref("Checkpoint"))), "400": _ERROR},
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "rstar store API", "version": "1",
-                 "description": "Search trees, problems, rounds and checkpoints of an rstar store."},
+        "info": {
+            "title": "rstar store API",
+            "version": "1",
+            "description": "Search trees, problems, rounds and checkpoints of an rstar store.",
+        },
         "paths": paths,
         "components": {
             "schemas": _SCHEMAS,

@@ -72,10 +72,14 @@ def _count_solved(col=TreeRow.solved):
 
 
 def _tree_counts(*group_by) -> Any:
-    return select(*group_by, func.count().label("trees"), _count_solved().label("solved_trees"),
-                  func.coalesce(func.sum(TreeRow.n_nodes), 0).label("nodes"),
-                  func.count(func.distinct(TreeRow.problem_id)).label("problems_searched"),
-                  func.count(func.distinct(case((TreeRow.solved, TreeRow.problem_id)))).label("solved_problems"))
+    return select(
+        *group_by,
+        func.count().label("trees"),
+        _count_solved().label("solved_trees"),
+        func.coalesce(func.sum(TreeRow.n_nodes), 0).label("nodes"),
+        func.count(func.distinct(TreeRow.problem_id)).label("problems_searched"),
+        func.count(func.distinct(case((TreeRow.solved, TreeRow.problem_id)))).label("solved_problems"),
+    )
 
 
 def stats(engine: Engine) -> dict[str, Any]:
@@ -87,11 +91,17 @@ def stats(engine: Engine) -> dict[str, Any]:
     with engine.connect() as c:
         totals = _jsonable(c.execute(_tree_counts()).one())
         totals["problems"] = c.scalar(select(func.count()).select_from(ProblemRow))
-        by_round = [_jsonable(r) for r in c.execute(_tree_counts(TreeRow.round).group_by(TreeRow.round)
-                                                    .order_by(TreeRow.round))]
-        by_policy = [_jsonable(r) for r in c.execute(
-            _tree_counts(TreeRow.policy_version).group_by(TreeRow.policy_version)
-            .order_by(func.min(TreeRow.finished_at)))]
+        by_round = [
+            _jsonable(r) for r in c.execute(_tree_counts(TreeRow.round).group_by(TreeRow.round).order_by(TreeRow.round))
+        ]
+        by_policy = [
+            _jsonable(r)
+            for r in c.execute(
+                _tree_counts(TreeRow.policy_version)
+                .group_by(TreeRow.policy_version)
+                .order_by(func.min(TreeRow.finished_at))
+            )
+        ]
     # "problems" counts every stored problem; "problems_searched" those with at least one tree.
     return {**totals, "by_round": by_round, "by_policy_version": by_policy}
 
@@ -106,14 +116,26 @@ def _check_page(limit: int, offset: int) -> None:
 _TREE_COLUMNS = [c for c in TreeRow.__table__.c]
 
 
-def list_trees(engine: Engine, round: int | None = None, solved: bool | None = None,
-               problem_id: str | None = None, limit: int = 50, offset: int = 0,
-               source: str | None = None) -> tuple[list[dict[str, Any]], int]:
+def list_trees(
+    engine: Engine,
+    round: int | None = None,
+    solved: bool | None = None,
+    problem_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    source: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
     """One page of trees, newest first, with each tree's question; and the total that match."""
     _check_page(limit, offset)
     where = TreeFilter(round, solved, problem_id, source).where()
-    page = (select(*_TREE_COLUMNS, ProblemRow.question).join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-            .where(*where).order_by(TreeRow.finished_at.desc(), TreeRow.id).limit(limit).offset(offset))
+    page = (
+        select(*_TREE_COLUMNS, ProblemRow.question)
+        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+        .where(*where)
+        .order_by(TreeRow.finished_at.desc(), TreeRow.id)
+        .limit(limit)
+        .offset(offset)
+    )
     with engine.connect() as c:
         total = c.scalar(select(func.count()).select_from(TreeRow).where(*where))
         rows = [_jsonable(r) for r in c.execute(page)]
@@ -126,13 +148,17 @@ _NODE_COLUMNS = [c for c in NodeRow.__table__.c if c.name != "tree_id"]
 def get_tree(engine: Engine, tree_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The tree row (with its problem's question and gold answer) and all its nodes by idx."""
     with engine.connect() as c:
-        tree = c.execute(select(*_TREE_COLUMNS, ProblemRow.question, ProblemRow.answer.label("gold"))
-                         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-                         .where(TreeRow.id == tree_id)).one_or_none()
+        tree = c.execute(
+            select(*_TREE_COLUMNS, ProblemRow.question, ProblemRow.answer.label("gold"))
+            .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+            .where(TreeRow.id == tree_id)
+        ).one_or_none()
         if tree is None:
             raise NotFoundError("tree", tree_id)
-        nodes = [_jsonable(r) for r in c.execute(select(*_NODE_COLUMNS).where(NodeRow.tree_id == tree_id)
-                                                 .order_by(NodeRow.idx))]
+        nodes = [
+            _jsonable(r)
+            for r in c.execute(select(*_NODE_COLUMNS).where(NodeRow.tree_id == tree_id).order_by(NodeRow.idx))
+        ]
     return _jsonable(tree), nodes
 
 
@@ -142,8 +168,11 @@ def get_problem(engine: Engine, problem_id: str) -> dict[str, Any]:
         row = c.execute(select(*ProblemRow.__table__.c).where(ProblemRow.id == problem_id)).one_or_none()
         if row is None:
             raise NotFoundError("problem", problem_id)
-        counts = c.execute(select(func.count().label("trees"), _count_solved().label("solved_trees"))
-                           .where(TreeRow.problem_id == problem_id)).one()
+        counts = c.execute(
+            select(func.count().label("trees"), _count_solved().label("solved_trees")).where(
+                TreeRow.problem_id == problem_id
+            )
+        ).one()
     return {**_jsonable(row), **_jsonable(counts)}
 
 
@@ -168,8 +197,14 @@ def count_trees(engine: Engine, filters: TreeFilter = TreeFilter()) -> int:
         return c.scalar(select(func.count()).select_from(TreeRow).where(*filters.where()))
 
 
-def trajectories(engine: Engine, filters: TreeFilter = TreeFilter(), *, only_correct: bool = False,
-                 chunk: int = 200, on_chunk: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+def trajectories(
+    engine: Engine,
+    filters: TreeFilter = TreeFilter(),
+    *,
+    only_correct: bool = False,
+    chunk: int = 200,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Every root→leaf path ending in a terminal node of the matching trees, tree by tree.
 
     Each item: tree_id, problem_id, round, question, gold, policy_version, leaf_idx, steps (texts,
@@ -179,19 +214,41 @@ def trajectories(engine: Engine, filters: TreeFilter = TreeFilter(), *, only_cor
     after the trajectories of each ``n`` trees have been yielded (for progress bars).
     """
     after = ""
-    tree_q = (select(TreeRow.id, TreeRow.problem_id, TreeRow.round, TreeRow.policy_version,
-                     ProblemRow.question, ProblemRow.answer.label("gold"))
-              .join(ProblemRow, ProblemRow.id == TreeRow.problem_id).where(*filters.where())
-              .order_by(TreeRow.id).limit(chunk))
-    node_cols = (NodeRow.tree_id, NodeRow.idx, NodeRow.path, NodeRow.text, NodeRow.q, NodeRow.ppm_score,
-                 NodeRow.terminal, NodeRow.correct, NodeRow.answer)
+    tree_q = (
+        select(
+            TreeRow.id,
+            TreeRow.problem_id,
+            TreeRow.round,
+            TreeRow.policy_version,
+            ProblemRow.question,
+            ProblemRow.answer.label("gold"),
+        )
+        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+        .where(*filters.where())
+        .order_by(TreeRow.id)
+        .limit(chunk)
+    )
+    node_cols = (
+        NodeRow.tree_id,
+        NodeRow.idx,
+        NodeRow.path,
+        NodeRow.text,
+        NodeRow.q,
+        NodeRow.ppm_score,
+        NodeRow.terminal,
+        NodeRow.correct,
+        NodeRow.answer,
+    )
     while True:
         with engine.connect() as c:
             trees = c.execute(tree_q.where(TreeRow.id > after)).all()
             if not trees:
                 return
-            nodes = c.execute(select(*node_cols).where(NodeRow.tree_id.in_([t.id for t in trees]))
-                              .order_by(NodeRow.tree_id, NodeRow.idx)).all()
+            nodes = c.execute(
+                select(*node_cols)
+                .where(NodeRow.tree_id.in_([t.id for t in trees]))
+                .order_by(NodeRow.tree_id, NodeRow.idx)
+            ).all()
         by_tree: dict[str, dict[int, Any]] = {}
         for n in nodes:
             by_tree.setdefault(n.tree_id, {})[n.idx] = n
@@ -201,10 +258,20 @@ def trajectories(engine: Engine, filters: TreeFilter = TreeFilter(), *, only_cor
                 if not leaf.terminal or (only_correct and leaf.correct is not True):
                     continue
                 steps = [tree_nodes[int(i)] for i in leaf.path.split(".")[1:]]
-                yield {"tree_id": t.id, "problem_id": t.problem_id, "round": t.round, "question": t.question,
-                       "gold": t.gold, "policy_version": t.policy_version, "leaf_idx": leaf.idx,
-                       "steps": [s.text for s in steps], "q": [s.q for s in steps],
-                       "ppm": [s.ppm_score for s in steps], "answer": leaf.answer, "correct": leaf.correct}
+                yield {
+                    "tree_id": t.id,
+                    "problem_id": t.problem_id,
+                    "round": t.round,
+                    "question": t.question,
+                    "gold": t.gold,
+                    "policy_version": t.policy_version,
+                    "leaf_idx": leaf.idx,
+                    "steps": [s.text for s in steps],
+                    "q": [s.q for s in steps],
+                    "ppm": [s.ppm_score for s in steps],
+                    "answer": leaf.answer,
+                    "correct": leaf.correct,
+                }
         after = trees[-1].id
         if on_chunk is not None:
             on_chunk(len(trees))

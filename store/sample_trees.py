@@ -24,23 +24,33 @@ _WORDS = ("apples", "pears", "boxes", "cars", "coins", "pages", "trains", "hours
 def sample_problem(rng: random.Random, source: str = "sample") -> Problem:
     a, b, w = rng.randint(2, 99), rng.randint(2, 99), rng.choice(_WORDS)
     question = f"Sam has {a} {w} and buys {b} more, then gives away {a // 2}. How many {w} are left?"
-    return Problem(id=problem_id(source, question), source=source, question=question,
-                   answer=str(a + b - a // 2))
+    return Problem(id=problem_id(source, question), source=source, question=question, answer=str(a + b - a // 2))
 
 
 def _step_text(rng: random.Random, depth: int, terminal: bool) -> str:
     v = rng.randint(1, 999)
-    comment = f"# Step {depth}: work out the running total of the {rng.choice(_WORDS)} so far, " \
-              f"adding what was bought and taking away what was given."
+    comment = (
+        f"# Step {depth}: work out the running total of the {rng.choice(_WORDS)} so far, "
+        f"adding what was bought and taking away what was given."
+    )
     code = f"x{depth} = {v} + {rng.randint(1, 99)} - {rng.randint(1, 50)}\nprint(x{depth})"
     if terminal:
         code += f"\nanswer = x{depth}"
     return f"{comment}\n{code}\n<end_of_step>"
 
 
-def sample_tree(rng: random.Random, n_nodes: int = 200, *, round: int = 0, branching: int = 5,
-                max_depth: int = 8, problem: Problem | None = None, policy_version: str = "p0",
-                ppm_version: str = "m0", tree_id: str | None = None) -> TreeResult:
+def sample_tree(
+    rng: random.Random,
+    n_nodes: int = 200,
+    *,
+    round: int = 0,
+    branching: int = 5,
+    max_depth: int = 8,
+    problem: Problem | None = None,
+    policy_version: str = "p0",
+    ppm_version: str = "m0",
+    tree_id: str | None = None,
+) -> TreeResult:
     """A tree of exactly ``n_nodes`` nodes (root included) in breadth-first idx order."""
     problem = problem or sample_problem(rng)
     nodes = [Node(idx=0, parent=None, depth=0, visits=rng.randint(1, 64))]
@@ -55,17 +65,38 @@ def sample_tree(rng: random.Random, n_nodes: int = 200, *, round: int = 0, branc
             depth = parent.depth + 1
             terminal = depth >= max_depth or rng.random() < 0.15
             correct = (rng.random() < 0.4) if terminal else None
-            node = Node(idx=len(nodes), parent=parent.idx, depth=depth, text=_step_text(rng, depth, terminal),
-                        code_output=str(rng.randint(1, 9999)), visits=rng.randint(0, 16),
-                        q=rng.uniform(-1, 1), ppm_score=rng.uniform(-1, 1), terminal=terminal,
-                        correct=correct, answer=(problem.answer if correct else str(rng.randint(1, 999))) if terminal else None,
-                        policy_version=policy_version, ppm_version=ppm_version, gen_tokens=rng.randint(20, 120))
+            node = Node(
+                idx=len(nodes),
+                parent=parent.idx,
+                depth=depth,
+                text=_step_text(rng, depth, terminal),
+                code_output=str(rng.randint(1, 9999)),
+                visits=rng.randint(0, 16),
+                q=rng.uniform(-1, 1),
+                ppm_score=rng.uniform(-1, 1),
+                terminal=terminal,
+                correct=correct,
+                answer=(problem.answer if correct else str(rng.randint(1, 999))) if terminal else None,
+                policy_version=policy_version,
+                ppm_version=ppm_version,
+                gen_tokens=rng.randint(20, 120),
+            )
             nodes.append(node)
             if not terminal:
                 frontier.append(node.idx)
     solved = any(n.correct for n in nodes)
     now = time.time()
-    return TreeResult(tree_id=tree_id or str(uuid.UUID(int=rng.getrandbits(128))), problem=problem,
-                      actor_id="sample-actor", policy_version=policy_version, ppm_version=ppm_version,
-                      started_at=now - 30.0, finished_at=now, nodes=nodes, solved=solved,
-                      best_answer=problem.answer if solved else None, round=round, rollouts=16)
+    return TreeResult(
+        tree_id=tree_id or str(uuid.UUID(int=rng.getrandbits(128))),
+        problem=problem,
+        actor_id="sample-actor",
+        policy_version=policy_version,
+        ppm_version=ppm_version,
+        started_at=now - 30.0,
+        finished_at=now,
+        nodes=nodes,
+        solved=solved,
+        best_answer=problem.answer if solved else None,
+        round=round,
+        rollouts=16,
+    )

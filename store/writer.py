@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,8 +39,24 @@ from sqlalchemy.dialects import postgresql, sqlite
 from rstar.schemas import Problem, TreeResult
 from store.models import ProblemRow, TreeRow
 
-NODE_COLUMNS = ("tree_id", "idx", "parent_idx", "depth", "path", "text", "code_output", "q", "visits",
-                "ppm_score", "terminal", "correct", "answer", "policy_version", "ppm_version", "gen_tokens")
+NODE_COLUMNS = (
+    "tree_id",
+    "idx",
+    "parent_idx",
+    "depth",
+    "path",
+    "text",
+    "code_output",
+    "q",
+    "visits",
+    "ppm_score",
+    "terminal",
+    "correct",
+    "answer",
+    "policy_version",
+    "ppm_version",
+    "gen_tokens",
+)
 
 
 _SQLITE_NODE_INSERT = f"INSERT INTO nodes ({', '.join(NODE_COLUMNS)}) VALUES ({', '.join('?' * len(NODE_COLUMNS))})"
@@ -92,7 +108,7 @@ def check_problem(p: Problem) -> None:
 def _time(tree_id: str, name: str, t: float) -> datetime:
     if not math.isfinite(t) or not 0 <= t < 1e11:
         raise InvalidTreeError(tree_id, f"{name}={t!r} is not a unix time")
-    return datetime.fromtimestamp(t, tz=timezone.utc)
+    return datetime.fromtimestamp(t, tz=UTC)
 
 
 def check_tree(tree: TreeResult) -> list[tuple]:
@@ -133,7 +149,9 @@ def check_tree(tree: TreeResult) -> list[tuple]:
             if parent is None:
                 raise InvalidTreeError(tid, f"node {n.idx}: parent {n.parent!r} is not in the tree")
             if n.depth != parent.depth + 1:
-                raise InvalidTreeError(tid, f"node {n.idx}: depth {n.depth} but parent {n.parent} has depth {parent.depth}")
+                raise InvalidTreeError(
+                    tid, f"node {n.idx}: depth {n.depth} but parent {n.parent} has depth {parent.depth}"
+                )
             paths[n.idx] = f"{paths[n.parent]}.{n.idx}"
         if not (math.isfinite(n.q) and (n.ppm_score is None or math.isfinite(n.ppm_score))):
             raise InvalidTreeError(tid, f"node {n.idx}: q={n.q!r} / ppm_score={n.ppm_score!r} must be finite")
@@ -141,9 +159,26 @@ def check_tree(tree: TreeResult) -> list[tuple]:
             raise InvalidTreeError(tid, f"node {n.idx}: idx, visits and gen_tokens must be 0..2**31-1")
         versions.add(n.policy_version)
         versions.add(n.ppm_version)
-        rows.append((tid, n.idx, n.parent, n.depth, paths[n.idx], _clean(n.text), _clean(n.code_output), n.q,
-                     n.visits, n.ppm_score, n.terminal, n.correct, _clean(n.answer), n.policy_version,
-                     n.ppm_version, n.gen_tokens))
+        rows.append(
+            (
+                tid,
+                n.idx,
+                n.parent,
+                n.depth,
+                paths[n.idx],
+                _clean(n.text),
+                _clean(n.code_output),
+                n.q,
+                n.visits,
+                n.ppm_score,
+                n.terminal,
+                n.correct,
+                _clean(n.answer),
+                n.policy_version,
+                n.ppm_version,
+                n.gen_tokens,
+            )
+        )
     for v in versions - {""}:
         _name(tid, "node policy/ppm version", v)
     if not (0 <= tree.round <= _INT32 and 0 <= tree.rollouts <= _INT32):
@@ -153,18 +188,25 @@ def check_tree(tree: TreeResult) -> list[tuple]:
 
 def _tree_row(tree: TreeResult) -> dict[str, Any]:
     return {
-        "id": tree.tree_id, "problem_id": tree.problem.id, "actor_id": tree.actor_id,
-        "policy_version": tree.policy_version, "ppm_version": tree.ppm_version, "round": tree.round,
-        "source": tree.source, "started_at": _time(tree.tree_id, "started_at", tree.started_at),
-        "finished_at": _time(tree.tree_id, "finished_at", tree.finished_at), "solved": tree.solved,
-        "best_answer": _clean(tree.best_answer), "rollouts": tree.rollouts, "n_nodes": len(tree.nodes),
+        "id": tree.tree_id,
+        "problem_id": tree.problem.id,
+        "actor_id": tree.actor_id,
+        "policy_version": tree.policy_version,
+        "ppm_version": tree.ppm_version,
+        "round": tree.round,
+        "source": tree.source,
+        "started_at": _time(tree.tree_id, "started_at", tree.started_at),
+        "finished_at": _time(tree.tree_id, "finished_at", tree.finished_at),
+        "solved": tree.solved,
+        "best_answer": _clean(tree.best_answer),
+        "rollouts": tree.rollouts,
+        "n_nodes": len(tree.nodes),
         "max_depth": max(n.depth for n in tree.nodes),
     }
 
 
 def _problem_row(p: Problem) -> dict[str, Any]:
-    return {"id": p.id, "source": p.source, "question": _clean(p.question), "answer": _clean(p.answer),
-            "meta": p.meta}
+    return {"id": p.id, "source": p.source, "question": _clean(p.question), "answer": _clean(p.answer), "meta": p.meta}
 
 
 def _insert(conn: Connection, model):

@@ -51,5 +51,5 @@ class Backend(ABC):
         """Swap to the weights in ``path`` (a HF model directory) between two generate() calls."""
         raise NotImplementedError(f"{self.name} backend cannot swap weights")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         pass

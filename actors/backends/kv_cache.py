@@ -21,6 +21,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from actors.backends.shared_prefix import SharedPrefix
 
+
 class _SlabLayer(CacheLayerMixin):
     """One layer's per-row keys/values in a buffer of fixed capacity, filled left to right."""
 
@@ -43,8 +44,8 @@ class _SlabLayer(CacheLayerMixin):
         end = self.length + key_states.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"slab cache overflow: {end} > {self.capacity}")
-        self.keys[:, :, self.length:end] = key_states
-        self.values[:, :, self.length:end] = value_states
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
         self.length = end
         # Views, not copies: [B, H] stay collapsible, so the matmuls read them in place.
         return self.keys[:, :, :end], self.values[:, :, :end]
@@ -78,7 +79,7 @@ class SlabCache(Cache):
                 layer.values = layer.values.repeat_interleave(n, dim=0)
 
     @staticmethod
-    def concat(parts: list["SlabCache"]) -> "SlabCache":
+    def concat(parts: list[SlabCache]) -> SlabCache:
         """Stack caches of the same length along the batch (prefill ran in groups)."""
         out = parts[0]
         if len(parts) > 1:
@@ -92,7 +93,7 @@ def extend_prefix(base: SharedPrefix, rows: SlabCache, tokens: tuple[int, ...]) 
     """``base`` followed by the single row held in ``rows`` (which continued it)."""
     keys, values = [], []
     for i, layer in enumerate(rows.layers):
-        k, v = layer.keys[0, :, :layer.length], layer.values[0, :, :layer.length]
+        k, v = layer.keys[0, :, : layer.length], layer.values[0, :, : layer.length]
         if base.length:
             k, v = torch.cat([base.keys[i], k], dim=1), torch.cat([base.values[i], v], dim=1)
         keys.append(k.contiguous())
@@ -112,8 +113,7 @@ class PrefixLRU:
         """The longest cached prefix of ``tokens`` (marked as used), or None."""
         best = None
         for key, entry in self._entries.items():
-            if len(key) <= len(tokens) and tokens[:len(key)] == key and \
-                    (best is None or len(key) > best.length):
+            if len(key) <= len(tokens) and tokens[: len(key)] == key and (best is None or len(key) > best.length):
                 best = entry
         if best is not None:
             self._entries.move_to_end(best.tokens)
@@ -132,8 +132,7 @@ class PrefixLRU:
         self._entries.clear()
 
 
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "SlabCache | None",
-                    "SharedPrefix | None"], object]
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "SlabCache | None", "SharedPrefix | None"], object]
 """``forward(input_ids, positions, additive_mask, cache, prefix)`` of the model at hand."""
 
 
@@ -145,8 +144,9 @@ def common_prefix_len(ids: list[list[int]]) -> int:
     return max(lcp, 0)
 
 
-def prefix_for(ids: list[list[int]], lru: PrefixLRU, forward: Forward, num_layers: int,
-               device, dtype, min_new: int = 16) -> SharedPrefix | None:
+def prefix_for(
+    ids: list[list[int]], lru: PrefixLRU, forward: Forward, num_layers: int, device, dtype, min_new: int = 16
+) -> SharedPrefix | None:
     """KV of the rows' common prefix: the longest cached one, extended and cached when the rows
     share at least ``min_new`` more tokens (fewer are left to the rows: not worth an entry)."""
     lcp = common_prefix_len(ids)
@@ -156,12 +156,15 @@ def prefix_for(ids: list[list[int]], lru: PrefixLRU, forward: Forward, num_layer
     base = lru.longest(key) or SharedPrefix((), [], [])
     if lcp - base.length < min_new:
         return base if base.length else None
-    delta = key[base.length:]
+    delta = key[base.length :]
     rows = SlabCache(num_layers, len(delta))
-    forward(torch.tensor([delta], device=device),
-            torch.arange(base.length, lcp, device=device)[None],
-            causal_mask(torch.ones(1, len(delta), dtype=torch.bool, device=device), dtype),
-            rows, base)
+    forward(
+        torch.tensor([delta], device=device),
+        torch.arange(base.length, lcp, device=device)[None],
+        causal_mask(torch.ones(1, len(delta), dtype=torch.bool, device=device), dtype),
+        rows,
+        base,
+    )
     entry = extend_prefix(base, rows, key)
     lru.put(entry)
     return entry
@@ -173,15 +176,14 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     inp = torch.full((len(rows), S), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(len(rows), S, dtype=torch.bool, device=device)
     for i, r in enumerate(rows):
-        inp[i, S - len(r):] = torch.tensor(r, device=device)
-        valid[i, S - len(r):] = True
+        inp[i, S - len(r) :] = torch.tensor(r, device=device)
+        valid[i, S - len(r) :] = True
     return inp, valid
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where ``allowed``, the dtype's most negative value elsewhere."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def causal_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -30,7 +30,7 @@ import threading
 
 import aiohttp
 
-from actors.backends.base import Backend, BackendError, GenParams, Generation
+from actors.backends.base import Backend, BackendError, Generation, GenParams
 from rstar.log import get_logger
 
 log = get_logger(__name__)
@@ -43,9 +43,16 @@ class _Retryable(Exception):
 class OpenAIBackend(Backend):
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, key_env: str = "OPENAI_API_KEY",
-                 timeout_s: float = 120.0, retries: int = 4, backoff_s: float = 0.5,
-                 concurrency: int = 16):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 120.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        concurrency: int = 16,
+    ):
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
         self.version = model
@@ -54,8 +61,7 @@ class OpenAIBackend(Backend):
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-backend",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-backend", daemon=True)
         self._thread.start()
         self._session: aiohttp.ClientSession | None = None
 
@@ -103,16 +109,22 @@ class OpenAIBackend(Backend):
                         return await resp.json(content_type=None)
                     except ValueError:
                         raise BackendError(f"{self.url} sent invalid JSON: {text[:200]!r}") from None
-            except (_Retryable, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            except (TimeoutError, _Retryable, aiohttp.ClientConnectionError) as e:
                 last = str(e) or type(e).__name__
-                log.warning("%s failed (%s), attempt %d/%d", self.url, last, attempt + 1,
-                            self.retries + 1)
+                log.warning("%s failed (%s), attempt %d/%d", self.url, last, attempt + 1, self.retries + 1)
         raise BackendError(f"{self.url} failed after {self.retries + 1} attempts: {last}")
 
 
 def _body(model: str, prompt: str, params: GenParams) -> dict:
-    body = {"model": model, "prompt": prompt, "n": params.n, "max_tokens": params.max_tokens,
-            "temperature": params.temperature, "top_p": params.top_p, "stop": list(params.stop)}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "n": params.n,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop),
+    }
     if params.seed is not None:
         body["seed"] = params.seed
     return body
@@ -134,9 +146,12 @@ def _parse(data: dict, params: GenParams) -> list[Generation]:
         stopped = reason == "stop" and (isinstance(stop_reason, str) or not known)
         cuts = [i for i in (text.find(s) for s in params.stop) if i >= 0]
         if stopped and cuts:  # servers exclude the stop string; cut if one included it
-            text = text[:min(cuts)]
-        out.append(Generation(text=text, tokens=tokens, stopped=stopped,
-                              eos=reason == "stop" and known and stop_reason is None))
+            text = text[: min(cuts)]
+        out.append(
+            Generation(
+                text=text, tokens=tokens, stopped=stopped, eos=reason == "stop" and known and stop_reason is None
+            )
+        )
     return out
 
 
@@ -150,6 +165,6 @@ def _token_counts(choices: list[dict], total: int | None) -> list[int]:
     shares = [total * w / sum(weights) for w in weights]
     counts = [int(s) for s in shares]
     # Largest remainders get the leftover tokens, so the counts sum to the server's total.
-    for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[:total - sum(counts)]:
+    for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
         counts[i] += 1
     return counts

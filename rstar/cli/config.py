@@ -20,7 +20,6 @@ import typer
 
 from rstar.cli import ConfigOpt, SetOpt
 
-
 SECRET_FIELDS = {"api.token"}
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
@@ -47,11 +46,20 @@ def config_rows(preset: str | None, config: str | None, overrides: list[str] | N
     rows = []
     for name, field in Config.model_fields.items():
         section = name in SECTIONS
-        for key, doc in (((f"{name}.{k}", f.description) for k, f in field.annotation.model_fields.items())
-                         if section else [(name, field.description)]):
+        for key, doc in (
+            ((f"{name}.{k}", f.description) for k, f in field.annotation.model_fields.items())
+            if section
+            else [(name, field.description)]
+        ):
             value = dumped[name][key.split(".", 1)[1]] if section else dumped[name]
-            rows.append({"key": key, "value": shown(key, value), "source": sources.get(key, "default"),
-                         "doc": " ".join((doc or "").split())})
+            rows.append(
+                {
+                    "key": key,
+                    "value": shown(key, value),
+                    "source": sources.get(key, "default"),
+                    "doc": " ".join((doc or "").split()),
+                }
+            )
     return rows
 
 
@@ -60,10 +68,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="config")
 
     @group.command("show")
-    def show(doc: bool = typer.Option(False, "--doc", help="Add each field's documentation."),
-             preset: str = typer.Option(None, "--preset", help="A built-in preset under the file, env and --set."),
-             as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {key, value, source, doc}."),
-             config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def show(
+        doc: bool = typer.Option(False, "--doc", help="Add each field's documentation."),
+        preset: str = typer.Option(None, "--preset", help="A built-in preset under the file, env and --set."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {key, value, source, doc}."),
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """Print every config field: its value and where it came from (default, preset, file, env, --set)."""
         rows = config_rows(preset, config, overrides)
         if as_json:

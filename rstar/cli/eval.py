@@ -19,8 +19,12 @@ def eval_cmd(
     method: str = typer.Option("greedy", help="greedy | majority | mcts | mcts+ppm (needs model.ppm)"),
     k: int = typer.Option(8, help="Samples for majority, rollouts for mcts / mcts+ppm."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: accuracy, n, method, dataset, ..."),
-    out: str = typer.Option(None, "--out", help="Append each problem's outcome to this JSONL file as it "
-                            "finishes; running the same command again resumes (skips those done)."),
+    out: str = typer.Option(
+        None,
+        "--out",
+        help="Append each problem's outcome to this JSONL file as it "
+        "finishes; running the same command again resumes (skips those done).",
+    ),
     round_no: int = RoundOpt,
     policy: str = PolicyOpt,
     ppm: str = PPMOpt,
@@ -32,8 +36,9 @@ def eval_cmd(
         raise typer.BadParameter("method must be greedy, majority, mcts or mcts+ppm", param_hint="--method")
     cfg = get_model_config(config, overrides, round_no, policy, ppm)
     if method == "mcts+ppm" and not cfg.model.ppm:
-        raise typer.BadParameter("mcts+ppm needs a PPM: --ppm DIR, or --round R of a round that has one",
-                                 param_hint="--method")
+        raise typer.BadParameter(
+            "mcts+ppm needs a PPM: --ppm DIR, or --round R of a round that has one", param_hint="--method"
+        )
     from rstar.problems import ProblemFileError, load_problems
 
     if dataset == "synthetic" and split is None:
@@ -63,8 +68,15 @@ def eval_cmd(
     t = Table(title=f"rstar eval · {dataset}")
     for col in ("method", "k", "n", "correct", "accuracy", "seconds", "gen tokens"):
         t.add_column(col, justify="right")
-    t.add_row(result.method, str(result.k), str(result.n), str(result.correct),
-              f"{result.accuracy:.1%}", f"{result.seconds:.1f}", str(result.gen_tokens))
+    t.add_row(
+        result.method,
+        str(result.k),
+        str(result.n),
+        str(result.correct),
+        f"{result.accuracy:.1%}",
+        f"{result.seconds:.1f}",
+        str(result.gen_tokens),
+    )
     Console().print(t)
 
 
@@ -80,15 +92,15 @@ async def _eval(cfg, problems, dataset, method, k, as_json, eval_log):
     todo = problems if eval_log is None else [p for p in problems if p.id not in eval_log.done]
     console = Console(stderr=True)
     if eval_log is not None and len(todo) < len(problems):
-        console.print(f"resuming {eval_log.path}: {len(problems) - len(todo)} of {len(problems)} problems done",
-                      soft_wrap=True)
+        console.print(
+            f"resuming {eval_log.path}: {len(problems) - len(todo)} of {len(problems)} problems done", soft_wrap=True
+        )
     async with contextlib.AsyncExitStack() as stack:  # the spinner covers loading only
         if todo:
             with console.status("loading model and sandbox…"):
                 ctx = await stack.enter_async_context(setup_search(cfg))
         with Progress(console=console, transient=as_json) as bar:
-            task = bar.add_task(f"{method} on {dataset}", total=len(problems),
-                                completed=len(problems) - len(todo))
+            task = bar.add_task(f"{method} on {dataset}", total=len(problems), completed=len(problems) - len(todo))
             t0 = time.perf_counter()
 
             def done(outcome) -> None:

@@ -54,13 +54,18 @@ class _Agreement:
             self.false_pos += v.equivalent
             self.false_neg += not v.equivalent
             expected = "equivalent" if pair.equivalent else "not equivalent"
-            self.misses.append(f"line {no} [{pair.category or '-'}]: pred {v.pred!r} gold {v.gold!r}: expected "
-                               f"{expected}, got {'equivalent' if v.equivalent else 'not equivalent'} ({v.method})")
+            self.misses.append(
+                f"line {no} [{pair.category or '-'}]: pred {v.pred!r} gold {v.gold!r}: expected "
+                f"{expected}, got {'equivalent' if v.equivalent else 'not equivalent'} ({v.method})"
+            )
 
     def report(self, console) -> None:
         agree, total = (sum(c[i] for c in self.counts.values()) for i in (0, 1))
-        console.print(f"agreement: {agree}/{total} ({100 * agree / total:.1f}%), "
-                      f"{self.false_pos} false positives, {self.false_neg} false negatives", highlight=False)
+        console.print(
+            f"agreement: {agree}/{total} ({100 * agree / total:.1f}%), "
+            f"{self.false_pos} false positives, {self.false_neg} false negatives",
+            highlight=False,
+        )
         width = max(map(len, self.counts))
         for category, (a, t) in sorted(self.counts.items()):
             console.print(f"  {category:<{width}}  {a}/{t}", highlight=False)
@@ -101,13 +106,16 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
     bad = equivalent = 0
     agreement = _Agreement()
     try:
-        with ThreadPoolExecutor(mathverify_worker.MAX_WORKERS) as pool, \
-                Progress(console=stderr, disable=not stderr.is_terminal) as progress:
+        with (
+            ThreadPoolExecutor(mathverify_worker.MAX_WORKERS) as pool,
+            Progress(console=stderr, disable=not stderr.is_terminal) as progress,
+        ):
             task = progress.add_task(f"grading {path.name}", total=len(lines))
             for start in range(0, len(lines), CHUNK):
-                items = [_read_pair(ln, no) for no, ln in enumerate(lines[start:start + CHUNK], start + 1)]
-                verdicts = pool.map(lambda it: it if isinstance(it, Verdict) else verify(it.pred, it.gold, timeout_s),
-                                    items)
+                items = [_read_pair(ln, no) for no, ln in enumerate(lines[start : start + CHUNK], start + 1)]
+                verdicts = pool.map(
+                    lambda it: it if isinstance(it, Verdict) else verify(it.pred, it.gold, timeout_s), items
+                )
                 for no, (item, v) in enumerate(zip(items, verdicts), start + 1):
                     if isinstance(item, Verdict):  # the line itself was malformed
                         bad += 1
@@ -126,8 +134,9 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
     if tmp:
         sink.close()
         os.replace(tmp, out)
-    stderr.print(f"{len(lines)} pairs: {equivalent} equivalent, {bad} malformed lines"
-                 + (f"; verdicts in {out}" if out else ""))
+    stderr.print(
+        f"{len(lines)} pairs: {equivalent} equivalent, {bad} malformed lines" + (f"; verdicts in {out}" if out else "")
+    )
     if agreement.counts:
         agreement.report(stderr)
     return 1 if bad or agreement.misses else 0
@@ -135,12 +144,14 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
 
 def register(app: typer.Typer) -> None:
     @app.command("grade")
-    def grade(pred: str = typer.Argument(None, help="Predicted answer (text, LaTeX, or a number)."),
-              gold: str = typer.Argument(None, help="Reference answer."),
-              file: Path = typer.Option(None, "--file", "-f", help='JSONL of {"pred": ..., "gold": ...} lines.'),
-              out: Path = typer.Option(None, "--out", "-o", help="With --file: write verdicts here, not stdout."),
-              as_json: bool = typer.Option(False, "--json", help="Print the Verdict as JSON."),
-              timeout_s: float = typer.Option(2.0, "--timeout", min=0.1, help="Seconds math-verify may take per pair.")) -> None:
+    def grade(
+        pred: str = typer.Argument(None, help="Predicted answer (text, LaTeX, or a number)."),
+        gold: str = typer.Argument(None, help="Reference answer."),
+        file: Path = typer.Option(None, "--file", "-f", help='JSONL of {"pred": ..., "gold": ...} lines.'),
+        out: Path = typer.Option(None, "--out", "-o", help="With --file: write verdicts here, not stdout."),
+        as_json: bool = typer.Option(False, "--json", help="Print the Verdict as JSON."),
+        timeout_s: float = typer.Option(2.0, "--timeout", min=0.1, help="Seconds math-verify may take per pair."),
+    ) -> None:
         """Say whether PRED and GOLD are the same answer, and which method decided."""
         from rstar.grading import verify
 
@@ -156,5 +167,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(msgspec.json.encode(v).decode())
         else:
-            typer.echo(f"{'equivalent' if v.equivalent else 'not equivalent'} ({v.method})"
-                       + (f": {v.error}" if v.error else ""))
+            typer.echo(
+                f"{'equivalent' if v.equivalent else 'not equivalent'} ({v.method})"
+                + (f": {v.error}" if v.error else "")
+            )

@@ -11,9 +11,12 @@ from rstar.cli import ConfigOpt, SetOpt, get_config
 
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
-    def ingest(config: str = ConfigOpt, overrides: list[str] = SetOpt,
-               batch_size: int = typer.Option(256, min=1, help="Trees per fetch and per SQL transaction."),
-               as_json: bool = typer.Option(False, "--json", help="Print the final counters as JSON.")) -> None:
+    def ingest(
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+        batch_size: int = typer.Option(256, min=1, help="Trees per fetch and per SQL transaction."),
+        as_json: bool = typer.Option(False, "--json", help="Print the final counters as JSON."),
+    ) -> None:
         """Consume finished trees into the store until SIGINT/SIGTERM; ack only after commit."""
         from learner.ingest import serve
 

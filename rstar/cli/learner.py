@@ -13,8 +13,9 @@ from rstar.cli import ConfigOpt, SetOpt, get_config
 
 
 def learner_cmd(
-    exit_when_done: bool = typer.Option(False, "--exit-when-done",
-                                        help="Exit after publishing round learner.max_rounds."),
+    exit_when_done: bool = typer.Option(
+        False, "--exit-when-done", help="Exit after publishing round learner.max_rounds."
+    ),
     progress: bool = typer.Option(False, "--progress", help="Show training progress bars (else log lines)."),
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,

@@ -52,8 +52,16 @@ def _read_skipping_invalid(path: Path) -> tuple[list, list[str]]:
                 lines[e.line_no - 1] = ""
 
 
-def _load(cfg, source: str | None, dataset: str | None, split: str | None, limit: int | None, seed: int,
-          skip_invalid: bool, include_teacher: bool | None) -> tuple:
+def _load(
+    cfg,
+    source: str | None,
+    dataset: str | None,
+    split: str | None,
+    limit: int | None,
+    seed: int,
+    skip_invalid: bool,
+    include_teacher: bool | None,
+) -> tuple:
     """``(pool, invalid lines)``: the problems to queue by the pool's rule (``rstar.pool``)."""
     from rstar.pool import pool_problems, select_pool, shuffled
     from rstar.problems import ProblemSourceError, load_problems
@@ -63,8 +71,9 @@ def _load(cfg, source: str | None, dataset: str | None, split: str | None, limit
     if dataset is None and not skip_invalid and not Path(source).is_file():
         dataset = source  # a built-in name as the argument: the same as --dataset
     if dataset is not None:
-        return pool_problems(cfg, dataset, limit, split=split, seed=seed, sample=True,
-                             include_teacher=include_teacher), []
+        return pool_problems(
+            cfg, dataset, limit, split=split, seed=seed, sample=True, include_teacher=include_teacher
+        ), []
     if split is not None:
         raise ProblemSourceError(f"a problem file has no splits; got split={split!r} for {source}")
     problems, invalid = _read_skipping_invalid(Path(source)) if skip_invalid else (load_problems(source), [])
@@ -78,20 +87,31 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="problems")
 
     @group.command("add")
-    def add(source: str = typer.Argument(None, help="A JSONL file of problems."),
-            dataset: str = typer.Option(None, "--dataset", "-d",
-                                        help="A built-in set: gsm8k, gsm8k-train, math500, math-train, mawps, "
-                                             "svamp, asdiv, synthetic[:levels]."),
-            split: str = typer.Option(None, help="Split of the set (synthetic: train or heldout)."),
-            limit: int = typer.Option(None, min=0, help="At most this many of the pool (a seeded sample of a set or file)."),
-            seed: int = typer.Option(0, help="Seed of the sample and of the synthetic generator."),
-            skip_invalid: bool = typer.Option(False, help="Queue the good lines of a file with bad ones."),
-            include_teacher: bool = typer.Option(None, "--include-teacher/--no-include-teacher",
-                                                 help="Queue the teacher's demonstrated problems too (default: "
-                                                      "learner.pool_include_teacher, off). Held-out evaluation "
-                                                      "problems are never queued."),
-            as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
-            config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def add(
+        source: str = typer.Argument(None, help="A JSONL file of problems."),
+        dataset: str = typer.Option(
+            None,
+            "--dataset",
+            "-d",
+            help="A built-in set: gsm8k, gsm8k-train, math500, math-train, mawps, svamp, asdiv, synthetic[:levels].",
+        ),
+        split: str = typer.Option(None, help="Split of the set (synthetic: train or heldout)."),
+        limit: int = typer.Option(
+            None, min=0, help="At most this many of the pool (a seeded sample of a set or file)."
+        ),
+        seed: int = typer.Option(0, help="Seed of the sample and of the synthetic generator."),
+        skip_invalid: bool = typer.Option(False, help="Queue the good lines of a file with bad ones."),
+        include_teacher: bool = typer.Option(
+            None,
+            "--include-teacher/--no-include-teacher",
+            help="Queue the teacher's demonstrated problems too (default: "
+            "learner.pool_include_teacher, off). Held-out evaluation "
+            "problems are never queued.",
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """Validate problems and queue each one not queued before (Nats-Msg-Id = problem id).
 
         Held-out evaluation problems are left out, and the teacher's demonstrated problems unless
@@ -124,15 +144,26 @@ def register(app: typer.Typer) -> None:
 
         async def run():
             async with open_broker(cfg, "rstar-problems-add") as b:
-                with Progress(TextColumn("queueing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              console=err, disable=as_json) as bar:
+                with Progress(
+                    TextColumn("queueing"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err,
+                    disable=as_json,
+                ) as bar:
                     task = bar.add_task("add", total=len(problems))
                     return await add_problems(b, problems, progress=lambda _: bar.advance(task))
 
         counts = asyncio.run(run())
         left = pool.counts()
-        result = {"published": counts.published, "duplicates": counts.duplicates, "invalid": len(invalid), **left,
-                  "total": len(problems) + len(invalid) + sum(left.values())}
+        result = {
+            "published": counts.published,
+            "duplicates": counts.duplicates,
+            "invalid": len(invalid),
+            **left,
+            "total": len(problems) + len(invalid) + sum(left.values()),
+        }
         if as_json:
             typer.echo(json.dumps(result))
             return
@@ -143,8 +174,11 @@ def register(app: typer.Typer) -> None:
         Console().print(table)
 
     @group.command("status")
-    def status(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-               config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def status(
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """How many problems wait, are being searched, and were ever queued."""
         import asyncio
 
@@ -157,8 +191,12 @@ def register(app: typer.Typer) -> None:
             async with open_broker(cfg, "rstar-problems-status") as b:
                 info = await b.js.consumer_info(PROBLEMS_STREAM, ACTORS_CONSUMER)
                 seen = await b.js.stream_info(f"KV_{SEEN_PROBLEMS_BUCKET}")
-                return {"waiting": info.num_pending, "in_progress": info.num_ack_pending,
-                        "redelivered": info.num_redelivered, "ever_queued": seen.state.messages}
+                return {
+                    "waiting": info.num_pending,
+                    "in_progress": info.num_ack_pending,
+                    "redelivered": info.num_redelivered,
+                    "ever_queued": seen.state.messages,
+                }
 
         out = asyncio.run(run())
         if as_json:

@@ -65,9 +65,13 @@ def round_accuracy(row: dict) -> dict[str, dict[str, dict]]:
         for label, rec in recs.items():
             ci = interval(rec)
             out.setdefault(name, {})[label] = {
-                "n": rec["n"], "correct": rec["correct"], "accuracy": rec["accuracy"],
-                "lo": round(ci[0], 4) if ci else None, "hi": round(ci[1], 4) if ci else None,
-                "by_level": rec["by_level"]}
+                "n": rec["n"],
+                "correct": rec["correct"],
+                "accuracy": rec["accuracy"],
+                "lo": round(ci[0], 4) if ci else None,
+                "hi": round(ci[1], 4) if ci else None,
+                "by_level": rec["by_level"],
+            }
     return out
 
 
@@ -103,9 +107,16 @@ def rounds_table(rows: list[dict]):
     for r in rows:
         ev = r.get("eval") or {}
         collect, data = ev.get("collect") or {}, ev.get("data") or {}
-        t.add_row(str(r["round"]), r["state"], str(collect.get("trees", "–")), _pct(collect.get("solve_rate")),
-                  str(data.get("sft_examples", "–")), str(data.get("ppm_pairs", "–")), _pct(ev.get("ppm_pairwise_acc")),
-                  r.get("policy_version") or "–")
+        t.add_row(
+            str(r["round"]),
+            r["state"],
+            str(collect.get("trees", "–")),
+            _pct(collect.get("solve_rate")),
+            str(data.get("sft_examples", "–")),
+            str(data.get("ppm_pairs", "–")),
+            _pct(ev.get("ppm_pairwise_acc")),
+            r.get("policy_version") or "–",
+        )
     return t
 
 
@@ -122,12 +133,19 @@ def accuracy_table(rows: list[dict]):
     for col in ("round", "set", "n", *labels):
         t.add_column(col, justify="right" if col != "set" else "left", no_wrap=True)
     for r in rows:
-        sizes = {name: figs.get("n") for name, figs in
-                 (((r.get("eval") or {}).get("accuracy") or {}).get("sets") or {}).items() if isinstance(figs, dict)}
+        sizes = {
+            name: figs.get("n")
+            for name, figs in (((r.get("eval") or {}).get("accuracy") or {}).get("sets") or {}).items()
+            if isinstance(figs, dict)
+        }
         for name, recs in round_records(r.get("eval")).items():
             bare = bare or any(rec["n"] is None for rec in recs.values())
-            t.add_row(str(r["round"]), name, str(sizes.get(name, "–")),
-                      *(accuracy_cell(recs.get(lb), sizes.get(name)) for lb in labels))
+            t.add_row(
+                str(r["round"]),
+                name,
+                str(sizes.get(name, "–")),
+                *(accuracy_cell(recs.get(lb), sizes.get(name)) for lb in labels),
+            )
     if bare:
         t.caption += "; a figure without an interval was stored without its counts"
     return t
@@ -158,8 +176,10 @@ def levels_tables(rows: list[dict]) -> list:
                 rec = recs[label]
                 if not rec["by_level"]:
                     continue
-                cells = [f"{rec['by_level'][lv]['correct']}/{rec['by_level'][lv]['n']}" if lv in rec["by_level"]
-                         else "–" for lv in lvs]
+                cells = [
+                    f"{rec['by_level'][lv]['correct']}/{rec['by_level'][lv]['n']}" if lv in rec["by_level"] else "–"
+                    for lv in lvs
+                ]
                 t.add_row(str(r["round"]), label, *cells, f"{rec['correct']}/{rec['n']}")
         out.append(t)
     return out
@@ -169,8 +189,10 @@ def table_markdown(t) -> str:
     """A rich Table as a Markdown table (header line breaks become spaces), caption below."""
     head = [str(c.header).replace("\n", " ") for c in t.columns]
     cells = [list(c.cells) for c in t.columns]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(":---" if c.justify == "left" else "---:" for c in t.columns) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(":---" if c.justify == "left" else "---:" for c in t.columns) + "|",
+    ]
     lines += ["| " + " | ".join(str(col[i]) for col in cells) + " |" for i in range(t.row_count)]
     return "\n".join(lines) + (f"\n\n{t.caption}" if t.caption else "")
 
@@ -199,22 +221,28 @@ def load_rows_json(path: str | Path) -> list[dict]:
     return rows
 
 
-def rounds_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON rows (with accuracy records)."),
-               markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
-               levels: bool = typer.Option(False, "--levels", help="Also show accuracy per curriculum level."),
-               plot: str = typer.Option(None, "--plot", help="Also draw the rounds to this PNG (needs matplotlib)."),
-               control_store: str = typer.Option(
-                   None, "--control-store", help="With --plot: a control run's store URL; its greedy line is drawn dashed."),
-               control_json: str = typer.Option(
-                   None, "--control-json", help="With --plot: a control run's saved `rstar rounds --json` output."),
-               config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+def rounds_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows (with accuracy records)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the tables as Markdown."),
+    levels: bool = typer.Option(False, "--levels", help="Also show accuracy per curriculum level."),
+    plot: str = typer.Option(None, "--plot", help="Also draw the rounds to this PNG (needs matplotlib)."),
+    control_store: str = typer.Option(
+        None, "--control-store", help="With --plot: a control run's store URL; its greedy line is drawn dashed."
+    ),
+    control_json: str = typer.Option(
+        None, "--control-json", help="With --plot: a control run's saved `rstar rounds --json` output."
+    ),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
     """Show every round: state, trees, solve rate, data, held-out accuracy, model versions."""
     from store.db import open_store
     from store.queries import list_rounds
 
     if (control_store or control_json) and not plot:
-        raise typer.BadParameter("a control run is only drawn on a plot: add --plot FILE.png",
-                                 param_hint="--control-store/--control-json")
+        raise typer.BadParameter(
+            "a control run is only drawn on a plot: add --plot FILE.png", param_hint="--control-store/--control-json"
+        )
     if control_store and control_json:
         raise typer.BadParameter("give one control run", param_hint="--control-store/--control-json")
     cfg = get_config(config, overrides)

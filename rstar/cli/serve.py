@@ -14,9 +14,12 @@ import typer
 from rstar.cli import ConfigOpt, SetOpt, get_config
 
 
-def serve(config: str = ConfigOpt, overrides: list[str] = SetOpt,
-          host: str | None = typer.Option(None, "--host", help="Interface to bind (default: api.host)."),
-          port: int | None = typer.Option(None, "--port", min=0, max=65535, help="Port (default: api.port).")) -> None:
+def serve(
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    host: str | None = typer.Option(None, "--host", help="Interface to bind (default: api.host)."),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535, help="Port (default: api.port)."),
+) -> None:
     """Serve the store API (/api/…, /openapi.json, /metrics, /health) and the tree explorer (/)."""
     from aiohttp import web
     from sqlalchemy.engine import make_url
@@ -27,9 +30,13 @@ def serve(config: str = ConfigOpt, overrides: list[str] = SetOpt,
     cfg = get_config(config, overrides)
     host, port = host or cfg.api.host, cfg.api.port if port is None else port
     log = get_logger("rstar.serve")
-    log.info("store %s; explorer at http://%s:%d/ (writes %s)",
-             make_url(cfg.store_url).render_as_string(hide_password=True), host, port,
-             "enabled" if cfg.api.token else "disabled: no api.token")
+    log.info(
+        "store %s; explorer at http://%s:%d/ (writes %s)",
+        make_url(cfg.store_url).render_as_string(hide_password=True),
+        host,
+        port,
+        "enabled" if cfg.api.token else "disabled: no api.token",
+    )
     web.run_app(create_app(cfg), host=host, port=port, print=None, access_log=None)
 
 

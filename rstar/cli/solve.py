@@ -11,8 +11,7 @@ import typer
 
 from rstar.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
 
-EXAMPLE = ("A baker makes 24 muffins. She sells 3 boxes of 6 muffins each. "
-           "How many muffins are left?")
+EXAMPLE = "A baker makes 24 muffins. She sells 3 boxes of 6 muffins each. How many muffins are left?"
 
 
 def best_path(tree) -> list[int]:
@@ -58,9 +57,15 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
         s = cfg.search
         tree = Tree(problem, c_uct=s.c_uct, max_depth=s.max_depth, ppm_init=s.ppm_init, seed=s.seed)
         t0 = time.perf_counter()
-        with Progress(TextColumn("[bold]rollouts"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("nodes {task.fields[nodes]}"), TimeElapsedColumn(),
-                      console=console, transient=as_json) as bar:
+        with Progress(
+            TextColumn("[bold]rollouts"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("nodes {task.fields[nodes]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=as_json,
+        ) as bar:
             task = bar.add_task("search", total=n_rollouts, nodes=1)
             for _ in range(n_rollouts):
                 await rollout(tree, ctx, use_reference=answer is not None)
@@ -72,14 +77,20 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
     path = tree.path(best) if best is not None else best_path(tree)
     final = tree.nodes[best].answer if best is not None else None
     out = {
-        "question": question, "answer": final,
+        "question": question,
+        "answer": final,
         "correct": tree.nodes[best].correct if best is not None else None,
         "trajectory": [tree.nodes[i].text for i in path],
         "outputs": [tree.nodes[i].code_output for i in path],
-        "stats": {"nodes": len(tree.nodes), "depth": tree.max_depth_reached(),
-                  "rollouts": tree.rollouts, "terminals": len(tree.terminals()),
-                  "seconds": round(elapsed, 2), "gen_tokens": stats["gen_tokens"],
-                  "tokens_per_s": round(stats["gen_tokens"] / elapsed, 1) if elapsed else 0.0},
+        "stats": {
+            "nodes": len(tree.nodes),
+            "depth": tree.max_depth_reached(),
+            "rollouts": tree.rollouts,
+            "terminals": len(tree.terminals()),
+            "seconds": round(elapsed, 2),
+            "gen_tokens": stats["gen_tokens"],
+            "tokens_per_s": round(stats["gen_tokens"] / elapsed, 1) if elapsed else 0.0,
+        },
     }
     if as_json:
         print(json.dumps(out, indent=2))
@@ -93,11 +104,15 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
         console.print("[yellow]no step of the policy ran in the sandbox[/]")
     console.rule()
     shown = final if final is not None else "[red]no answer found[/]"
-    console.print(f"[bold]answer:[/] {shown}" + (f"  (reference {answer}: "
-                  f"{'correct' if out['correct'] else 'wrong'})" if answer is not None else ""))
+    console.print(
+        f"[bold]answer:[/] {shown}"
+        + (f"  (reference {answer}: {'correct' if out['correct'] else 'wrong'})" if answer is not None else "")
+    )
     st = out["stats"]
-    console.print(f"nodes {st['nodes']} · depth {st['depth']} · rollouts {st['rollouts']} · "
-                  f"terminals {st['terminals']} · {st['seconds']} s · {st['tokens_per_s']} tok/s")
+    console.print(
+        f"nodes {st['nodes']} · depth {st['depth']} · rollouts {st['rollouts']} · "
+        f"terminals {st['terminals']} · {st['seconds']} s · {st['tokens_per_s']} tok/s"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -25,22 +25,39 @@ async def _read(cfg) -> dict:
     now = time.time()
     current = pointer.policy.version if pointer else None
     return {
-        "pointer": None if pointer is None else {
-            "round": pointer.round, "policy": pointer.policy.version,
-            "ppm": pointer.ppm.version if pointer.ppm else None},
-        "actors": [{"actor_id": h.actor_id, "host": h.host, "backend": h.backend,
-                    "policy_version": h.policy_version, "ppm_version": h.ppm_version,
-                    "stale": current is not None and h.policy_version != current,
-                    "trees_per_min": h.trees_per_min, "tokens_per_s": h.tokens_per_s,
-                    "busy_fraction": h.busy_fraction, "trees_in_flight": h.trees_in_flight,
-                    "age_s": round(now - h.at, 1)} for h in fleet],
+        "pointer": None
+        if pointer is None
+        else {
+            "round": pointer.round,
+            "policy": pointer.policy.version,
+            "ppm": pointer.ppm.version if pointer.ppm else None,
+        },
+        "actors": [
+            {
+                "actor_id": h.actor_id,
+                "host": h.host,
+                "backend": h.backend,
+                "policy_version": h.policy_version,
+                "ppm_version": h.ppm_version,
+                "stale": current is not None and h.policy_version != current,
+                "trees_per_min": h.trees_per_min,
+                "tokens_per_s": h.tokens_per_s,
+                "busy_fraction": h.busy_fraction,
+                "trees_in_flight": h.trees_in_flight,
+                "age_s": round(now - h.at, 1),
+            }
+            for h in fleet
+        ],
     }
 
 
 def register(app: typer.Typer) -> None:
     @app.command("status")
-    def status(config: str = ConfigOpt, overrides: list[str] = SetOpt,
-               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    def status(
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
         """Show the current policy+PPM pointer and every live actor."""
         import asyncio
 
@@ -54,13 +71,39 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         p = out["pointer"]
-        console.print("model pointer: " + ("none (actors serve their configured models)" if p is None
-                      else f"round {p['round']}, policy {p['policy']}, PPM {p['ppm'] or '-'}"))
-        table = Table("actor", "host", "backend", "policy", "PPM", "trees/min", "tok/s", "busy",
-                      "in flight", "seen", title=f"{len(out['actors'])} actors")
+        console.print(
+            "model pointer: "
+            + (
+                "none (actors serve their configured models)"
+                if p is None
+                else f"round {p['round']}, policy {p['policy']}, PPM {p['ppm'] or '-'}"
+            )
+        )
+        table = Table(
+            "actor",
+            "host",
+            "backend",
+            "policy",
+            "PPM",
+            "trees/min",
+            "tok/s",
+            "busy",
+            "in flight",
+            "seen",
+            title=f"{len(out['actors'])} actors",
+        )
         for a in out["actors"]:
             policy = a["policy_version"] + (" [yellow](stale)[/]" if a["stale"] else "")
-            table.add_row(a["actor_id"], a["host"], a["backend"], policy, a["ppm_version"] or "-",
-                          f"{a['trees_per_min']:.1f}", f"{a['tokens_per_s']:.0f}",
-                          f"{a['busy_fraction']:.0%}", str(a["trees_in_flight"]), f"{a['age_s']:.0f}s ago")
+            table.add_row(
+                a["actor_id"],
+                a["host"],
+                a["backend"],
+                policy,
+                a["ppm_version"] or "-",
+                f"{a['trees_per_min']:.1f}",
+                f"{a['tokens_per_s']:.0f}",
+                f"{a['busy_fraction']:.0%}",
+                str(a["trees_in_flight"]),
+                f"{a['age_s']:.0f}s ago",
+            )
         console.print(table)

@@ -60,31 +60,50 @@ def stats_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, as_json: b
         typer.echo(json.dumps(s))
         return
     con = _console()
-    con.print(f"[bold]{s['problems']}[/] problems ({s['problems_searched']} searched, {s['solved_problems']} solved) · "
-              f"[bold]{s['trees']}[/] trees ({s['solved_trees']} solved) · [bold]{s['nodes']}[/] nodes")
-    for title, key, rows in (("by round", "round", s["by_round"]), ("by policy version", "policy_version", s["by_policy_version"])):
+    con.print(
+        f"[bold]{s['problems']}[/] problems ({s['problems_searched']} searched, {s['solved_problems']} solved) · "
+        f"[bold]{s['trees']}[/] trees ({s['solved_trees']} solved) · [bold]{s['nodes']}[/] nodes"
+    )
+    for title, key, rows in (
+        ("by round", "round", s["by_round"]),
+        ("by policy version", "policy_version", s["by_policy_version"]),
+    ):
         if not rows:
             continue
         t = Table(title=title)
         for col in (key, "trees", "solved_trees", "nodes", "problems_searched", "solved_problems"):
             t.add_column(col, justify="right" if col != "policy_version" else "left")
         for r in rows:
-            t.add_row(*(str(r[c]) for c in (key, "trees", "solved_trees", "nodes", "problems_searched", "solved_problems")))
+            t.add_row(
+                *(str(r[c]) for c in (key, "trees", "solved_trees", "nodes", "problems_searched", "solved_problems"))
+            )
         con.print(t)
 
 
 @store_app.command("trees")
-def trees_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, round: int | None = RoundOpt,
-              solved: bool | None = SolvedOpt, problem: str | None = ProblemOpt,
-              limit: int = typer.Option(50, "--limit", "-n", min=1, help="Rows to show."),
-              offset: int = typer.Option(0, "--offset", min=0, help="Rows to skip."), as_json: bool = JsonOpt) -> None:
+def trees_cmd(
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    round: int | None = RoundOpt,
+    solved: bool | None = SolvedOpt,
+    problem: str | None = ProblemOpt,
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Rows to show."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Rows to skip."),
+    as_json: bool = JsonOpt,
+) -> None:
     """List trees, newest first."""
     from rich.table import Table
 
     from store.queries import MAX_LIMIT, list_trees
 
-    rows, total = list_trees(_engine(config, overrides), round=round, solved=solved, problem_id=problem,
-                             limit=min(limit, MAX_LIMIT), offset=offset)
+    rows, total = list_trees(
+        _engine(config, overrides),
+        round=round,
+        solved=solved,
+        problem_id=problem,
+        limit=min(limit, MAX_LIMIT),
+        offset=offset,
+    )
     if as_json:
         typer.echo(json.dumps({"total": total, "items": rows}))
         return
@@ -99,8 +118,16 @@ def trees_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, round: int
     t.add_column("finished", no_wrap=True, min_width=11)
     t.add_column("question", min_width=12)
     for r in rows:
-        t.add_row(r["id"], str(r["round"]), "[green]✓[/]" if r["solved"] else "[red]✗[/]", str(r["n_nodes"]),
-                  str(r["max_depth"]), r["policy_version"], r["finished_at"][5:16].replace("T", " "), r["question"])
+        t.add_row(
+            r["id"],
+            str(r["round"]),
+            "[green]✓[/]" if r["solved"] else "[red]✗[/]",
+            str(r["n_nodes"]),
+            str(r["max_depth"]),
+            r["policy_version"],
+            r["finished_at"][5:16].replace("T", " "),
+            r["question"],
+        )
     _console().print(t)
 
 
@@ -138,9 +165,13 @@ def _label(n: dict, full: bool):
 
 
 @store_app.command("show")
-def show_cmd(tree_id: str = typer.Argument(..., help="The tree id."), config: str = ConfigOpt,
-             overrides: list[str] = SetOpt, full: bool = typer.Option(False, "--full", help="Full step text and output."),
-             as_json: bool = JsonOpt) -> None:
+def show_cmd(
+    tree_id: str = typer.Argument(..., help="The tree id."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    full: bool = typer.Option(False, "--full", help="Full step text and output."),
+    as_json: bool = JsonOpt,
+) -> None:
     """Draw one tree: per node idx, Q, visits, PPM score, terminal/correct marks and its step."""
     from rich.tree import Tree
 
@@ -153,9 +184,11 @@ def show_cmd(tree_id: str = typer.Argument(..., help="The tree id."), config: st
     if as_json:
         typer.echo(json.dumps({"tree": tree, "nodes": nodes}))
         return
-    title = (f"[bold]{tree['question']}[/]\ntree {tree['id']} · round {tree['round']} · {tree['source']} · "
-             f"policy {tree['policy_version']} · {'[green]solved[/]' if tree['solved'] else '[red]unsolved[/]'} · "
-             f"best {tree['best_answer']} · gold {tree['gold']}")
+    title = (
+        f"[bold]{tree['question']}[/]\ntree {tree['id']} · round {tree['round']} · {tree['source']} · "
+        f"policy {tree['policy_version']} · {'[green]solved[/]' if tree['solved'] else '[red]unsolved[/]'} · "
+        f"best {tree['best_answer']} · gold {tree['gold']}"
+    )
     root = Tree(title)
     branches = {}
     for n in sorted(nodes, key=lambda n: n["depth"]):  # parents before children
@@ -165,10 +198,15 @@ def show_cmd(tree_id: str = typer.Argument(..., help="The tree id."), config: st
 
 
 @store_app.command("export")
-def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write."), config: str = ConfigOpt,
-               overrides: list[str] = SetOpt, round: int | None = RoundOpt, solved: bool | None = SolvedOpt,
-               problem: str | None = ProblemOpt,
-               only_correct: bool = typer.Option(False, "--only-correct", help="Only trajectories with a correct answer.")) -> None:
+def export_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    round: int | None = RoundOpt,
+    solved: bool | None = SolvedOpt,
+    problem: str | None = ProblemOpt,
+    only_correct: bool = typer.Option(False, "--only-correct", help="Only trajectories with a correct answer."),
+) -> None:
     """Write root→leaf trajectories (question, gold, steps, q and ppm per step, answer, correct) as JSONL."""
     from rich.progress import Progress
 
@@ -182,8 +220,9 @@ def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="JSONL file to 
     try:
         with tmp.open("w") as f, Progress(transient=True) as progress:
             task = progress.add_task("exporting trees", total=count_trees(engine, filters))
-            for traj in trajectories(engine, filters, only_correct=only_correct,
-                                     on_chunk=lambda n: progress.advance(task, n)):
+            for traj in trajectories(
+                engine, filters, only_correct=only_correct, on_chunk=lambda n: progress.advance(task, n)
+            ):
                 f.write(json.dumps(traj) + "\n")
                 written += 1
         os.replace(tmp, out)

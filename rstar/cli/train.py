@@ -60,9 +60,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="train")
 
     @group.command("sft")
-    def sft(round: int = RoundOpt, out: Path = OutOpt, reselect: bool = typer.Option(
-                False, "--reselect", help="Select the round's data from the store again first."),
-            as_json: bool = JsonOpt, config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def sft(
+        round: int = RoundOpt,
+        out: Path = OutOpt,
+        reselect: bool = typer.Option(False, "--reselect", help="Select the round's data from the store again first."),
+        as_json: bool = JsonOpt,
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """Fine-tune the round's starting policy (``learner.finetune_from``) on its SFT examples."""
         from learner import data
         from learner.round_stages import round_dir, round_train_config, start_model
@@ -77,15 +82,25 @@ def register(app: typer.Typer) -> None:
             start = start_model(cfg, round)
         except RuntimeError as e:
             raise typer.BadParameter(str(e), param_hint="--round") from None
-        rep = train_sft(examples, start, out or d / "policy",
-                        round_train_config(cfg, round), d / "sft-work" if out is None else out.with_name(out.name + "-work"),
-                        progress=not as_json)
+        rep = train_sft(
+            examples,
+            start,
+            out or d / "policy",
+            round_train_config(cfg, round),
+            d / "sft-work" if out is None else out.with_name(out.name + "-work"),
+            progress=not as_json,
+        )
         _report(rep, as_json, f"SFT round {round}")
 
     @group.command("ppm")
-    def ppm(round: int = RoundOpt, out: Path = OutOpt,
-            policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
-            as_json: bool = JsonOpt, config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    def ppm(
+        round: int = RoundOpt,
+        out: Path = OutOpt,
+        policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
+        as_json: bool = JsonOpt,
+        config: str = ConfigOpt,
+        overrides: list[str] = SetOpt,
+    ) -> None:
         """Train the PPM on the round's preference pairs, from the round's policy."""
         from learner import data
         from learner.ppm_train import train_ppm
@@ -96,6 +111,12 @@ def register(app: typer.Typer) -> None:
         if not pairs:
             raise typer.BadParameter(f"round {round} has no PPM pairs in the store", param_hint="--round")
         d = round_dir(cfg, round)
-        rep = train_ppm(pairs, policy or d / "policy", out or d / "ppm", cfg.train,
-                        d / "ppm-work" if out is None else out.with_name(out.name + "-work"), progress=not as_json)
+        rep = train_ppm(
+            pairs,
+            policy or d / "policy",
+            out or d / "ppm",
+            cfg.train,
+            d / "ppm-work" if out is None else out.with_name(out.name + "-work"),
+            progress=not as_json,
+        )
         _report(rep, as_json, f"PPM round {round}")

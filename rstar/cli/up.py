@@ -23,15 +23,23 @@ def parse_duration(text: str | None) -> float:
 def up(
     preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
     actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
-    dataset: str = typer.Option(None, help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
-                                 "(held-out evaluation problems and the teacher's are left out, and counted); "
-                                 "default: the config's learner.pool (synthetic)."),
+    dataset: str = typer.Option(
+        None,
+        help="Problem pool to queue: `rstar eval --dataset` names, joined by + to mix "
+        "(held-out evaluation problems and the teacher's are left out, and counted); "
+        "default: the config's learner.pool (synthetic).",
+    ),
     problems: str = typer.Option(None, "--problems", help="Queue problems from this JSONL file instead."),
     limit: int = typer.Option(None, help="Queue at most this many problems."),
-    include_teacher: bool = typer.Option(False, "--include-teacher",
-                                         help="Queue the teacher's demonstrated problems too (sets "
-                                              "learner.pool_include_teacher; held-out problems are never queued)."),
-    rounds: int = typer.Option(0, help="Stop once this round is published, evaluated and served by an actor (0: run until Ctrl-C)."),
+    include_teacher: bool = typer.Option(
+        False,
+        "--include-teacher",
+        help="Queue the teacher's demonstrated problems too (sets "
+        "learner.pool_include_teacher; held-out problems are never queued).",
+    ),
+    rounds: int = typer.Option(
+        0, help="Stop once this round is published, evaluated and served by an actor (0: run until Ctrl-C)."
+    ),
     duration: str = typer.Option(None, help="Stop after this long, e.g. 15m or 2h."),
     no_api: bool = typer.Option(False, "--no-api", help="Do not start the HTTP API."),
     config: str = ConfigOpt,
@@ -47,8 +55,15 @@ def up(
         cfg = load_config(config, overrides, preset=preset_path(preset) if preset else None)
     except (ConfigError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    opts = UpOptions(actors=actors, dataset=None if problems else (dataset or cfg.learner.pool), problems_file=problems,
-                     limit=limit, rounds=rounds, duration_s=parse_duration(duration), api=not no_api)
+    opts = UpOptions(
+        actors=actors,
+        dataset=None if problems else (dataset or cfg.learner.pool),
+        problems_file=problems,
+        limit=limit,
+        rounds=rounds,
+        duration_s=parse_duration(duration),
+        api=not no_api,
+    )
     run_up(cfg, opts, config, overrides or [])
 
 

@@ -95,22 +95,37 @@ def test_services_run_two_rounds_with_a_swap(tmp_path, nats_server, scratch_pg, 
     env = dict(os.environ)
     env = {k: v for k, v in env.items() if not k.startswith("RSTAR_")}
     env.update(env_file(DEPLOY / "rstar.env.example"))
-    env.update({  # the compose hosts → this machine; the tiny model and a tiny schedule
-        "RSTAR_BROKER__URL": nats_server.url, "RSTAR_STORE__URL": scratch_pg,
-        "RSTAR_DATA_DIR": str(tmp_path / "data"), "RSTAR_API__TOKEN": "t0ken",
-        "RSTAR_MODEL__POLICY": str(tiny_model_dir), "RSTAR_MODEL__CACHE_DIR": str(tmp_path / "cache"),
-        "RSTAR_MODEL__THREADS": "1", "RSTAR_TRAIN__THREADS": "1",
-        "RSTAR_LEARNER__TEACHER_PROBLEMS": "6", "RSTAR_LEARNER__TEACHER_LEVELS": "[1]",
-        "RSTAR_LEARNER__ROUND_QUOTA": "3", "RSTAR_LEARNER__MAX_ROUNDS": "1",
-        "RSTAR_LEARNER__EVAL_SYNTHETIC_N": "2", "RSTAR_LEARNER__EVAL_REAL_N": "0",
-        "RSTAR_LEARNER__EVAL_METHODS": '["greedy", "mcts"]', "RSTAR_LEARNER__EVAL_K": "2",
-        "RSTAR_LEARNER__POLL_S": "1", "RSTAR_TRAIN__EPOCHS": "1",
-        "RSTAR_SEARCH__ROLLOUTS": "2", "RSTAR_SEARCH__N_CHILDREN": "2", "RSTAR_SEARCH__MAX_DEPTH": "3",
-        "RSTAR_SEARCH__TREES_IN_FLIGHT": "2", "RSTAR_GENERATION__MAX_STEP_TOKENS": "12",
-        "RSTAR_GENERATION__FEW_SHOT": "false", "RSTAR_ACTOR__WAIT_FOR_MODEL": "true",
-        "RSTAR_ACTOR__HEARTBEAT_S": "1",
-        "RSTAR_SEED_LIMIT": "40",
-    })
+    env.update(
+        {  # the compose hosts → this machine; the tiny model and a tiny schedule
+            "RSTAR_BROKER__URL": nats_server.url,
+            "RSTAR_STORE__URL": scratch_pg,
+            "RSTAR_DATA_DIR": str(tmp_path / "data"),
+            "RSTAR_API__TOKEN": "t0ken",
+            "RSTAR_MODEL__POLICY": str(tiny_model_dir),
+            "RSTAR_MODEL__CACHE_DIR": str(tmp_path / "cache"),
+            "RSTAR_MODEL__THREADS": "1",
+            "RSTAR_TRAIN__THREADS": "1",
+            "RSTAR_LEARNER__TEACHER_PROBLEMS": "6",
+            "RSTAR_LEARNER__TEACHER_LEVELS": "[1]",
+            "RSTAR_LEARNER__ROUND_QUOTA": "3",
+            "RSTAR_LEARNER__MAX_ROUNDS": "1",
+            "RSTAR_LEARNER__EVAL_SYNTHETIC_N": "2",
+            "RSTAR_LEARNER__EVAL_REAL_N": "0",
+            "RSTAR_LEARNER__EVAL_METHODS": '["greedy", "mcts"]',
+            "RSTAR_LEARNER__EVAL_K": "2",
+            "RSTAR_LEARNER__POLL_S": "1",
+            "RSTAR_TRAIN__EPOCHS": "1",
+            "RSTAR_SEARCH__ROLLOUTS": "2",
+            "RSTAR_SEARCH__N_CHILDREN": "2",
+            "RSTAR_SEARCH__MAX_DEPTH": "3",
+            "RSTAR_SEARCH__TREES_IN_FLIGHT": "2",
+            "RSTAR_GENERATION__MAX_STEP_TOKENS": "12",
+            "RSTAR_GENERATION__FEW_SHOT": "false",
+            "RSTAR_ACTOR__WAIT_FOR_MODEL": "true",
+            "RSTAR_ACTOR__HEARTBEAT_S": "1",
+            "RSTAR_SEED_LIMIT": "40",
+        }
+    )
     rstar = [sys.executable, "-m", "rstar"]
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -123,8 +138,9 @@ def test_services_run_two_rounds_with_a_swap(tmp_path, nats_server, scratch_pg, 
             cmd = [c for c in cmd if c not in ("--port", "8321")] + ["--port", str(free_port())]
         out = open(logs / f"{name}.log", "wb")
         files.append(out)
-        procs[name] = subprocess.Popen(rstar + cmd, env={**env, **(extra or {})}, stdout=out,
-                                       stderr=subprocess.STDOUT, cwd=tmp_path)
+        procs[name] = subprocess.Popen(
+            rstar + cmd, env={**env, **(extra or {})}, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
         return cmd
 
     try:
@@ -144,8 +160,11 @@ def test_services_run_two_rounds_with_a_swap(tmp_path, nats_server, scratch_pg, 
         _wait(lambda: published(1), 180, "round 1 to be trained and published", procs)
 
         def round2_trees():
-            return stats(engine)["by_round"] if any(
-                r.get("round") == 2 and r.get("trees", 0) > 0 for r in stats(engine)["by_round"]) else None
+            return (
+                stats(engine)["by_round"]
+                if any(r.get("round") == 2 and r.get("trees", 0) > 0 for r in stats(engine)["by_round"])
+                else None
+            )
 
         _wait(round2_trees, 120, "trees searched on the round-1 policy", procs)
         port = int(api_cmd[-1])
@@ -172,10 +191,14 @@ def test_services_run_two_rounds_with_a_swap(tmp_path, nats_server, scratch_pg, 
     from sqlalchemy import text
 
     with engine.connect() as c:
-        versions = dict(c.execute(text(
-            "select round, count(distinct policy_version) from trees where source = 'search' group by round")).all())
-        by_round_policy = c.execute(text(
-            "select distinct round, policy_version from trees where source = 'search'")).all()
+        versions = dict(
+            c.execute(
+                text("select round, count(distinct policy_version) from trees where source = 'search' group by round")
+            ).all()
+        )
+        by_round_policy = c.execute(
+            text("select distinct round, policy_version from trees where source = 'search'")
+        ).all()
         search_trees = c.execute(text("select count(*) from trees where source = 'search'")).scalar()
         teacher = c.execute(text("select count(*) from trees where source = 'teacher'")).scalar()
     # Trees from both published policies: round 1 on round 0's, round 2 on round 1's (the swap).

@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _up(tmp_path, env) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    cmd = [sys.executable, "-m", "rstar", "up", "--rounds", "1", "--no-api", "--dataset", "synthetic",
-           "--limit", "30"]
+    cmd = [sys.executable, "-m", "rstar", "up", "--rounds", "1", "--no-api", "--dataset", "synthetic", "--limit", "30"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     logs = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
     return res, logs
@@ -36,15 +35,28 @@ def test_up_runs_a_round_with_a_swap_then_resumes(tmp_path, nats_server, tiny_mo
     from store.queries import list_rounds, stats
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")} | {
-        "RSTAR_LOG_JSON": "1", "RSTAR_BROKER__URL": nats_server.url, "RSTAR_DATA_DIR": str(tmp_path / "data"),
-        "RSTAR_MODEL__POLICY": str(tiny_model_dir), "RSTAR_MODEL__CACHE_DIR": str(tmp_path / "cache"),
-        "RSTAR_MODEL__THREADS": "1", "RSTAR_TRAIN__THREADS": "1", "RSTAR_TRAIN__EPOCHS": "1",
-        "RSTAR_LEARNER__TEACHER_PROBLEMS": "6", "RSTAR_LEARNER__TEACHER_LEVELS": "[1]",
-        "RSTAR_LEARNER__ROUND_QUOTA": "3", "RSTAR_LEARNER__MAX_ROUNDS": "1", "RSTAR_LEARNER__POLL_S": "1",
-        "RSTAR_LEARNER__EVAL_SYNTHETIC_N": "2", "RSTAR_LEARNER__EVAL_REAL_N": "0",
-        "RSTAR_LEARNER__EVAL_METHODS": '["greedy"]', "RSTAR_ACTOR__NICE": "3",
-        "RSTAR_SEARCH__ROLLOUTS": "2", "RSTAR_SEARCH__N_CHILDREN": "2", "RSTAR_SEARCH__MAX_DEPTH": "3",
-        "RSTAR_SEARCH__TREES_IN_FLIGHT": "2", "RSTAR_GENERATION__MAX_STEP_TOKENS": "12",
+        "RSTAR_LOG_JSON": "1",
+        "RSTAR_BROKER__URL": nats_server.url,
+        "RSTAR_DATA_DIR": str(tmp_path / "data"),
+        "RSTAR_MODEL__POLICY": str(tiny_model_dir),
+        "RSTAR_MODEL__CACHE_DIR": str(tmp_path / "cache"),
+        "RSTAR_MODEL__THREADS": "1",
+        "RSTAR_TRAIN__THREADS": "1",
+        "RSTAR_TRAIN__EPOCHS": "1",
+        "RSTAR_LEARNER__TEACHER_PROBLEMS": "6",
+        "RSTAR_LEARNER__TEACHER_LEVELS": "[1]",
+        "RSTAR_LEARNER__ROUND_QUOTA": "3",
+        "RSTAR_LEARNER__MAX_ROUNDS": "1",
+        "RSTAR_LEARNER__POLL_S": "1",
+        "RSTAR_LEARNER__EVAL_SYNTHETIC_N": "2",
+        "RSTAR_LEARNER__EVAL_REAL_N": "0",
+        "RSTAR_LEARNER__EVAL_METHODS": '["greedy"]',
+        "RSTAR_ACTOR__NICE": "3",
+        "RSTAR_SEARCH__ROLLOUTS": "2",
+        "RSTAR_SEARCH__N_CHILDREN": "2",
+        "RSTAR_SEARCH__MAX_DEPTH": "3",
+        "RSTAR_SEARCH__TREES_IN_FLIGHT": "2",
+        "RSTAR_GENERATION__MAX_STEP_TOKENS": "12",
         "RSTAR_ACTOR__HEARTBEAT_S": "1",
     }
     res, logs = _up(tmp_path, env)

@@ -66,9 +66,9 @@ def _teach(src: Path, out: Path, steps: int = 40) -> Path:
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (p, t) in enumerate(rows):
-        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
-        mask[i, :len(p) + len(t)] = 1
+        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+        mask[i, : len(p) + len(t)] = 1
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
@@ -118,17 +118,37 @@ def models(tiny_model_dir, tmp_path_factory):
 
 
 def _overrides(url: str, data_dir: Path, models, *extra: str) -> list[str]:
-    return [f'broker.url="{url}"', f'data_dir="{data_dir}"', f'model.policy="{models["policy"][0]}"',
-            f'model.ppm="{models["ppm"][0]}"', "model.device=cpu", "model.threads=1",
-            "generation.few_shot=false", "generation.max_step_tokens=32", "search.rollouts=2",
-            "search.n_children=2", "sandbox.workers=1", "actor.trees_in_flight=2",
-            "actor.heartbeat_s=0.5", "actor.fetch_timeout_s=0.3", "broker.problems_ack_wait_s=4",
-            "broker.heartbeat_ttl_s=3", *extra]
+    return [
+        f'broker.url="{url}"',
+        f'data_dir="{data_dir}"',
+        f'model.policy="{models["policy"][0]}"',
+        f'model.ppm="{models["ppm"][0]}"',
+        "model.device=cpu",
+        "model.threads=1",
+        "generation.few_shot=false",
+        "generation.max_step_tokens=32",
+        "search.rollouts=2",
+        "search.n_children=2",
+        "sandbox.workers=1",
+        "actor.trees_in_flight=2",
+        "actor.heartbeat_s=0.5",
+        "actor.fetch_timeout_s=0.3",
+        "broker.problems_ack_wait_s=4",
+        "broker.heartbeat_ttl_s=3",
+        *extra,
+    ]
 
 
 def _problems(a: int, b: int) -> list[Problem]:
-    return [Problem(id=problem_id("actor-test", f"q{i}"), source="actor-test", answer="5",
-                    question=f"Tom has {i} pens and gets {i + 1} more. How many now?") for i in range(a, b)]
+    return [
+        Problem(
+            id=problem_id("actor-test", f"q{i}"),
+            source="actor-test",
+            answer="5",
+            question=f"Tom has {i} pens and gets {i + 1} more. How many now?",
+        )
+        for i in range(a, b)
+    ]
 
 
 async def _until(pred, timeout: float, what: str, every: float = 0.1):
@@ -168,8 +188,7 @@ class Proc:
         self.name, self.err, self.out = name, tmp_path / f"actor-{name}.err", tmp_path / f"actor-{name}.out"
         cmd = [str(RSTAR), "actor", "--id", name, "--json"] + [x for o in overrides for x in ("--set", o)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")} | {"RSTAR_LOG_JSON": "1"}
-        self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.out, "w"),
-                                  stderr=open(self.err, "w"))
+        self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.out, "w"), stderr=open(self.err, "w"))
 
     def alive(self) -> bool:
         if self.p.poll() is not None:
@@ -218,9 +237,16 @@ async def test_fleet_survives_sigkill_two_swaps_a_bad_pointer_and_sigterm(nats_s
             await _until(lambda: _logged(procs, "refusing checkpoint round 3"), 30, "the refusal")
             await add_problems(b, _problems(20, 24))
             await _until(lambda: _n_trees(b, 24), 90, "a tree for each of 24 problems")
-            status = json.loads(subprocess.run(
-                [str(RSTAR), "status", "--json"] + [x for o in overrides for x in ("--set", o)],
-                cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout)
+            status = json.loads(
+                subprocess.run(
+                    [str(RSTAR), "status", "--json"] + [x for o in overrides for x in ("--set", o)],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                ).stdout
+            )
             # SIGTERM while both actors are busy with a long queue (grace 0: return what you hold).
             await add_problems(b, _problems(24, N))
             await _until(lambda: _n_trees(b, 26), 30, "the last batch under way")
@@ -313,21 +339,27 @@ async def test_bad_checkpoints_are_refused_and_the_actor_keeps_serving(nats_serv
         actor = asyncio.create_task(run_actor(cfg, stop, ready, report))
         await asyncio.wait_for(ready.wait(), 60)
         bad = {  # what is wrong -> the pointer, and a word of the logged reason
-            "digest": (ModelPointer(round=1, policy=ModelRef(version="x1", object=good.policy.object,
-                                                             sha256="0" * 64), ppm=good.ppm), "digest"),
-            "missing": (ModelPointer(round=2, policy=ModelRef(version="x2", object="nowhere",
-                                                              sha256=good.policy.sha256)), "not in the store"),
+            "digest": (
+                ModelPointer(
+                    round=1, policy=ModelRef(version="x1", object=good.policy.object, sha256="0" * 64), ppm=good.ppm
+                ),
+                "digest",
+            ),
+            "missing": (
+                ModelPointer(round=2, policy=ModelRef(version="x2", object="nowhere", sha256=good.policy.sha256)),
+                "not in the store",
+            ),
             "base": (ModelPointer(round=3, policy=good.policy, ppm=foreign), "base does not match"),
             "weights": (ModelPointer(round=4, policy=unloadable, ppm=good.ppm), "cannot load"),
         }
         n = 0
         for what, (pointer, reason) in bad.items():
             await set_pointer(b, pointer)
-            ev = await _until(lambda: _event(actor, report, pointer.round), 60, f"the {what} pointer handled")
+            ev = await _until(lambda p=pointer: _event(actor, report, p.round), 60, f"the {what} pointer handled")
             assert ev.refused and reason in ev.refused and ev.swapped_at is None, (what, ev)
             await add_problems(b, _problems(n, n + 2))  # still serving, on the configured pair
             n += 2
-            await _until(lambda: _n_trees(b, n), 60, f"trees after the {what} pointer")
+            await _until(lambda k=n: _n_trees(b, k), 60, f"trees after the {what} pointer")
         good = ModelPointer(round=5, policy=good.policy, ppm=good.ppm)
         await set_pointer(b, good)
         ev = await _until(lambda: _event(actor, report, 5), 60, "the good pointer")

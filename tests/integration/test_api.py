@@ -8,7 +8,7 @@ import random
 import re
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -31,23 +31,59 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def filled(request, tmp_path_factory):
     """A store with 12 trees over 3 rounds, 2 rounds and 3 checkpoints; yields (engine, trees)."""
+
     def fill(url):
         engine = open_store(url)
         rng = random.Random(21)
         problems = [sample_problem(rng) for _ in range(4)]
         trees = [sample_tree(rng, 20, round=i % 3, problem=problems[i % 4]) for i in range(12)]
         upsert_trees(engine, trees)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with engine.begin() as c:
-            c.execute(insert(RoundRow), [
-                {"round": 0, "state": "closed", "quota": 10, "eval": {"greedy": 0.1}, "closed_at": now},
-                {"round": 1, "state": "collecting", "quota": 20, "eval": {}, "closed_at": None}])
-            c.execute(insert(CheckpointRow), [{"round": 0, "kind": "policy", "version": "p0", "object": "o/p0",
-                                               "sha256": "a" * 64, "metrics": {"loss": 1.5}, "base": "smollm2"}])
-            c.execute(insert(CheckpointRow), [{"round": 0, "kind": "ppm", "version": "m0", "object": "o/m0",
-                                               "sha256": "b" * 64, "metrics": {}, "parent_id": None},
-                                              {"round": 1, "kind": "policy", "version": "p1", "object": "o/p1",
-                                               "sha256": "c" * 64, "metrics": {}, "parent_id": 1}])
+            c.execute(
+                insert(RoundRow),
+                [
+                    {"round": 0, "state": "closed", "quota": 10, "eval": {"greedy": 0.1}, "closed_at": now},
+                    {"round": 1, "state": "collecting", "quota": 20, "eval": {}, "closed_at": None},
+                ],
+            )
+            c.execute(
+                insert(CheckpointRow),
+                [
+                    {
+                        "round": 0,
+                        "kind": "policy",
+                        "version": "p0",
+                        "object": "o/p0",
+                        "sha256": "a" * 64,
+                        "metrics": {"loss": 1.5},
+                        "base": "smollm2",
+                    }
+                ],
+            )
+            c.execute(
+                insert(CheckpointRow),
+                [
+                    {
+                        "round": 0,
+                        "kind": "ppm",
+                        "version": "m0",
+                        "object": "o/m0",
+                        "sha256": "b" * 64,
+                        "metrics": {},
+                        "parent_id": None,
+                    },
+                    {
+                        "round": 1,
+                        "kind": "policy",
+                        "version": "p1",
+                        "object": "o/p1",
+                        "sha256": "c" * 64,
+                        "metrics": {},
+                        "parent_id": 1,
+                    },
+                ],
+            )
         return engine, trees
 
     if request.param == "sqlite":
@@ -67,8 +103,10 @@ def filled(request, tmp_path_factory):
 
 
 def _cfg(tmp_path, token: str | None = TOKEN):
-    return load_config(overrides=[f"data_dir='{tmp_path}'", "api.metrics_refresh_s=0"]
-                       + ([f"api.token='{token}'"] if token else []), env={})
+    return load_config(
+        overrides=[f"data_dir='{tmp_path}'", "api.metrics_refresh_s=0"] + ([f"api.token='{token}'"] if token else []),
+        env={},
+    )
 
 
 async def _client(app) -> TestClient:
@@ -101,7 +139,7 @@ async def test_read_endpoints(client, filled):
     for offset in range(0, 12, 5):
         seen += [t["id"] for t in (await (await client.get(f"/api/trees?limit=5&offset={offset}")).json())["items"]]
     assert sorted(seen) == sorted(t.tree_id for t in trees)
-    solved = (await (await client.get("/api/trees?solved=false&limit=100")).json())
+    solved = await (await client.get("/api/trees?solved=false&limit=100")).json()
     assert solved["total"] == sum(not t.solved for t in trees)
     t = trees[3]
     body = await (await client.get(f"/api/trees/{t.tree_id}")).json()
@@ -115,23 +153,26 @@ async def test_read_endpoints(client, filled):
     assert (await (await client.get("/health")).json())["status"] == "ok"
 
 
-@pytest.mark.parametrize("path, status, param", [
-    ("/api/trees/no-such-tree", 404, None),
-    ("/api/problems/no-such-problem", 404, None),
-    ("/api/no-such-endpoint", 404, None),
-    ("/api/trees?limit=abc", 400, "limit"),
-    ("/api/trees?limit=0", 400, "limit"),
-    ("/api/trees?limit=100000", 400, "limit"),
-    ("/api/trees?offset=-3", 400, "offset"),
-    ("/api/trees?round=1.5", 400, "round"),
-    ("/api/trees?round=99999999999999999999", 400, "round"),
-    ("/api/trees?solved=maybe", 400, "solved"),
-    ("/api/trees?source=oracle", 400, "source"),
-    ("/api/trees?problem=%00x", 400, "problem"),
-    ("/api/trees/%00", 400, "id"),
-    ("/api/checkpoints?kind=optimizer", 400, "kind"),
-    ("/api/checkpoints?round=x", 400, "round"),
-])
+@pytest.mark.parametrize(
+    "path, status, param",
+    [
+        ("/api/trees/no-such-tree", 404, None),
+        ("/api/problems/no-such-problem", 404, None),
+        ("/api/no-such-endpoint", 404, None),
+        ("/api/trees?limit=abc", 400, "limit"),
+        ("/api/trees?limit=0", 400, "limit"),
+        ("/api/trees?limit=100000", 400, "limit"),
+        ("/api/trees?offset=-3", 400, "offset"),
+        ("/api/trees?round=1.5", 400, "round"),
+        ("/api/trees?round=99999999999999999999", 400, "round"),
+        ("/api/trees?solved=maybe", 400, "solved"),
+        ("/api/trees?source=oracle", 400, "source"),
+        ("/api/trees?problem=%00x", 400, "problem"),
+        ("/api/trees/%00", 400, "id"),
+        ("/api/checkpoints?kind=optimizer", 400, "kind"),
+        ("/api/checkpoints?round=x", 400, "round"),
+    ],
+)
 async def test_bad_input_gets_a_json_error_never_a_500(client, path, status, param):
     r = await client.get(path)
     assert r.status == status, await r.text()
@@ -145,8 +186,10 @@ async def test_wrong_method_is_a_json_405(client):
 
 
 async def test_posting_problems_needs_the_token(client, filled):
-    new = [{"source": "api-test", "question": "What is 2 + 3?", "answer": "5", "meta": {"level": 1}},
-           {"source": "api-test", "question": "What is 7 * 6?"}]
+    new = [
+        {"source": "api-test", "question": "What is 2 + 3?", "answer": "5", "meta": {"level": 1}},
+        {"source": "api-test", "question": "What is 7 * 6?"},
+    ]
     assert (await client.post("/api/problems", json=new)).status == 401
     r = await client.post("/api/problems", json=new, headers={"Authorization": "Bearer wrong"})
     assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
@@ -162,10 +205,19 @@ async def test_posting_problems_needs_the_token(client, filled):
     assert [[p.id for p in call] for call in client.hook_calls] == [ids, ids]
 
 
-@pytest.mark.parametrize("body", [b"not json", b"{}", b"[]", b'[{"question": "no source"}]',
-                                  b'[{"source": "s", "question": "q", "extra": 1}]',
-                                  b'[{"source": "s", "question": "   "}]', b'[{"source": "s", "question": 5}]',
-                                  b'[{"source": "' + b"s" * 150 + b'", "question": "q"}]'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"{}",
+        b"[]",
+        b'[{"question": "no source"}]',
+        b'[{"source": "s", "question": "q", "extra": 1}]',
+        b'[{"source": "s", "question": "   "}]',
+        b'[{"source": "s", "question": 5}]',
+        b'[{"source": "' + b"s" * 150 + b'", "question": "q"}]',
+    ],
+)
 async def test_bad_problem_bodies_are_400(client, body):
     r = await client.post("/api/problems", data=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status == 400, await r.text()
@@ -175,8 +227,9 @@ async def test_bad_problem_bodies_are_400(client, body):
 async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
     c = await _client(create_app(_cfg(tmp_path, token=None), filled[0]))
     try:
-        r = await c.post("/api/problems", json=[{"source": "s", "question": "q"}],
-                         headers={"Authorization": "Bearer anything"})
+        r = await c.post(
+            "/api/problems", json=[{"source": "s", "question": "q"}], headers={"Authorization": "Bearer anything"}
+        )
         assert r.status == 403
     finally:
         await c.close()
@@ -200,8 +253,11 @@ async def test_openapi_describes_exactly_the_routes(client):
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
     described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
-    served = {(r.resource.canonical, r.method.lower()) for r in client.server.app.router.routes()
-              if r.method != "HEAD" and not r.resource.canonical.startswith("/static")}
+    served = {
+        (r.resource.canonical, r.method.lower())
+        for r in client.server.app.router.routes()
+        if r.method != "HEAD" and not r.resource.canonical.startswith("/static")
+    }
     assert described == served
 
 

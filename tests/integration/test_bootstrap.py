@@ -30,8 +30,16 @@ def engine(tmp_path):
 
 
 def base_cfg(tmp_path, *extra: str):
-    return load_config(overrides=[f'data_dir="{tmp_path}"', "learner.teacher_problems=4", "learner.teacher_levels=[1, 2]",
-                                  "sandbox.workers=1", *extra], env={})
+    return load_config(
+        overrides=[
+            f'data_dir="{tmp_path}"',
+            "learner.teacher_problems=4",
+            "learner.teacher_levels=[1, 2]",
+            "sandbox.workers=1",
+            *extra,
+        ],
+        env={},
+    )
 
 
 async def test_curriculum_teacher_stores_verified_linear_trees_once(tmp_path, engine):
@@ -78,8 +86,10 @@ async def teacher_server():
         question = head.rpartition("Problem: ")[2]
         ref = refs[question]
         nxt = ref[len(parse_steps(done))]
-        choices = [{"index": i, "text": nxt if i % 2 == 0 else WRONG, "finish_reason": "stop",
-                    "stop_reason": "<end_of_step>"} for i in range(body["n"])]
+        choices = [
+            {"index": i, "text": nxt if i % 2 == 0 else WRONG, "finish_reason": "stop", "stop_reason": "<end_of_step>"}
+            for i in range(body["n"])
+        ]
         return web.json_response({"choices": choices, "usage": {"completion_tokens": 20 * body["n"]}})
 
     app = web.Application()
@@ -93,9 +103,15 @@ async def teacher_server():
 
 
 async def test_openai_teacher_searches_through_the_endpoint(tmp_path, engine, teacher_server):
-    cfg = base_cfg(tmp_path, 'learner.teacher="openai"', f'model.openai_url="{teacher_server}"',
-                   'model.openai_model="big-teacher"', "learner.teacher_rollouts=4", "search.n_children=2",
-                   "learner.teacher_problems=3")
+    cfg = base_cfg(
+        tmp_path,
+        'learner.teacher="openai"',
+        f'model.openai_url="{teacher_server}"',
+        'model.openai_model="big-teacher"',
+        "learner.teacher_rollouts=4",
+        "search.n_children=2",
+        "learner.teacher_problems=3",
+    )
     rep = await run_bootstrap(cfg, engine)
     assert (rep.problems, rep.stored, rep.failed) == (3, 3, 0)
     rows, _ = list_trees(engine, round=0, source="teacher")

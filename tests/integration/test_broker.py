@@ -12,13 +12,23 @@ import pytest
 from nats.js import api
 
 from broker.client import open_broker, publish, publish_tree
-from broker.dead_letters import list_dead_letters, replay, watch_exhausted_problems
 from broker.codec import PARTS, Reassembler, decode_tree
+from broker.dead_letters import list_dead_letters, replay, watch_exhausted_problems
 from broker.problems import add_problems, fetch_problems, problems_subscription, requeue_problem
 from broker.server import embedded_server, start_server
-from broker.streams import (ACTORS_BUCKET, ACTORS_CONSUMER, CHECKPOINTS_BUCKET, DLQ_STREAM, EXHAUSTED_STREAM,
-                            INGEST_CONSUMER,
-                            MODELS_BUCKET, PROBLEMS_STREAM, PROBLEMS_SUBJECT, TREES_STREAM, TREES_SUBJECT)
+from broker.streams import (
+    ACTORS_BUCKET,
+    ACTORS_CONSUMER,
+    CHECKPOINTS_BUCKET,
+    DLQ_STREAM,
+    EXHAUSTED_STREAM,
+    INGEST_CONSUMER,
+    MODELS_BUCKET,
+    PROBLEMS_STREAM,
+    PROBLEMS_SUBJECT,
+    TREES_STREAM,
+    TREES_SUBJECT,
+)
 from rstar.config import load_config
 from rstar.schemas import Node, Problem, TreeResult, problem_id
 
@@ -37,17 +47,34 @@ def _cfg(url: str, *extra: str):
 
 
 def _problems(n: int, source: str = "it") -> list[Problem]:
-    return [Problem(id=problem_id(source, f"What is {i} + {i}?"), source=source, question=f"What is {i} + {i}?",
-                    answer=str(2 * i)) for i in range(n)]
+    return [
+        Problem(
+            id=problem_id(source, f"What is {i} + {i}?"),
+            source=source,
+            question=f"What is {i} + {i}?",
+            answer=str(2 * i),
+        )
+        for i in range(n)
+    ]
 
 
 def _big_tree(mb: float, tree_id: str = "big-1") -> TreeResult:
     rng = random.Random(7)
     n = int(mb * 1024 * 1024 / 3000)
     nodes = [Node(idx=0, parent=None, depth=0)] + [
-        Node(idx=i, parent=0, depth=1, text=base64.b64encode(rng.randbytes(2250)).decode()) for i in range(1, n + 1)]
-    return TreeResult(tree_id=tree_id, problem=_problems(1)[0], actor_id="a", policy_version="p", ppm_version="",
-                      started_at=1.0, finished_at=2.0, nodes=nodes, solved=False)
+        Node(idx=i, parent=0, depth=1, text=base64.b64encode(rng.randbytes(2250)).decode()) for i in range(1, n + 1)
+    ]
+    return TreeResult(
+        tree_id=tree_id,
+        problem=_problems(1)[0],
+        actor_id="a",
+        policy_version="p",
+        ppm_version="",
+        started_at=1.0,
+        finished_at=2.0,
+        nodes=nodes,
+        solved=False,
+    )
 
 
 async def test_ensure_broker_creates_the_layout_and_is_idempotent(server):
@@ -239,19 +266,28 @@ def test_rstar_broker_up_runs_until_sigterm_and_dlq_lists_dead_letters(tmp_path)
                 await fetch_problems(b, await problems_subscription(b), batch=1, timeout=2)
 
         asyncio.run(poison())
-        out = subprocess.run([rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True, timeout=60
+        )
         [row] = [json.loads(line) for line in out.stdout.splitlines()]
         assert row["subject"] == "rstar.dlq.problems.new" and "not valid JSON" in row["Rstar-Error"]
-        out = subprocess.run([rstar, "broker", "dlq", "--replay", "99", *sets], env=env, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [rstar, "broker", "dlq", "--replay", "99", *sets], env=env, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 2 and "no dead letter #99" in out.stderr
-        out = subprocess.run([rstar, "broker", "dlq", "--replay-all", "--json", *sets], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [rstar, "broker", "dlq", "--replay-all", "--json", *sets],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert [json.loads(line) for line in out.stdout.splitlines()] == [
-            {"replayed": row["seq"], "subject": PROBLEMS_SUBJECT}]
-        out = subprocess.run([rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True,
-                             timeout=60)
+            {"replayed": row["seq"], "subject": PROBLEMS_SUBJECT}
+        ]
+        out = subprocess.run(
+            [rstar, "broker", "dlq", "--json", *sets], env=env, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0 and out.stdout == ""
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -66,8 +66,10 @@ def _counts(url: str) -> tuple[int, int]:
     engine = create_engine(url)
     try:
         with engine.connect() as c:
-            return (c.execute(text("SELECT count(*) FROM trees")).scalar_one(),
-                    c.execute(text("SELECT count(*) FROM nodes")).scalar_one())
+            return (
+                c.execute(text("SELECT count(*) FROM trees")).scalar_one(),
+                c.execute(text("SELECT count(*) FROM nodes")).scalar_one(),
+            )
     finally:
         engine.dispose()
 
@@ -117,8 +119,20 @@ async def _until(pred, timeout: float, what: str, every: float = 0.05):
 
 
 def _spawn_ingest(cfg, tmp_path: Path, tag: str, batch_size: int = 16) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "learner.ingest", "--set", f'broker.url="{cfg.broker.url}"',
-           "--set", f'store.url="{cfg.store.url}"', "--set", ACK_WAIT, "--batch-size", str(batch_size), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "learner.ingest",
+        "--set",
+        f'broker.url="{cfg.broker.url}"',
+        "--set",
+        f'store.url="{cfg.store.url}"',
+        "--set",
+        ACK_WAIT,
+        "--batch-size",
+        str(batch_size),
+        "--json",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
     out = open(tmp_path / f"ingest-{tag}.out", "w")
     err = open(tmp_path / f"ingest-{tag}.err", "w")
@@ -127,8 +141,9 @@ def _spawn_ingest(cfg, tmp_path: Path, tag: str, batch_size: int = 16) -> subpro
 
 def _alive(proc: subprocess.Popen, tmp_path: Path, tag: str) -> None:
     if proc.poll() is not None:
-        raise AssertionError(f"ingest {tag} exited with {proc.returncode}: "
-                             f"{(tmp_path / f'ingest-{tag}.err').read_text()[-3000:]}")
+        raise AssertionError(
+            f"ingest {tag} exited with {proc.returncode}: {(tmp_path / f'ingest-{tag}.err').read_text()[-3000:]}"
+        )
 
 
 def _stop(proc: subprocess.Popen, tmp_path: Path, tag: str) -> dict:
@@ -150,9 +165,12 @@ async def test_sigkill_mid_batch_then_restart_stores_each_tree_once(server, stor
 
     first = _spawn_ingest(cfg, tmp_path, "first")
     try:
-        at_kill = await _until(lambda: _alive(first, tmp_path, "first") or 10 < _counts(store_url)[0] < 200
-                               and _counts(store_url), 60,
-                               "the first batches to commit", every=0.01)
+        at_kill = await _until(
+            lambda: _alive(first, tmp_path, "first") or 10 < _counts(store_url)[0] < 200 and _counts(store_url),
+            60,
+            "the first batches to commit",
+            every=0.01,
+        )
     finally:
         first.kill()  # SIGKILL: no cleanup, no acks of the batch in hand
         first.wait()
@@ -164,8 +182,11 @@ async def test_sigkill_mid_batch_then_restart_stores_each_tree_once(server, stor
 
     second = _spawn_ingest(cfg, tmp_path, "second")
     try:
-        await _until(lambda: _alive(second, tmp_path, "second") or _counts(store_url)[0] == len(trees), 60,
-                     "all trees in the store")
+        await _until(
+            lambda: _alive(second, tmp_path, "second") or _counts(store_url)[0] == len(trees),
+            60,
+            "all trees in the store",
+        )
         await _until(_all_acked(cfg), 30, "every message acked", every=0.2)
     finally:
         stats = _stop(second, tmp_path, "second")
@@ -220,13 +241,17 @@ async def test_nats_crash_during_ingest_reconnects_and_loses_nothing(server, tmp
     proc = _spawn_ingest(cfg, tmp_path, "crash", batch_size=8)
     restarted = None
     try:
-        await _until(lambda: _alive(proc, tmp_path, "crash") or _counts(store_url)[0] > 0, 60, "ingest to start",
-                     every=0.01)
+        await _until(
+            lambda: _alive(proc, tmp_path, "crash") or _counts(store_url)[0] > 0, 60, "ingest to start", every=0.01
+        )
         server.kill()
         time.sleep(1.0)
         restarted = start_server(server.store_dir, server.port)
-        await _until(lambda: _alive(proc, tmp_path, "crash") or _counts(store_url)[0] == len(trees), 90,
-                     "all trees after the restart")
+        await _until(
+            lambda: _alive(proc, tmp_path, "crash") or _counts(store_url)[0] == len(trees),
+            90,
+            "all trees after the restart",
+        )
         await _until(_all_acked(cfg), 30, "every message acked", every=0.2)
         stats = _stop(proc, tmp_path, "crash")
     finally:
@@ -246,7 +271,8 @@ def _big_tree(mb: float, tree_id: str) -> TreeResult:
     n = int(mb * 1024 * 1024 / 3000)
     base = sample_tree(rng, 2, tree_id=tree_id)
     nodes = [Node(idx=0, parent=None, depth=0)] + [
-        Node(idx=i, parent=0, depth=1, text=base64.b64encode(rng.randbytes(2250)).decode()) for i in range(1, n + 1)]
+        Node(idx=i, parent=0, depth=1, text=base64.b64encode(rng.randbytes(2250)).decode()) for i in range(1, n + 1)
+    ]
     return msgspec.structs.replace(base, nodes=nodes)
 
 
@@ -254,8 +280,9 @@ async def test_poison_messages_go_to_the_dlq_and_ingest_goes_on(server, store_ur
     cfg = _cfg(server.url, store_url, "broker.partial_ttl_s=1")
     good = _trees(30, seed=3)
     big = _big_tree(3.0, "big-ok")
-    bad_tree = msgspec.structs.replace(good[0], tree_id="orphan-node",
-                                       nodes=[*good[0].nodes, Node(idx=999, parent=555, depth=3)])
+    bad_tree = msgspec.structs.replace(
+        good[0], tree_id="orphan-node", nodes=[*good[0].nodes, Node(idx=999, parent=555, depth=3)]
+    )
     future = msgspec.json.decode(encode(good[1]))
     future.update(tree_id="from-the-future", schema=2)
     unfinished = encode_tree(_big_tree(3.0, "never-finished"), 1024 * 1024)
@@ -284,7 +311,9 @@ async def test_poison_messages_go_to_the_dlq_and_ingest_goes_on(server, store_ur
     errors = " | ".join(d.headers["Rstar-Error"] for d in dead)
     assert "not valid JSON" in errors and "unknown schema version 2" in errors
     assert "corrupt zlib" in errors and "orphan-node" in errors and "parent 555" in errors
-    assert all("incomplete" in e for e in by_id["never-finished"]) and len(by_id["never-finished"]) == len(unfinished) - 1
+    assert (
+        all("incomplete" in e for e in by_id["never-finished"]) and len(by_id["never-finished"]) == len(unfinished) - 1
+    )
     assert all(d.headers["Rstar-Dlq-Stream"] == TREES_STREAM for d in dead)
     assert stats.dead_lettered == want_dead and stats.isolations >= 1  # the refused tree shared a batch
     assert _counts(store_url) == (len(good) + 1, sum(len(t.nodes) for t in good) + len(big.nodes))
@@ -303,7 +332,9 @@ async def test_a_database_outage_is_waited_out_not_dead_lettered(server, tmp_pat
             with admin.connect() as c:
                 c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(on).lower()}')
                 if not on:
-                    c.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                    c.exec_driver_sql(
+                        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                    )
 
         allow(False)  # the database goes away before ingest starts
         stop, stats = asyncio.Event(), IngestStats()

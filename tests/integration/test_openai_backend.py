@@ -44,14 +44,18 @@ def _complete(body: dict, vllm_fields: bool) -> dict:
             text = text[:at]
         words = text.split(" ")
         if len(words) > body["max_tokens"]:
-            text, finish, reason = " ".join(words[:body["max_tokens"]]), "length", None
+            text, finish, reason = " ".join(words[: body["max_tokens"]]), "length", None
         total += len(text.split(" "))
         choice = {"index": j, "text": text, "finish_reason": finish}
         if vllm_fields:
             choice["stop_reason"] = reason
         choices.append(choice)
-    return {"object": "text_completion", "model": body["model"], "choices": choices,
-            "usage": {"prompt_tokens": 5, "completion_tokens": total, "total_tokens": total + 5}}
+    return {
+        "object": "text_completion",
+        "model": body["model"],
+        "choices": choices,
+        "usage": {"prompt_tokens": 5, "completion_tokens": total, "total_tokens": total + 5},
+    }
 
 
 @pytest.fixture
@@ -92,8 +96,7 @@ def backend(server, monkeypatch):
 
 
 async def test_n_samples_cut_at_stop_with_token_counts(server, backend):
-    params = GenParams(n=3, max_tokens=64, temperature=0.7, top_p=0.9, stop=("<end_of_step>",),
-                       seed=11)
+    params = GenParams(n=3, max_tokens=64, temperature=0.7, top_p=0.9, stop=("<end_of_step>",), seed=11)
     out = await asyncio.to_thread(backend.generate, ["first prompt", "second prompt"], params)
     assert [len(x) for x in out] == [3, 3]
     for i, gens in enumerate(out):
@@ -104,8 +107,15 @@ async def test_n_samples_cut_at_stop_with_token_counts(server, backend):
     for gens in out:  # totals match the server's usage exactly
         assert sum(g.tokens for g in gens) == sum(len(g.text.split(" ")) for g in gens)
     sent = server.seen[0]
-    assert (sent["model"], sent["n"], sent["max_tokens"], sent["temperature"], sent["top_p"],
-            sent["stop"], sent["seed"]) == ("teacher", 3, 64, 0.7, 0.9, ["<end_of_step>"], 11)
+    assert (
+        sent["model"],
+        sent["n"],
+        sent["max_tokens"],
+        sent["temperature"],
+        sent["top_p"],
+        sent["stop"],
+        sent["seed"],
+    ) == ("teacher", 3, 64, 0.7, 0.9, ["<end_of_step>"], 11)
 
 
 async def test_length_limit_and_eos(server, backend):
@@ -158,8 +168,9 @@ async def test_unreachable_endpoint_is_a_backend_error(monkeypatch):
 
 async def test_setup_backend_picks_openai(server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
-    cfg = Config(model=ModelConfig(backend="openai", openai_url=server.url, openai_model="teacher",
-                                   openai_key_env=KEY_ENV))
+    cfg = Config(
+        model=ModelConfig(backend="openai", openai_url=server.url, openai_model="teacher", openai_key_env=KEY_ENV)
+    )
     b = setup_backend(cfg)
     try:
         assert isinstance(b, OpenAIBackend) and b.version == "teacher"

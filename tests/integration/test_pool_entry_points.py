@@ -42,6 +42,7 @@ def _cfg(url: str, *extra: str):
 
 def _published(url: str) -> list[tuple[str, Problem]]:
     """Every message on PROBLEMS, as (subject, problem)."""
+
     async def run():
         async with open_broker(_cfg(url), "test-probe") as b:
             state = (await b.js.stream_info(PROBLEMS_STREAM)).state
@@ -61,8 +62,10 @@ def _held_ids(cfg) -> set[str]:
 def _assert_no_held_out(cfg, published: list[tuple[str, Problem]]) -> None:
     ids = {p.id for _, p in published}
     held = _held_ids(cfg)
-    real_held = {p.id for p in split_pool_heldout(load_problems("svamp"), cfg.learner.eval_real_fraction,
-                                                   cfg.learner.eval_seed)[1]}
+    real_held = {
+        p.id
+        for p in split_pool_heldout(load_problems("svamp"), cfg.learner.eval_real_fraction, cfg.learner.eval_seed)[1]
+    }
     assert real_held <= held and {p.id for ps in eval_sets(cfg).values() for p in ps} <= held
     assert not ids & held
     assert all(split_of(p.id) == "train" for _, p in published if p.source == "synthetic")
@@ -70,8 +73,13 @@ def _assert_no_held_out(cfg, published: list[tuple[str, Problem]]) -> None:
 
 def _add(url: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
-    return subprocess.run([RSTAR, "problems", "add", *args, "--json", "--set", f'broker.url="{url}"'],
-                          capture_output=True, text=True, env=env, timeout=150)
+    return subprocess.run(
+        [RSTAR, "problems", "add", *args, "--json", "--set", f'broker.url="{url}"'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+    )
 
 
 def _json(proc: subprocess.CompletedProcess) -> dict:
@@ -108,9 +116,11 @@ def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problem
     held = split_pool_heldout(svamp, cfg.learner.eval_real_fraction, cfg.learner.eval_seed)[1]
     syn_eval = eval_sets(cfg)["synthetic"][0]
     lines = [{"question": f"What is {i} times 7?", "answer": str(7 * i)} for i in range(3)]
-    lines += [{"id": held[0].id, "question": "My own question, with an id the learner evaluates on.", "answer": "1"},
-              {"id": held[1].id, "question": held[1].question, "answer": held[1].answer, "source": "svamp"},
-              {"question": syn_eval.question, "answer": syn_eval.answer}]
+    lines += [
+        {"id": held[0].id, "question": "My own question, with an id the learner evaluates on.", "answer": "1"},
+        {"id": held[1].id, "question": held[1].question, "answer": held[1].answer, "source": "svamp"},
+        {"question": syn_eval.question, "answer": syn_eval.answer},
+    ]
     f = tmp_path / "mine.jsonl"
     f.write_text("".join(json.dumps(x) + "\n" for x in lines))
     proc = _add(url, str(f))
@@ -138,9 +148,15 @@ async def test_rstar_up_seeding_follows_the_same_rule(nats_server, tmp_path):
 
     held = split_pool_heldout(load_problems("svamp"), cfg.learner.eval_real_fraction, cfg.learner.eval_seed)[1]
     f = tmp_path / "up.jsonl"
-    f.write_text("".join(json.dumps(x) + "\n" for x in [
-        {"question": "What is 2 plus 40?", "answer": "42"},
-        {"id": held[0].id, "question": "Collides with a held-out id.", "answer": "3"}]))
+    f.write_text(
+        "".join(
+            json.dumps(x) + "\n"
+            for x in [
+                {"question": "What is 2 plus 40?", "answer": "42"},
+                {"id": held[0].id, "question": "Collides with a held-out id.", "answer": "3"},
+            ]
+        )
+    )
     out = await seed_problems(cfg, UpOptions(dataset=None, problems_file=str(f)))
     assert (out["published"], out["held_out"], out["teacher"]) == (1, 1, 0)
 
@@ -151,9 +167,19 @@ async def test_rstar_up_seeding_follows_the_same_rule(nats_server, tmp_path):
 
 def _unsolved_tree(i: int, problem: Problem) -> TreeResult:
     now = time.time()
-    return TreeResult(tree_id=f"r1-{i}", problem=problem, actor_id="actor-t", policy_version="policy-r0",
-                      ppm_version="", started_at=now - 1, finished_at=now, round=1, rollouts=8, solved=False,
-                      nodes=[Node(idx=0, parent=None, depth=0, visits=1)])
+    return TreeResult(
+        tree_id=f"r1-{i}",
+        problem=problem,
+        actor_id="actor-t",
+        policy_version="policy-r0",
+        ppm_version="",
+        started_at=now - 1,
+        finished_at=now,
+        round=1,
+        rollouts=8,
+        solved=False,
+        nodes=[Node(idx=0, parent=None, depth=0, visits=1)],
+    )
 
 
 @pytest.mark.parametrize("include_teacher", [False, True])
@@ -162,8 +188,12 @@ async def test_the_learners_requeue_follows_the_same_rule(nats_server, tmp_path,
     from store.db import open_store
     from store.writer import upsert_trees
 
-    cfg = _cfg(nats_server.url, f'data_dir="{tmp_path}"', "learner.teacher_problems=20",
-               f"learner.pool_include_teacher={str(include_teacher).lower()}")
+    cfg = _cfg(
+        nats_server.url,
+        f'data_dir="{tmp_path}"',
+        "learner.teacher_problems=20",
+        f"learner.pool_include_teacher={str(include_teacher).lower()}",
+    )
     held_real = split_pool_heldout(load_problems("svamp"), cfg.learner.eval_real_fraction, cfg.learner.eval_seed)[1][0]
     held_syn = synthetic_problems(1, "heldout", (3,), seed=5)[0]
     taught = teacher_problems(cfg)[0]
@@ -182,6 +212,7 @@ async def test_the_learners_requeue_follows_the_same_rule(nats_server, tmp_path,
     assert pool.teacher == ([] if include_teacher else [taught.id])
     published = await asyncio.to_thread(_published, nats_server.url)
     assert {p.id for _, p in published} == expected
-    assert all(s == PROBLEMS_REQUEUE_SUBJECT and p.meta["rollouts"] == cfg.learner.requeue_rollouts
-               for s, p in published)
+    assert all(
+        s == PROBLEMS_REQUEUE_SUBJECT and p.meta["rollouts"] == cfg.learner.requeue_rollouts for s, p in published
+    )
     await asyncio.to_thread(_assert_no_held_out, cfg, published)

@@ -30,8 +30,13 @@ def server(tmp_path):
 
 def _add(server, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
-    return subprocess.run([RSTAR, "problems", "add", *args, "--set", f'broker.url="{server.url}"'],
-                          capture_output=True, text=True, env=env, timeout=90)
+    return subprocess.run(
+        [RSTAR, "problems", "add", *args, "--set", f'broker.url="{server.url}"'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
 
 
 def _json(proc: subprocess.CompletedProcess) -> dict:
@@ -44,8 +49,7 @@ def _queued(server) -> list[Problem]:
         cfg = load_config(overrides=[f'broker.url="{server.url}"'], env={})
         async with open_broker(cfg, "test-probe") as b:
             n = (await b.js.stream_info(PROBLEMS_STREAM)).state.messages
-            return [decode((await b.js.get_msg(PROBLEMS_STREAM, seq)).data, Problem)
-                    for seq in range(1, n + 1)]
+            return [decode((await b.js.get_msg(PROBLEMS_STREAM, seq)).data, Problem) for seq in range(1, n + 1)]
 
     return asyncio.run(run())
 
@@ -61,10 +65,20 @@ GOOD = [json.dumps({"question": f"What is {i} times 3?", "answer": str(3 * i)}) 
 def test_adding_a_file_twice_queues_it_once(server, tmp_path):
     f = _write(tmp_path / "p.jsonl", GOOD)
     none_left_out = {"held_out": 0, "teacher": 0}
-    assert _json(_add(server, str(f), "--json")) == {"published": 5, "duplicates": 0, "invalid": 0, **none_left_out,
-                                                     "total": 5}
-    assert _json(_add(server, str(f), "--json")) == {"published": 0, "duplicates": 5, "invalid": 0, **none_left_out,
-                                                     "total": 5}
+    assert _json(_add(server, str(f), "--json")) == {
+        "published": 5,
+        "duplicates": 0,
+        "invalid": 0,
+        **none_left_out,
+        "total": 5,
+    }
+    assert _json(_add(server, str(f), "--json")) == {
+        "published": 0,
+        "duplicates": 5,
+        "invalid": 0,
+        **none_left_out,
+        "total": 5,
+    }
     queued = _queued(server)
     assert sorted(p.question for p in queued) == sorted(json.loads(g)["question"] for g in GOOD)
     assert len({p.id for p in queued}) == 5

@@ -39,17 +39,38 @@ from store.queries import list_checkpoints
 from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
-SETTINGS = ['model.threads=1', 'train.threads=1', 'train.epochs=2', 'train.ppm_epochs=2', 'train.lr=1e-3',
-            'train.ppm_lr=1e-3', 'learner.teacher_problems=6', 'learner.teacher_levels=[1]',
-            'learner.eval_synthetic_n=2', 'learner.eval_real="svamp"', 'learner.eval_real_n=2', 'learner.eval_k=2',
-            'learner.round_quota=3', 'learner.poll_s=0.2', 'learner.ppm_init_from_round=2',
-            'generation.max_step_tokens=16', 'search.max_depth=2', 'search.n_children=2', 'search.rollouts=2',
-            'sandbox.workers=1']
+SETTINGS = [
+    "model.threads=1",
+    "train.threads=1",
+    "train.epochs=2",
+    "train.ppm_epochs=2",
+    "train.lr=1e-3",
+    "train.ppm_lr=1e-3",
+    "learner.teacher_problems=6",
+    "learner.teacher_levels=[1]",
+    "learner.eval_synthetic_n=2",
+    'learner.eval_real="svamp"',
+    "learner.eval_real_n=2",
+    "learner.eval_k=2",
+    "learner.round_quota=3",
+    "learner.poll_s=0.2",
+    "learner.ppm_init_from_round=2",
+    "generation.max_step_tokens=16",
+    "search.max_depth=2",
+    "search.n_children=2",
+    "search.rollouts=2",
+    "sandbox.workers=1",
+]
 
 
 def settings(nats_url: str, tmp_path, store_url: str, tiny) -> list[str]:
-    return [f'broker.url="{nats_url}"', f'data_dir="{tmp_path}"', f'store.url="{store_url}"',
-            f'model.policy="{tiny}"', *SETTINGS]
+    return [
+        f'broker.url="{nats_url}"',
+        f'data_dir="{tmp_path}"',
+        f'store.url="{store_url}"',
+        f'model.policy="{tiny}"',
+        *SETTINGS,
+    ]
 
 
 def searched_trees() -> list[TreeResult]:
@@ -61,17 +82,45 @@ def searched_trees() -> list[TreeResult]:
         first, last = good[0], "\n".join(good[1:])
         wrong = "# A guess.\nanswer = 0\n"
         solved = i < 2
-        spec = [(1, 0, .5 if solved else -.5, first, False, None), (2, 1, 1 if solved else -1, last if solved else wrong, True, solved),
-                (3, 1, -1, wrong, True, False), (4, 0, -1, "# Start over.\nx = 1\n", False, None),
-                (5, 4, -1, "# Another guess.\nanswer = x\n", True, False)]
+        spec = [
+            (1, 0, 0.5 if solved else -0.5, first, False, None),
+            (2, 1, 1 if solved else -1, last if solved else wrong, True, solved),
+            (3, 1, -1, wrong, True, False),
+            (4, 0, -1, "# Start over.\nx = 1\n", False, None),
+            (5, 4, -1, "# Another guess.\nanswer = x\n", True, False),
+        ]
         nodes = [Node(idx=0, parent=None, depth=0, visits=4)]
         for idx, parent, q, txt, term, correct in spec:
-            nodes.append(Node(idx=idx, parent=parent, depth=1 if parent == 0 else 2, text=txt, q=q, visits=2,
-                              terminal=term, correct=correct, answer="0" if term else None, policy_version="policy-r0"))
+            nodes.append(
+                Node(
+                    idx=idx,
+                    parent=parent,
+                    depth=1 if parent == 0 else 2,
+                    text=txt,
+                    q=q,
+                    visits=2,
+                    terminal=term,
+                    correct=correct,
+                    answer="0" if term else None,
+                    policy_version="policy-r0",
+                )
+            )
         now = time.time()
-        out.append(TreeResult(tree_id=f"r1-{i}", problem=p, actor_id="actor-t", policy_version="policy-r0",
-                              ppm_version="", started_at=now - 1, finished_at=now, nodes=nodes, solved=solved,
-                              round=1, rollouts=8))
+        out.append(
+            TreeResult(
+                tree_id=f"r1-{i}",
+                problem=p,
+                actor_id="actor-t",
+                policy_version="policy-r0",
+                ppm_version="",
+                started_at=now - 1,
+                finished_at=now,
+                nodes=nodes,
+                solved=solved,
+                round=1,
+                rollouts=8,
+            )
+        )
     return out
 
 
@@ -109,11 +158,16 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             assert "accuracy" not in lt.get_round(engine, 0)["eval"]
             assert lt.unevaluated_round(engine)["round"] == 0
             # An evaluation interrupted after its first figure resumes from it (not recomputed).
-            partial = {"n": 2, "correct": 1, "accuracy": 0.5, "by_level": {"1": {"n": 1, "correct": 1},
-                                                                         "2": {"n": 1, "correct": 0}}}
+            partial = {
+                "n": 2,
+                "correct": 1,
+                "accuracy": 0.5,
+                "by_level": {"1": {"n": 1, "correct": 1}, "2": {"n": 1, "correct": 0}},
+            }
             with lt.begin(engine) as conn:
-                lt.merge_eval(conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 2, "greedy": partial}},
-                                                             "seconds": 1.0}})
+                lt.merge_eval(
+                    conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 2, "greedy": partial}}, "seconds": 1.0}}
+                )
             await evaluate_published(L, lt.get_round(engine, 0))
             assert lt.unevaluated_round(engine) is None
             r0 = lt.get_round(engine, 0)
@@ -143,6 +197,7 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             # Round 1: below quota it waits; at quota it closes and trains.
             trees = searched_trees()
             from store.writer import upsert_trees
+
             upsert_trees(engine, trees[:2])
             assert await step(L) is False
             upsert_trees(engine, trees[2:])
@@ -189,15 +244,21 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
         assert (got["n"], got["correct"], got["by_level"]) == (stored["n"], stored["correct"], {})
         res = CliRunner(env={"COLUMNS": "160"}).invoke(app, ["rounds", *sets])
         assert res.exit_code == 0 and "published" in res.stdout and r1["policy_version"] in res.stdout
-        res = CliRunner().invoke(app, ["train", "ppm", "--round", "1", "--out", str(tmp_path / "by-hand"), "--json", *sets])
+        res = CliRunner().invoke(
+            app, ["train", "ppm", "--round", "1", "--out", str(tmp_path / "by-hand"), "--json", *sets]
+        )
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["pairs"] == r1["eval"]["data"]["ppm_pairs"]
 
 
 def _learner(cfg_args: list[str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "learner.service", *extra, *sum((["--set", a] for a in cfg_args), [])],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "RSTAR_LOG_JSON": "1"}, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "learner.service", *extra, *sum((["--set", a] for a in cfg_args), [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "RSTAR_LOG_JSON": "1"},
+        start_new_session=True,
+    )
 
 
 async def _wait_round(engine, round: int, state: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -277,7 +338,9 @@ async def test_stop_mid_training_saves_and_the_next_controller_resumes_it(nats_s
         engine.dispose()
 
 
-async def test_fixed_budget_warm_start_and_the_control_trains_on_the_teacher_only(nats_server, tmp_path, tiny_model_dir):
+async def test_fixed_budget_warm_start_and_the_control_trains_on_the_teacher_only(
+    nats_server, tmp_path, tiny_model_dir
+):
     """``learner.finetune_from = "previous"``, ``train.steps`` / ``bootstrap_steps`` and a control run.
 
     Round 0 trains from the base for its own budget; round 1 starts from round 0's policy and
@@ -286,8 +349,14 @@ async def test_fixed_budget_warm_start_and_the_control_trains_on_the_teacher_onl
     """
     url = f"sqlite:///{tmp_path / 'store.db'}"
     args = settings(nats_server.url, tmp_path, url, tiny_model_dir) + [
-        'learner.finetune_from="previous"', 'learner.control=true', 'train.steps=3', 'train.bootstrap_steps=5',
-        'train.bootstrap_lr=2e-3', 'learner.eval_synthetic_n=0', 'learner.eval_real_n=0']
+        'learner.finetune_from="previous"',
+        "learner.control=true",
+        "train.steps=3",
+        "train.bootstrap_steps=5",
+        "train.bootstrap_lr=2e-3",
+        "learner.eval_synthetic_n=0",
+        "learner.eval_real_n=0",
+    ]
     cfg = load_config(overrides=args, env={})
     engine = open_store(url)
     try:
@@ -295,6 +364,7 @@ async def test_fixed_budget_warm_start_and_the_control_trains_on_the_teacher_onl
             L = make_learner(cfg, engine, b)
             await _steps_until(L, 1, "collecting")
             from store.writer import upsert_trees
+
             upsert_trees(engine, searched_trees())
             await _steps_until(L, 2, "collecting")
         r0, r1 = lt.get_round(engine, 0), lt.get_round(engine, 1)

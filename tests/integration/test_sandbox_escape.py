@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sandbox_helpers import start_pool
 
 from actors.sandbox import SandboxPool
 from rstar.config import SandboxConfig
-from sandbox_helpers import start_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-CFG = SandboxConfig(workers=2, timeout_s=2.0, cpu_s=2, memory_mb=256, max_output_chars=1000,
-                    grace_s=3.0)
+CFG = SandboxConfig(workers=2, timeout_s=2.0, cpu_s=2, memory_mb=256, max_output_chars=1000, grace_s=3.0)
 REPO = Path(__file__).resolve().parents[2]
 LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
@@ -86,8 +85,11 @@ async def test_writing_outside_scratch_is_refused(pool):
 
 
 async def test_writing_outside_scratch_through_ctypes_fails_in_the_kernel(pool):
-    targets = [f"/tmp/pwned-{uuid.uuid4().hex}", str(REPO / f"pwned-{uuid.uuid4().hex}"),
-               f"/usr/pwned-{uuid.uuid4().hex}"]
+    targets = [
+        f"/tmp/pwned-{uuid.uuid4().hex}",
+        str(REPO / f"pwned-{uuid.uuid4().hex}"),
+        f"/usr/pwned-{uuid.uuid4().hex}",
+    ]
     code = LIBC + f"answer = [libc.open(p.encode(), 0o101, 0o644) for p in {targets!r}]\n"
     r = await pool.run([code])
     assert r.ok and r.answer == "[-1, -1, -1]"
@@ -126,7 +128,8 @@ async def test_no_network_even_to_localhost(pool):
             f"addr = struct.pack('<HH4s8x', socket.AF_INET, socket.htons({port}), "
             "socket.inet_aton('127.0.0.1'))\n"
             "rc = libc.connect(fd, addr, len(addr))\n"
-            "answer = (rc, ctypes.get_errno())\n")
+            "answer = (rc, ctypes.get_errno())\n"
+        )
         r = await pool.run([code])
         assert r.ok and r.answer == "(-1, 101)"  # ENETUNREACH
         socket.create_connection(("127.0.0.1", port), timeout=1).close()  # the host still can
@@ -137,8 +140,7 @@ async def test_no_network_even_to_localhost(pool):
 async def test_shell_and_subprocess_are_refused(pool):
     target = Path("/tmp") / f"pwned-{uuid.uuid4().hex}"
     await contained(pool, f"import os\nos.system('touch {target}')\n", "forbidden")
-    await contained(pool, f"import subprocess\nsubprocess.run(['touch', '{target}'])\n",
-                    "forbidden")
+    await contained(pool, f"import subprocess\nsubprocess.run(['touch', '{target}'])\n", "forbidden")
     assert not target.exists()
 
 
@@ -149,8 +151,7 @@ async def test_host_environment_is_invisible(monkeypatch):
     try:
         r = await pool.run(["import os\nanswer = sorted(os.environ.items())\n"])
         own = await pool.run(["answer = open('/proc/self/environ').read()\n"])
-        parent = await pool.run(["import os\nppid = os.getppid()\n",
-                                 "answer = open(f'/proc/{ppid}/environ').read()\n"])
+        parent = await pool.run(["import os\nppid = os.getppid()\n", "answer = open(f'/proc/{ppid}/environ').read()\n"])
         worker = next(iter(pool._workers)).proc.pid
         worker_env = Path(f"/proc/{worker}/environ").read_bytes()
     finally:
@@ -230,8 +231,7 @@ async def test_close_leaves_no_process_behind():
     pool = await start_pool(CFG.model_copy(update={"workers": 2}))
     await pool.run(["answer = 1\n"])
     pids = [w.proc.pid for w in pool._workers]
-    inner = [int(p) for o in pids
-             for p in Path(f"/proc/{o}/task/{o}/children").read_text().split()]
+    inner = [int(p) for o in pids for p in Path(f"/proc/{o}/task/{o}/children").read_text().split()]
     await pool.close()
     await asyncio.sleep(0.2)
     for pid in pids + inner:

@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased
+from store_helpers import migrate_at_once, run_at_once
 
 from rstar.schemas import Node, Problem, TreeResult
 from store.db import current_revision, head_revision, open_store
@@ -24,7 +25,6 @@ from store.queries import TreeFilter, get_tree, list_trees, stats, trajectories
 from store.sample_trees import sample_problem, sample_tree
 from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import upsert_trees
-from store_helpers import migrate_at_once, run_at_once
 
 ADMIN_URL = os.environ.get("RSTAR_TEST_PG_ADMIN_URL", DEFAULT_ADMIN_URL)
 
@@ -73,12 +73,22 @@ def test_writers_migrating_one_fresh_database_at_once_all_succeed(fresh_pg_url):
 
 def test_copy_writer_round_trips_awkward_text_and_nulls(engine):
     awkward = "tab\there\nnew line \\N back\\slash \"quotes\" 'single' ünïcødé ∑ \x00 end"
-    nodes = [Node(idx=0, parent=None, depth=0),
-             Node(idx=1, parent=0, depth=1, text=awkward, code_output="\\.\n", ppm_score=None, correct=None),
-             Node(idx=2, parent=1, depth=2, text="", terminal=True, correct=False, answer=None, q=-1.0)]
-    t = TreeResult(tree_id="awkward", problem=Problem(id="aw-1", source="aw", question=awkward, meta={"k": [1, "x"]}),
-                   actor_id="a", policy_version="p", ppm_version="", started_at=1.5e9, finished_at=1.5e9 + 1,
-                   nodes=nodes, solved=False)
+    nodes = [
+        Node(idx=0, parent=None, depth=0),
+        Node(idx=1, parent=0, depth=1, text=awkward, code_output="\\.\n", ppm_score=None, correct=None),
+        Node(idx=2, parent=1, depth=2, text="", terminal=True, correct=False, answer=None, q=-1.0),
+    ]
+    t = TreeResult(
+        tree_id="awkward",
+        problem=Problem(id="aw-1", source="aw", question=awkward, meta={"k": [1, "x"]}),
+        actor_id="a",
+        policy_version="p",
+        ppm_version="",
+        started_at=1.5e9,
+        finished_at=1.5e9 + 1,
+        nodes=nodes,
+        solved=False,
+    )
     assert upsert_trees(engine, [t]) == 1
     row, got = get_tree(engine, "awkward")
     assert row["question"] == awkward.replace("\x00", "\ufffd")
@@ -92,7 +102,7 @@ def test_repeats_and_racing_writers_store_each_tree_once(fresh_pg_url):
     engines = [open_store(fresh_pg_url) for _ in range(3)]
 
     def write(e, order):
-        return sum(upsert_trees(e, [trees[i] for i in order[k:k + 10]]) for k in range(0, 30, 10))
+        return sum(upsert_trees(e, [trees[i] for i in order[k : k + 10]]) for k in range(0, 30, 10))
 
     orders = [list(range(30)), list(range(29, -1, -1)), random.Random(5).sample(range(30), 30)]
     results, errors = run_at_once(write, list(zip(engines, orders)))
@@ -113,16 +123,28 @@ def test_queries_agree_with_the_trees(fresh_pg_url):
     trees = [sample_tree(rng, rng.randint(15, 50), round=i % 3, problem=problems[i % 4]) for i in range(18)]
     upsert_trees(engine, trees)
     s = stats(engine)
-    assert (s["trees"], s["nodes"], s["solved_trees"]) == (18, sum(len(t.nodes) for t in trees), sum(t.solved for t in trees))
+    assert (s["trees"], s["nodes"], s["solved_trees"]) == (
+        18,
+        sum(len(t.nodes) for t in trees),
+        sum(t.solved for t in trees),
+    )
     rows, total = list_trees(engine, round=2, solved=False)
     assert total == sum(t.round == 2 and not t.solved for t in trees) == len(rows)
     n_correct = sum(n.terminal and n.correct is True for t in trees if t.round == 0 for n in t.nodes)
     assert len(list(trajectories(engine, TreeFilter(round=0), only_correct=True, chunk=4))) == n_correct
     leaf, step = aliased(NodeRow), aliased(NodeRow)
-    q = (select(func.count()).select_from(leaf).join(TreeRow, TreeRow.id == leaf.tree_id)
-         .join(step, (step.tree_id == leaf.tree_id) & (step.depth == 3)
-               & ((leaf.path == step.path) | leaf.path.startswith(step.path + ".")))
-         .where(TreeRow.round == 2, leaf.terminal, leaf.correct.is_(True), step.ppm_score < 0))
+    q = (
+        select(func.count())
+        .select_from(leaf)
+        .join(TreeRow, TreeRow.id == leaf.tree_id)
+        .join(
+            step,
+            (step.tree_id == leaf.tree_id)
+            & (step.depth == 3)
+            & ((leaf.path == step.path) | leaf.path.startswith(step.path + ".")),
+        )
+        .where(TreeRow.round == 2, leaf.terminal, leaf.correct.is_(True), step.ppm_score < 0)
+    )
     want = 0
     for t in trees:
         by = {n.idx: n for n in t.nodes}

@@ -9,15 +9,17 @@ import torch
 
 from actors.backends import setup_backend
 from actors.backends import shared_prefix as sp
-from actors.backends.base import BackendError, GenParams, Generation
+from actors.backends.base import BackendError, Generation, GenParams
 from actors.backends.transformers_backend import TransformersBackend, _chunks, _sample
 from rstar.config import Config, ModelConfig
 from rstar.steps import build_prompt
 from rstar.tiny import make_tiny_model
 
-QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples?",
-             "A car drives 60 km per hour for 2 hours. How far does it go?",
-             "Sam reads 12 pages a day for a week; how many pages?"]
+QUESTIONS = [
+    "Tom has 3 apples and buys 5 more. How many apples?",
+    "A car drives 60 km per hour for 2 hours. How far does it go?",
+    "Sam reads 12 pages a day for a week; how many pages?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,7 @@ def backend(tiny_model_dir):
 def _prompts(tok, questions=QUESTIONS, steps=()):
     def template(messages):
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     return [build_prompt(q, list(steps), template) for q in questions]
 
 
@@ -40,9 +43,9 @@ def _hf_greedy(model_dir, prompts, max_new):
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
     texts = []
-    for row in out[:, enc.input_ids.shape[1]:].tolist():
+    for row in out[:, enc.input_ids.shape[1] :].tolist():
         if tok.eos_token_id in row:
-            row = row[:row.index(tok.eos_token_id)]
+            row = row[: row.index(tok.eos_token_id)]
         texts.append(tok.decode(row))
     return texts
 
@@ -83,7 +86,7 @@ def test_stop_string_cuts_text_before_it(backend):
     prompt = _prompts(backend.tokenizer)[:1]
     free = backend.generate(prompt, GenParams(max_tokens=24, temperature=0.0, stop=()))[0][0]
     assert free.tokens == 24 and not free.stopped
-    stop = free.text[len(free.text) // 2:len(free.text) // 2 + 3]
+    stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 3]
     cut = free.text.index(stop)
     got = backend.generate(prompt, GenParams(max_tokens=24, temperature=0.0, stop=(stop,)))[0][0]
     assert got.stopped and not got.eos
@@ -190,11 +193,13 @@ def test_vllm_outputs_map_to_generations():
         stop_reason: int | str | None
 
     stop = ("<end_of_step>",)
-    assert _generation(Out("x = 1\n", [1, 2, 3], "stop", "<end_of_step>"), stop) == \
-        Generation(text="x = 1\n", tokens=3, stopped=True, eos=False)
-    assert _generation(Out("x = 1\n<end_of_step>\nmore", [1] * 5, "stop", "<end_of_step>"),
-                       stop).text == "x = 1\n"
-    assert _generation(Out("done", [1, 2], "stop", None), stop) == \
-        Generation(text="done", tokens=2, stopped=False, eos=True)
-    assert _generation(Out("abc", [1] * 4, "length", None), stop) == \
-        Generation(text="abc", tokens=4, stopped=False, eos=False)
+    assert _generation(Out("x = 1\n", [1, 2, 3], "stop", "<end_of_step>"), stop) == Generation(
+        text="x = 1\n", tokens=3, stopped=True, eos=False
+    )
+    assert _generation(Out("x = 1\n<end_of_step>\nmore", [1] * 5, "stop", "<end_of_step>"), stop).text == "x = 1\n"
+    assert _generation(Out("done", [1, 2], "stop", None), stop) == Generation(
+        text="done", tokens=2, stopped=False, eos=True
+    )
+    assert _generation(Out("abc", [1] * 4, "length", None), stop) == Generation(
+        text="abc", tokens=4, stopped=False, eos=False
+    )

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from actors.backends.base import Backend, GenParams, Generation
+from actors.backends.base import Backend, Generation, GenParams
 from actors.batcher import ModelWorker, WorkerClosedError
 
 pytestmark = pytest.mark.timeout(30)
@@ -36,8 +36,7 @@ async def test_a_failed_call_reaches_every_waiter_and_the_worker_keeps_serving()
     backend = GatedBackend(fail=True)
     backend.gate.set()
     async with ModelWorker(backend, linger_s=0.01) as w:
-        results = await asyncio.gather(*(w.generate(f"p{i}", PARAMS) for i in range(3)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(w.generate(f"p{i}", PARAMS) for i in range(3)), return_exceptions=True)
         assert [str(r) for r in results] == ["backend exploded"] * 3
         backend.fail = False
         gens, version = await w.generate("again", PARAMS)

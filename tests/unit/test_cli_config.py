@@ -14,8 +14,11 @@ def test_show_json_names_sources_and_masks_secrets(monkeypatch):
     assert res.exit_code == 0, res.output
     rows = {r["key"]: r for r in json.loads(res.output)}
     assert rows["train.steps"]["value"] == 7 and rows["train.steps"]["source"] == "--set"
-    assert rows["model.policy"] == {"key": "model.policy", "value": "nano", "source": "preset nano",
-                                    "doc": rows["model.policy"]["doc"]} and rows["model.policy"]["doc"]
+    assert (
+        rows["model.policy"]
+        == {"key": "model.policy", "value": "nano", "source": "preset nano", "doc": rows["model.policy"]["doc"]}
+        and rows["model.policy"]["doc"]
+    )
     assert rows["search.c_uct"]["source"] == "default"
     assert rows["api.token"]["value"] == "***" and rows["store.url"]["value"] == "postgresql://me:***@db/rstar"
     assert "hunter2" not in res.output and "123456" not in res.output

@@ -38,8 +38,18 @@ def test_round_picks_its_models_and_the_runs_settings(tmp_path, tiny_model_dir):
 
 def test_eval_round_runs_and_a_missing_round_is_a_clear_error(tmp_path, tiny_model_dir):
     _round(tmp_path, tiny_model_dir, 0)
-    sets = ["--set", f'data_dir="{tmp_path}"', "--set", "generation.max_step_tokens=8", "--set", "search.max_depth=2",
-            "--set", "sandbox.workers=1", "--set", "model.threads=1"]
+    sets = [
+        "--set",
+        f'data_dir="{tmp_path}"',
+        "--set",
+        "generation.max_step_tokens=8",
+        "--set",
+        "search.max_depth=2",
+        "--set",
+        "sandbox.workers=1",
+        "--set",
+        "model.threads=1",
+    ]
     res = CliRunner().invoke(app, ["eval", "--round", "0", "--limit", "2", "--json", *sets])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["n"] == 2

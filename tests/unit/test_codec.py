@@ -9,8 +9,20 @@ import zlib
 import msgspec
 import pytest
 
-from broker.codec import (DIGEST, ENCODING, MSG_ID, PART, PARTS, TREE_ID, ChunkError, CodecError, Reassembler,
-                          decode_tree, encode_tree, frame_payload)
+from broker.codec import (
+    DIGEST,
+    ENCODING,
+    MSG_ID,
+    PART,
+    PARTS,
+    TREE_ID,
+    ChunkError,
+    CodecError,
+    Reassembler,
+    decode_tree,
+    encode_tree,
+    frame_payload,
+)
 from rstar.schemas import Node, Problem, SchemaError, TreeResult, encode
 
 MiB = 1024 * 1024
@@ -24,8 +36,17 @@ def _tree(n_nodes: int, text_len: int, seed: int = 0, tree_id: str = "tree-1") -
         # base64 of random bytes: compresses only to ~75%, so big trees must be chunked too
         text = base64.b64encode(rng.randbytes(text_len * 3 // 4)).decode()
         nodes.append(Node(idx=i, parent=i - 1, depth=i, text=text, code_output=str(i)))
-    return TreeResult(tree_id=tree_id, problem=problem, actor_id="a", policy_version="p0", ppm_version="",
-                      started_at=1.0, finished_at=2.0, nodes=nodes, solved=False)
+    return TreeResult(
+        tree_id=tree_id,
+        problem=problem,
+        actor_id="a",
+        policy_version="p0",
+        ppm_version="",
+        started_at=1.0,
+        finished_at=2.0,
+        nodes=nodes,
+        solved=False,
+    )
 
 
 def _size(frame) -> int:
@@ -111,11 +132,14 @@ def test_stale_tokens_are_reported_once_per_interval():
     assert asm.stale_tokens(now=22.0, every=20.0) == []
 
 
-@pytest.mark.parametrize("headers", [
-    {TREE_ID: "t", PART: "x", PARTS: "2", DIGEST: "d"},
-    {TREE_ID: "t", PART: "2", PARTS: "2", DIGEST: "d"},
-    {TREE_ID: "t", PART: "0", PARTS: "2"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {TREE_ID: "t", PART: "x", PARTS: "2", DIGEST: "d"},
+        {TREE_ID: "t", PART: "2", PARTS: "2", DIGEST: "d"},
+        {TREE_ID: "t", PART: "0", PARTS: "2"},
+    ],
+)
 def test_bad_part_headers_are_a_chunk_error(headers):
     with pytest.raises(ChunkError) as e:
         Reassembler().add(headers, b"x", token="m", now=0.0)
@@ -155,11 +179,14 @@ def test_a_payload_limit_too_small_for_headers_is_refused():
         frame_payload(bytes(random.Random(0).randbytes(10_000)), "k" * 400, max_payload=1200)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"[1, 2]", "Expected `object`, got `array`"),
-    (b'{"tree_id": 1}', "Expected `str`, got `int` - at `\\$.tree_id`"),
-    (b'"just a string"', "Expected `object`, got `str`"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"[1, 2]", "Expected `object`, got `array`"),
+        (b'{"tree_id": 1}', "Expected `str`, got `int` - at `\\$.tree_id`"),
+        (b'"just a string"', "Expected `object`, got `str`"),
+    ],
+)
 def test_wrong_shapes_name_the_cause(data, match):
     with pytest.raises(SchemaError, match=match):
         decode_tree(None, data)

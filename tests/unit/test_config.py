@@ -67,8 +67,9 @@ def test_shipped_presets_load(name):
 
 
 def test_text_fields_keep_what_was_written_and_numbers_stay_numbers():
-    cfg = load_config(None, ["actor.id=42", 'model.policy="a b"'], env={"RSTAR_API__TOKEN": "123456",
-                                                                       "RSTAR_SEARCH__ROLLOUTS": "16"})
+    cfg = load_config(
+        None, ["actor.id=42", 'model.policy="a b"'], env={"RSTAR_API__TOKEN": "123456", "RSTAR_SEARCH__ROLLOUTS": "16"}
+    )
     assert cfg.api.token == "123456" and cfg.actor.id == "42" and cfg.model.policy == "a b"
     assert cfg.search.rollouts == 16
 
@@ -83,8 +84,9 @@ def test_each_value_names_the_last_layer_that_set_it(tmp_path):
 
     f = tmp_path / "c.toml"
     f.write_text("data_dir = 'x'\n[search]\nrollouts = 4\nn_children = 3\n")
-    src = value_sources(config_layers(f, ["search.n_children=6"], env={"RSTAR_TRAIN__LR": "0.1"},
-                                      preset=PRESETS / "nano.toml"))
+    src = value_sources(
+        config_layers(f, ["search.n_children=6"], env={"RSTAR_TRAIN__LR": "0.1"}, preset=PRESETS / "nano.toml")
+    )
     assert src["search.rollouts"] == f"file {f}" and src["search.n_children"] == "--set"
     assert src["train.lr"] == "env" and src["data_dir"] == f"file {f}" and src["model.policy"] == "preset nano"
     assert "search.c_uct" not in src

@@ -10,8 +10,7 @@ from fractions import Fraction
 import msgspec
 import pytest
 
-from rstar.curriculum import (FRIENDS, ITEMS, LEVELS, NAMES, CurriculumError, format_exact, split_of,
-                              synthetic_problems)
+from rstar.curriculum import FRIENDS, ITEMS, LEVELS, NAMES, CurriculumError, format_exact, split_of, synthetic_problems
 from rstar.grading import verify
 from rstar.steps import STEP_END, has_code, is_terminal, parse_steps, program, render_steps
 
@@ -90,8 +89,10 @@ def test_difficulty_grows_with_level(many):
     assert max(len(NUMBER.findall(p.question)) for p in by_level[1]) <= 3  # one or two operations
     # distractors: from level 4 a number in the question that the solution never uses
     for lv in LEVELS:
-        unused = sum(bool(set(NUMBER.findall(p.question)) - set(NUMBER.findall(code_lines(p.meta["reference_steps"]))))
-                     for p in by_level[lv])
+        unused = sum(
+            bool(set(NUMBER.findall(p.question)) - set(NUMBER.findall(code_lines(p.meta["reference_steps"]))))
+            for p in by_level[lv]
+        )
         assert unused == 0 if lv <= 3 else unused >= 0.9 * len(by_level[lv]), (lv, unused)
     assert any("%" in p.question for p in by_level[4]) and any("a third" in p.question for p in by_level[5])
 
@@ -104,13 +105,20 @@ def test_wording_and_step_splits_vary(many):
     assert len(skeletons) >= 60, len(skeletons)
     variables = {m for p in train for m in re.findall(r"^(\w+) *[-+*/]?=", code_lines(p.meta["reference_steps"]), re.M)}
     assert len(variables) >= 40, sorted(variables)
-    comments = {NUMBER.sub("#", mask.sub("W", ln)) for p in train for s in p.meta["reference_steps"]
-                for ln in s.splitlines() if ln.startswith("#")}
+    comments = {
+        NUMBER.sub("#", mask.sub("W", ln))
+        for p in train
+        for s in p.meta["reference_steps"]
+        for ln in s.splitlines()
+        if ln.startswith("#")
+    }
     assert len(comments) >= 50, len(comments)
     # the same number of moves is split into different numbers of steps
     shapes = defaultdict(set)
     for p in train:
-        moves = sum(ln.startswith("#") and "not needed" not in ln for s in p.meta["reference_steps"] for ln in s.splitlines())
+        moves = sum(
+            ln.startswith("#") and "not needed" not in ln for s in p.meta["reference_steps"] for ln in s.splitlines()
+        )
         shapes[moves].add(len(p.meta["reference_steps"]))
     assert all(len(shapes[m]) >= 2 for m in (3, 4, 5)), dict(shapes)
 

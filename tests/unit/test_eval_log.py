@@ -70,10 +70,26 @@ def test_rstar_eval_resumes_from_its_out_file(tmp_path, tiny_model_dir):
     out = tmp_path / "greedy.jsonl"
 
     def run(limit: int, step_tokens: int = 16) -> subprocess.CompletedProcess:
-        return rstar_eval("--dataset", "synthetic", "--limit", str(limit), "--method", "greedy", "--json",
-                          "--out", str(out), "--set", f'model.policy="{tiny_model_dir}"',
-                          "--set", f"generation.max_step_tokens={step_tokens}", "--set", "search.max_depth=2",
-                          "--set", "sandbox.isolation='weak'", cwd=tmp_path)
+        return rstar_eval(
+            "--dataset",
+            "synthetic",
+            "--limit",
+            str(limit),
+            "--method",
+            "greedy",
+            "--json",
+            "--out",
+            str(out),
+            "--set",
+            f'model.policy="{tiny_model_dir}"',
+            "--set",
+            f"generation.max_step_tokens={step_tokens}",
+            "--set",
+            "search.max_depth=2",
+            "--set",
+            "sandbox.isolation='weak'",
+            cwd=tmp_path,
+        )
 
     r = run(2)
     assert r.returncode == 0, r.stderr

@@ -20,9 +20,26 @@ from rstar.grading import Verdict, averify, extract_answer, grade, verify
 CASES = [json.loads(line) for line in (Path(__file__).parent / "grading_cases.jsonl").read_text().splitlines()]
 
 
-CATEGORIES = {"integers", "fractions_decimals", "repeating_rounding", "percent", "units_text", "latex_forms",
-              "algebraic", "equations", "intervals", "sets", "tuples", "matrices", "complex", "degrees",
-              "scientific", "bases", "malformed", "near_misses"}
+CATEGORIES = {
+    "integers",
+    "fractions_decimals",
+    "repeating_rounding",
+    "percent",
+    "units_text",
+    "latex_forms",
+    "algebraic",
+    "equations",
+    "intervals",
+    "sets",
+    "tuples",
+    "matrices",
+    "complex",
+    "degrees",
+    "scientific",
+    "bases",
+    "malformed",
+    "near_misses",
+}
 
 
 def test_case_table_covers_every_category_both_ways():
@@ -43,25 +60,28 @@ def test_equivalence_table(case):
     assert grade(case["pred"], case["gold"], timeout_s=10.0) is case["equivalent"]
 
 
-@pytest.mark.parametrize("text, answer", [
-    ("so we get \\boxed{\\frac{1}{\\sqrt{2}}} in the end", "\\frac{1}{\\sqrt{2}}"),
-    ("first \\boxed{3}, then corrected: \\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
-    ("\\boxed 7$ done", "7"),
-    ("\\fbox{12}", "12"),
-    ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
-    ("#### 1,234\n", "1,234"),
-    ("The answer is 3.5.", "3.5"),
-    ("The final answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
-    ("So the answer is 5 apples.\nThanks", "5 apples"),
-    ("we get 4 and then 17 apples", "17"),
-    ("a loss of -2.5 degrees", "-2.5"),
-    ("the ratio is 3/4", "3/4"),
-    ("unclosed \\boxed{5", None),
-    ("\\boxed{}", None),
-    ("no numbers at all", None),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so we get \\boxed{\\frac{1}{\\sqrt{2}}} in the end", "\\frac{1}{\\sqrt{2}}"),
+        ("first \\boxed{3}, then corrected: \\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
+        ("\\boxed 7$ done", "7"),
+        ("\\fbox{12}", "12"),
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18", "18"),
+        ("#### 1,234\n", "1,234"),
+        ("The answer is 3.5.", "3.5"),
+        ("The final answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("So the answer is 5 apples.\nThanks", "5 apples"),
+        ("we get 4 and then 17 apples", "17"),
+        ("a loss of -2.5 degrees", "-2.5"),
+        ("the ratio is 3/4", "3/4"),
+        ("unclosed \\boxed{5", None),
+        ("\\boxed{}", None),
+        ("no numbers at all", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
@@ -105,8 +125,10 @@ def test_more_hanging_calls_than_workers_all_time_out():
 
 
 def test_worker_dies_with_its_parent_even_while_hanging(tmp_path):
-    script = ("import sys; from rstar import mathverify_worker as m; m.warm_up(); "
-              "print(m._idle.queue[0].proc.pid, flush=True); m.compare('2^{2^{2^{2^{2^{2}}}}}', '3', 1.0)")
+    script = (
+        "import sys; from rstar import mathverify_worker as m; m.warm_up(); "
+        "print(m._idle.queue[0].proc.pid, flush=True); m.compare('2^{2^{2^{2^{2^{2}}}}}', '3', 1.0)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     worker = int(parent.stdout.readline())
     time.sleep(0.5)  # the worker is now deep in sympy, and its parent dies before the deadline
@@ -163,7 +185,9 @@ def test_numeric_path_is_fast_and_in_process():
 
 
 def rstar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "rstar"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "rstar"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_grades_one_pair(tmp_path):

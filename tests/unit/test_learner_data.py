@@ -38,20 +38,54 @@ def tree(tid: str, p: Problem, spec, round: int = 1, texts: dict[int, str] | Non
         depth[idx] = depth[parent] + 1
         terminal, correct = rest if rest else (False, None)
         t = "" if parent is None else (texts or {}).get(idx, text(idx, terminal))
-        nodes.append(Node(idx=idx, parent=parent, depth=depth[idx], q=q, visits=1, text=t,
-                          terminal=terminal, correct=correct, answer="1" if terminal else None))
+        nodes.append(
+            Node(
+                idx=idx,
+                parent=parent,
+                depth=depth[idx],
+                q=q,
+                visits=1,
+                text=t,
+                terminal=terminal,
+                correct=correct,
+                answer="1" if terminal else None,
+            )
+        )
     now = time.time()
-    return TreeResult(tree_id=tid, problem=p, actor_id="a", policy_version="p", ppm_version="",
-                      started_at=now, finished_at=now, nodes=nodes, solved=any(n.correct for n in nodes),
-                      round=round, rollouts=8)
+    return TreeResult(
+        tree_id=tid,
+        problem=p,
+        actor_id="a",
+        policy_version="p",
+        ppm_version="",
+        started_at=now,
+        finished_at=now,
+        nodes=nodes,
+        solved=any(n.correct for n in nodes),
+        round=round,
+        rollouts=8,
+    )
 
 
 # The tree of tests/unit/test_selection.py: SFT picks leaves 7 (avg .95) and 4 (.9).
-PAPER = [(0, None, 0), (1, 0, .8), (2, 0, .5), (3, 0, .9), (4, 1, 1, True, True), (5, 1, -1, True, False),
-         (6, 2, 1, True, True), (7, 3, 1, True, True), (8, 0, -.9), (9, 8, -1, True, False),
-         (10, 0, -.2), (11, 10, -1, True, False), (12, 0, -.5), (13, 12, -1, True, False)]
-LINEAR = [(0, None, 0), (1, 0, .96), (2, 1, 1, True, True)]  # avg .98: the best of problem A
-DEEP = [(0, None, 0), (1, 0, .5), (2, 1, .9), (3, 2, 1, True, True), (4, 1, -.8), (5, 4, -1, True, False)]
+PAPER = [
+    (0, None, 0),
+    (1, 0, 0.8),
+    (2, 0, 0.5),
+    (3, 0, 0.9),
+    (4, 1, 1, True, True),
+    (5, 1, -1, True, False),
+    (6, 2, 1, True, True),
+    (7, 3, 1, True, True),
+    (8, 0, -0.9),
+    (9, 8, -1, True, False),
+    (10, 0, -0.2),
+    (11, 10, -1, True, False),
+    (12, 0, -0.5),
+    (13, 12, -1, True, False),
+]
+LINEAR = [(0, None, 0), (1, 0, 0.96), (2, 1, 1, True, True)]  # avg .98: the best of problem A
+DEEP = [(0, None, 0), (1, 0, 0.5), (2, 1, 0.9), (3, 2, 1, True, True), (4, 1, -0.8), (5, 4, -1, True, False)]
 UNSOLVED = [(0, None, 0), (1, 0, -1), (2, 1, -1, True, False)]
 A, B, C, D = (problem(q) for q in ("problem A", "problem B", "problem C", "problem D"))
 
@@ -60,11 +94,18 @@ A, B, C, D = (problem(q) for q in ("problem A", "problem B", "problem C", "probl
 def stored(engine):
     from store.writer import upsert_trees
 
-    upsert_trees(engine, [
-        tree("a1", A, PAPER), tree("a2", A, LINEAR),
-        # Same solution text as a2's, lower Q: a duplicate, never a second example.
-        tree("a3", A, [(0, None, 0), (1, 0, .9), (2, 1, .9, True, True)]),
-        tree("b1", B, UNSOLVED), tree("d1", D, DEEP), tree("c2", C, LINEAR, round=2)])
+    upsert_trees(
+        engine,
+        [
+            tree("a1", A, PAPER),
+            tree("a2", A, LINEAR),
+            # Same solution text as a2's, lower Q: a duplicate, never a second example.
+            tree("a3", A, [(0, None, 0), (1, 0, 0.9), (2, 1, 0.9, True, True)]),
+            tree("b1", B, UNSOLVED),
+            tree("d1", D, DEEP),
+            tree("c2", C, LINEAR, round=2),
+        ],
+    )
     return engine
 
 
@@ -80,8 +121,16 @@ def test_sft_rows_are_the_best_two_correct_per_problem_over_all_its_trees(stored
 def test_pair_rows_are_the_papers_pairs_and_name_their_nodes(stored):
     sel = select_round(stored, 1, TrainConfig())
     a1 = {(r["kind"], r["pos_idx"], r["neg_idx"]) for r in sel.pairs if r["tree_id"] == "a1"}
-    assert a1 == {("step", 3, 8), ("step", 3, 12), ("step", 1, 8), ("step", 1, 12),
-                  ("final", 7, 9), ("final", 7, 13), ("final", 4, 9), ("final", 4, 13)}
+    assert a1 == {
+        ("step", 3, 8),
+        ("step", 3, 12),
+        ("step", 1, 8),
+        ("step", 1, 12),
+        ("final", 7, 9),
+        ("final", 7, 13),
+        ("final", 4, 9),
+        ("final", 4, 13),
+    }
     d1 = {(r["kind"], r["pos_idx"], r["neg_idx"]) for r in sel.pairs if r["tree_id"] == "d1"}
     assert d1 == {("step", 2, 4), ("final", 3, 5)}
     assert not [r for r in sel.pairs if r["tree_id"] in ("a2", "a3", "b1", "c2")]  # no wrong leaf: no pair
@@ -98,12 +147,15 @@ def test_rows_round_trip_to_exact_examples_and_pairs(stored):
     assert [(p.prefix, p.pos, p.neg) for p in deep_step] == [((text(1, False),), (text(2, False),), (text(4, False),))]
     final = [p for p in pairs if p.tree_id == "d1" and len(p.pos) > 1]
     assert [(p.prefix, p.pos, p.neg) for p in final] == [
-        ((), (text(1, False), text(2, False), text(3, True)), (text(1, False), text(4, False), text(5, True)))]
+        ((), (text(1, False), text(2, False), text(3, True)), (text(1, False), text(4, False), text(5, True)))
+    ]
     # Every row joins to the node it names, with that node's text.
     with stored.connect() as c:
-        for r in c.execute(select(SftExampleRow.text, NodeRow.text.label("leaf"), NodeRow.terminal)
-                           .join(NodeRow, (NodeRow.tree_id == SftExampleRow.tree_id)
-                                 & (NodeRow.idx == SftExampleRow.leaf_idx))):
+        for r in c.execute(
+            select(SftExampleRow.text, NodeRow.text.label("leaf"), NodeRow.terminal).join(
+                NodeRow, (NodeRow.tree_id == SftExampleRow.tree_id) & (NodeRow.idx == SftExampleRow.leaf_idx)
+            )
+        ):
             assert r.terminal and r.text.endswith(r.leaf + "<end_of_step>\n")
 
 
@@ -112,8 +164,10 @@ def test_selection_is_idempotent_and_replaces_only_its_round(stored):
 
     def counts(r):
         with stored.connect() as c:
-            return (len(c.execute(select(SftExampleRow.id).where(SftExampleRow.round == r)).all()),
-                    len(c.execute(select(PpmPairRow.id).where(PpmPairRow.round == r)).all()))
+            return (
+                len(c.execute(select(SftExampleRow.id).where(SftExampleRow.round == r)).all()),
+                len(c.execute(select(PpmPairRow.id).where(PpmPairRow.round == r)).all()),
+            )
 
     for _ in range(2):
         with lt.begin(stored) as conn:

@@ -7,8 +7,17 @@ from rstar.schemas import Problem
 
 
 def cand(text, terminal=False, answer=None, correct=None, ppm=None):
-    return Candidate(text=text, code_output="", terminal=terminal, answer=answer, correct=correct,
-                     ppm_score=ppm, gen_tokens=3, policy_version="p1", ppm_version="")
+    return Candidate(
+        text=text,
+        code_output="",
+        terminal=terminal,
+        answer=answer,
+        correct=correct,
+        ppm_score=ppm,
+        gen_tokens=3,
+        policy_version="p1",
+        ppm_version="",
+    )
 
 
 def tree(**kw):
@@ -77,20 +86,31 @@ def test_dead_ends_and_depth_limit_are_worth_minus_one():
 
 def test_terminal_values_with_and_without_reference():
     t = tree()
-    ok, bad, blind, scored = t.expand(0, [
-        cand("answer = 4\n", True, "4", True), cand("answer = 5\n", True, "5", False),
-        cand("answer = 6\n", True, "6", None), cand("answer = 7\n", True, "7", None, ppm=0.3)])
+    ok, bad, blind, scored = t.expand(
+        0,
+        [
+            cand("answer = 4\n", True, "4", True),
+            cand("answer = 5\n", True, "5", False),
+            cand("answer = 6\n", True, "6", None),
+            cand("answer = 7\n", True, "7", None, ppm=0.3),
+        ],
+    )
     assert [t.leaf_value(i) for i in (ok, bad, blind, scored)] == [1.0, -1.0, 0.0, 0.3]
 
 
 def test_best_terminal_majority_without_ppm_and_max_score_with_ppm():
     t = tree()
-    t.expand(0, [cand("answer = 4\n", True, "4"), cand("answer = 2 + 2\n", True, "4"),
-                 cand("answer = 5\n", True, "5")])
+    t.expand(0, [cand("answer = 4\n", True, "4"), cand("answer = 2 + 2\n", True, "4"), cand("answer = 5\n", True, "5")])
     assert t.nodes[t.best_terminal()].answer == "4"
     s = tree()
-    s.expand(0, [cand("answer = 4\n", True, "4", ppm=0.1), cand("answer = 2 + 2\n", True, "4", ppm=0.2),
-                 cand("answer = 5\n", True, "5", ppm=0.9)])
+    s.expand(
+        0,
+        [
+            cand("answer = 4\n", True, "4", ppm=0.1),
+            cand("answer = 2 + 2\n", True, "4", ppm=0.2),
+            cand("answer = 5\n", True, "5", ppm=0.9),
+        ],
+    )
     assert s.nodes[s.best_terminal()].answer == "5"
 
 
@@ -106,7 +126,13 @@ def test_to_nodes_keeps_every_node_and_its_provenance():
 
 def test_answer_node_prefers_the_best_verified_terminal():
     t = tree()
-    a, b, c = t.expand(0, [cand("answer = 5\n", True, "5", False), cand("answer = 5 \n", True, "5", False),
-                           cand("answer = 4\n", True, "4", True)])
+    a, b, c = t.expand(
+        0,
+        [
+            cand("answer = 5\n", True, "5", False),
+            cand("answer = 5 \n", True, "5", False),
+            cand("answer = 4\n", True, "4", True),
+        ],
+    )
     assert t.nodes[t.best_terminal()].answer == "5"  # majority without the reference
     assert t.answer_node() == c and t.solved()

@@ -19,8 +19,9 @@ def built(tmp_path_factory):
 
 def test_digits_are_single_tokens_and_text_round_trips(built):
     tok = load_tokenizer(built)
-    text = build_prompt("Mia has 1234 apples and buys 56 more.", [], None, few_shot=False) + \
-        render_steps(["# Add them.\nanswer = 1234 + 56\n"])
+    text = build_prompt("Mia has 1234 apples and buys 56 more.", [], None, few_shot=False) + render_steps(
+        ["# Add them.\nanswer = 1234 + 56\n"]
+    )
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
     pieces = tok.convert_ids_to_tokens(ids)

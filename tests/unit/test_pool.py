@@ -56,8 +56,9 @@ def test_a_limit_counts_only_the_problems_drawn_and_keeps_its_prefix():
     assert len(small.problems) == 10 and [p.id for p in big.problems[:10]] == [p.id for p in small.problems]
     assert 0 < len(big.held_out) < len(_svamp_held(cfg))  # ~20 % of the ~25 drawn, not the set's 200
     # a set that is not the evaluation set gives rstar problems add's old seeded sample
-    assert [p.id for p in pool_problems(cfg, "gsm8k-train", limit=5, seed=3, sample=True).problems] == \
-        [p.id for p in load_problems("gsm8k-train", limit=5, seed=3)]
+    assert [p.id for p in pool_problems(cfg, "gsm8k-train", limit=5, seed=3, sample=True).problems] == [
+        p.id for p in load_problems("gsm8k-train", limit=5, seed=3)
+    ]
 
 
 def test_a_user_list_is_filtered_by_id_and_by_question():
@@ -65,12 +66,17 @@ def test_a_user_list_is_filtered_by_id_and_by_question():
     held = _svamp_held(cfg)[:3]
     syn_eval = eval_sets(cfg)["synthetic"][:2]
     taught = teacher_problems(cfg)[:2]
-    mine = [Problem(id=f"mine-{i}", source="user", question=f"What is {i} plus 1?", answer=str(i + 1))
-            for i in range(4)]
-    copied = [Problem(id=held[0].id, source="user", question="a reused id", answer="1"),  # an evaluation id
-              Problem(id="copy-1", source="user", question=f"  {held[1].question.upper()} ", answer="2"),  # its text
-              Problem(id="copy-2", source="user", question=syn_eval[0].question, answer=syn_eval[0].answer),
-              syn_eval[1], held[2], *taught]
+    mine = [
+        Problem(id=f"mine-{i}", source="user", question=f"What is {i} plus 1?", answer=str(i + 1)) for i in range(4)
+    ]
+    copied = [
+        Problem(id=held[0].id, source="user", question="a reused id", answer="1"),  # an evaluation id
+        Problem(id="copy-1", source="user", question=f"  {held[1].question.upper()} ", answer="2"),  # its text
+        Problem(id="copy-2", source="user", question=syn_eval[0].question, answer=syn_eval[0].answer),
+        syn_eval[1],
+        held[2],
+        *taught,
+    ]
     pool = select_pool(cfg, [*mine[:2], *copied, *mine[2:]])
     assert [p.id for p in pool.problems] == [p.id for p in mine]
     assert pool.held_out == [held[0].id, "copy-1", "copy-2", syn_eval[1].id, held[2].id]

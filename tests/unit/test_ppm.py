@@ -10,8 +10,13 @@ from rstar.models import load_tokenizer
 from rstar.steps import FEW_SHOT, build_prompt, render_steps
 
 STEPS = ["# Tom starts with 3 apples.\napples = 3\n", "# He buys 5 more.\nanswer = apples + 5\n"]
-TEXTS = ["short", "a somewhat longer text with several words in it", "x = 1\n<end_of_step>\n",
-         "Problem: how many?\n# count\nanswer = 2\n", "z"]
+TEXTS = [
+    "short",
+    "a somewhat longer text with several words in it",
+    "x = 1\n<end_of_step>\n",
+    "Problem: how many?\n# count\nanswer = 2\n",
+    "z",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +63,11 @@ def test_forward_is_tanh_of_reward(ppm, tok):
 
 def test_save_load_roundtrip_and_overwrite(ppm, tok, tmp_path):
     out = save_ppm(ppm, tmp_path / "ppm-v1", tok)
-    assert {"config.json", "model.safetensors", "value_head.safetensors", "ppm.json",
-            "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "value_head.safetensors", "ppm.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
     loaded, ltok = load_ppm(out, device="cpu")
-    assert torch.allclose(_scores(loaded, ltok, TEXTS, "left"), _scores(ppm, tok, TEXTS, "left"),
-                          atol=1e-6)
+    assert torch.allclose(_scores(loaded, ltok, TEXTS, "left"), _scores(ppm, tok, TEXTS, "left"), atol=1e-6)
     with torch.no_grad():
         ppm.head.bias.fill_(0.5)
     save_ppm(ppm, out, tok)  # replaces the old directory atomically
@@ -99,16 +104,19 @@ def test_ppm_text_is_the_prompt_without_few_shot(tok):
     assert text.endswith(render_steps(STEPS))
     assert text.startswith("<|im_start|>user\n")
     assert FEW_SHOT[0][0] not in text
-    assert text == build_prompt("Tom has 3 apples and buys 5. How many?", STEPS,
-                                lambda m: tok.apply_chat_template(m, tokenize=False,
-                                                                  add_generation_prompt=True),
-                                few_shot=False)
+    assert text == build_prompt(
+        "Tom has 3 apples and buys 5. How many?",
+        STEPS,
+        lambda m: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+        few_shot=False,
+    )
 
 
 def test_one_pairwise_step_separates_the_pair(tiny_model_dir, tok):
     model = ppm_from_policy(tiny_model_dir, seed=0).train()
-    enc = tok([ppm_text("q", STEPS, tok), ppm_text("q", STEPS[:1] + ["answer = 7\n"], tok)],
-              return_tensors="pt", padding=True)
+    enc = tok(
+        [ppm_text("q", STEPS, tok), ppm_text("q", STEPS[:1] + ["answer = 7\n"], tok)], return_tensors="pt", padding=True
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     gaps = []
     for _ in range(3):
@@ -123,8 +131,9 @@ def test_one_pairwise_step_separates_the_pair(tiny_model_dir, tok):
 
 
 def test_scorer_shared_prefix_path_equals_plain_forward(ppm, tok, monkeypatch):
-    texts = [ppm_text("Tom has 3 apples and buys 5. How many?", STEPS[:k] + [f"x = {k}\n"], tok)
-             for k in range(3)] + [ppm_text("A different question entirely?", STEPS, tok)]
+    texts = [ppm_text("Tom has 3 apples and buys 5. How many?", STEPS[:k] + [f"x = {k}\n"], tok) for k in range(3)] + [
+        ppm_text("A different question entirely?", STEPS, tok)
+    ]
     with torch.no_grad():
         ppm.head.weight.normal_(generator=torch.Generator().manual_seed(2))
     want = _scores(ppm, tok, texts, "left").tolist()

@@ -21,11 +21,15 @@ def pairs(n_trees: int = 24, per_tree: int = 2, seed: int = 0) -> list[PPMPair]:
     for t in range(n_trees):
         for _ in range(per_tree):
             a, b = rng.randint(2, 30), rng.randint(2, 30)
-            out.append(PPMPair(
-                tree_id=f"tree-{t}", question=f"Mia has {a} coins and finds {b} more. How many coins does she have?",
-                prefix=(f"# Mia starts with {a} coins.\ncoins = {a}\n",),
-                pos=(f"# She finds {b} more, so add them.\nanswer = coins + {b}\n",),
-                neg=(f"# She finds {b} more, so take them away.\nanswer = coins - {b}\n",)))
+            out.append(
+                PPMPair(
+                    tree_id=f"tree-{t}",
+                    question=f"Mia has {a} coins and finds {b} more. How many coins does she have?",
+                    prefix=(f"# Mia starts with {a} coins.\ncoins = {a}\n",),
+                    pos=(f"# She finds {b} more, so add them.\nanswer = coins + {b}\n",),
+                    neg=(f"# She finds {b} more, so take them away.\nanswer = coins - {b}\n",),
+                )
+            )
     return out
 
 
@@ -34,8 +38,15 @@ def swapped(ps: list[PPMPair]) -> list[PPMPair]:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(ppm_lr=3e-3, ppm_epochs=3, ppm_batch_size=4, ppm_heldout_fraction=0.25, save_every=4,
-                threads=1, warmup_ratio=0.0)
+    base = dict(
+        ppm_lr=3e-3,
+        ppm_epochs=3,
+        ppm_batch_size=4,
+        ppm_heldout_fraction=0.25,
+        save_every=4,
+        threads=1,
+        warmup_ratio=0.0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -80,8 +91,9 @@ def test_stopped_training_saves_and_resumes(tiny_model_dir, tmp_path):
 
 def test_max_pairs_caps_the_training_pairs_not_the_heldout_ones(tiny_model_dir, tmp_path):
     full = split_by_tree(pairs(), 0.25)
-    rep = train_ppm(pairs(), tiny_model_dir, tmp_path / "ppm", cfg(ppm_max_pairs=5, ppm_epochs=1), tmp_path / "work",
-                    progress=False)
+    rep = train_ppm(
+        pairs(), tiny_model_dir, tmp_path / "ppm", cfg(ppm_max_pairs=5, ppm_epochs=1), tmp_path / "work", progress=False
+    )
     assert rep.train_pairs == 5 and rep.heldout_pairs == len(full[1]) and rep.pairs == len(pairs())
 
 
@@ -102,6 +114,12 @@ def test_seconds_per_pair_counts_the_pairs_trained_not_the_padding(tiny_model_di
         return res
 
     monkeypatch.setattr(ppm_train, "run_loop", timed)
-    rep = train_ppm(pairs(n_trees=5, per_tree=1), tiny_model_dir, tmp_path / "ppm",
-                    cfg(ppm_epochs=1, ppm_heldout_fraction=0.0), tmp_path / "work", progress=False)
+    rep = train_ppm(
+        pairs(n_trees=5, per_tree=1),
+        tiny_model_dir,
+        tmp_path / "ppm",
+        cfg(ppm_epochs=1, ppm_heldout_fraction=0.0),
+        tmp_path / "work",
+        progress=False,
+    )
     assert rep.train_pairs == 5 and rep.seconds_per_pair == 2.0

@@ -10,17 +10,32 @@ import msgspec
 import pytest
 
 from rstar.grading import extract_answer, verify
-from rstar.problems import (BUILTIN, ProblemFileError, ProblemSourceError, _data_dir, load_problems,
-                            read_problems_jsonl, split_pool_heldout)
+from rstar.problems import (
+    BUILTIN,
+    ProblemFileError,
+    ProblemSourceError,
+    _data_dir,
+    load_problems,
+    read_problems_jsonl,
+    split_pool_heldout,
+)
 from rstar.schemas import Problem, problem_id
 
 NUMERIC = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-@pytest.mark.parametrize("name, count, numeric", [
-    ("gsm8k", 1319, True), ("gsm8k-train", 7473, True), ("math500", 500, False), ("math-train", 7498, False),
-    ("mawps", 1912, True), ("svamp", 1000, True), ("asdiv", 2083, True),
-])
+@pytest.mark.parametrize(
+    "name, count, numeric",
+    [
+        ("gsm8k", 1319, True),
+        ("gsm8k-train", 7473, True),
+        ("math500", 500, False),
+        ("math-train", 7498, False),
+        ("mawps", 1912, True),
+        ("svamp", 1000, True),
+        ("asdiv", 2083, True),
+    ],
+)
 def test_builtin_sets_load_with_stable_unique_ids(name, count, numeric):
     problems = load_problems(name)
     assert len(problems) == count
@@ -70,10 +85,17 @@ def test_synthetic_by_name():
     assert len(load_problems("synthetic")) == 1000
 
 
-@pytest.mark.parametrize("args, match", [
-    (("gsm8k", "train"), "test split"), (("math-train", "test"), "train split"), (("synthetic", "test"), "splits"),
-    (("synthetic:0-3",), "levels"), (("synthetic:a",), "levels"), (("gsm9k",), "neither"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("gsm8k", "train"), "test split"),
+        (("math-train", "test"), "train split"),
+        (("synthetic", "test"), "splits"),
+        (("synthetic:0-3",), "levels"),
+        (("synthetic:a",), "levels"),
+        (("gsm9k",), "neither"),
+    ],
+)
 def test_bad_names_and_splits(args, match):
     with pytest.raises(ProblemSourceError, match=match):
         load_problems(*args)
@@ -87,13 +109,20 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
 
 def test_user_file(tmp_path):
     path = tmp_path / "mine.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"question": " What is 2+2? ", "answer": 4}),
-        "",
-        json.dumps({"question": "Half of 7?", "answer": 3.5, "id": "q-half", "source": "quiz", "meta": {"k": 1}}),
-        json.dumps({"question": "Open question", "answer": None}),
-        json.dumps({"question": "Big", "answer": "1,000"}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"question": " What is 2+2? ", "answer": 4}),
+                "",
+                json.dumps(
+                    {"question": "Half of 7?", "answer": 3.5, "id": "q-half", "source": "quiz", "meta": {"k": 1}}
+                ),
+                json.dumps({"question": "Open question", "answer": None}),
+                json.dumps({"question": "Big", "answer": "1,000"}),
+            ]
+        )
+        + "\n"
+    )
     probs = read_problems_jsonl(path)
     assert probs == [
         Problem(id=problem_id("user", "What is 2+2?"), source="user", question="What is 2+2?", answer="4"),
@@ -106,21 +135,24 @@ def test_user_file(tmp_path):
         load_problems(path, split="test")
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ('{"question": "ok"', "not a JSON object"),
-    ("[1, 2]", "Expected `object`"),
-    ('{"answer": 3}', "missing required field `question`"),
-    ('{"question": 5}', "Expected `str`"),
-    ('{"question": "   "}', "empty question"),
-    ('{"question": "q", "answer": true}', "got `bool`"),
-    ('{"question": "q", "answer": ""}', "empty answer"),
-    ('{"question": "q", "meta": [1]}', "Expected `object`"),
-    ('{"question": "q", "solution": "x"}', "unknown field `solution`"),
-    ('{"question": "q", "id": ""}', "empty source or id"),
-    ('{"question": "q", "schema": 99}', "schema 99 is not this version's"),
-    ('{"question": "First?", "id": "a"}', "duplicate id 'a' \\(first on line 1\\)"),
-    ('{"question": "Same"}\n{"question": "Same"}', "duplicate id"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ('{"question": "ok"', "not a JSON object"),
+        ("[1, 2]", "Expected `object`"),
+        ('{"answer": 3}', "missing required field `question`"),
+        ('{"question": 5}', "Expected `str`"),
+        ('{"question": "   "}', "empty question"),
+        ('{"question": "q", "answer": true}', "got `bool`"),
+        ('{"question": "q", "answer": ""}', "empty answer"),
+        ('{"question": "q", "meta": [1]}', "Expected `object`"),
+        ('{"question": "q", "solution": "x"}', "unknown field `solution`"),
+        ('{"question": "q", "id": ""}', "empty source or id"),
+        ('{"question": "q", "schema": 99}', "schema 99 is not this version's"),
+        ('{"question": "First?", "id": "a"}', "duplicate id 'a' \\(first on line 1\\)"),
+        ('{"question": "Same"}\n{"question": "Same"}', "duplicate id"),
+    ],
+)
 def test_user_file_errors_name_the_line(tmp_path, bad, reason):
     path = tmp_path / "bad.jsonl"
     lines = ['{"question": "First?", "id": "a"}', ""] + bad.split("\n")
@@ -140,7 +172,9 @@ def test_encoded_problems_read_back_as_they_were(tmp_path):
 
 def test_user_file_can_skip_bad_lines_and_report_them(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text('{"question": "A?", "answer": 1}\nnot json\n{"question": ""}\n{"question": "A?"}\n{"question": "B?"}\n')
+    path.write_text(
+        '{"question": "A?", "answer": 1}\nnot json\n{"question": ""}\n{"question": "A?"}\n{"question": "B?"}\n'
+    )
     invalid: list[ProblemFileError] = []
     assert [p.question for p in read_problems_jsonl(path, invalid)] == ["A?", "B?"]
     assert [(e.line_no, e.reason.split(" ")[0]) for e in invalid] == [(2, "not"), (3, "empty"), (4, "duplicate")]

@@ -13,8 +13,17 @@ from actors.sandbox import SandboxPool
 from actors.search import SearchContext
 from learner import round_eval
 from learner.evaluate import EvalResult, ProblemOutcome, evaluate
-from learner.round_eval import (eval_sets, evaluate_round, method_label, method_rank, paired_p, read_record, record,
-                                round_methods, round_records)
+from learner.round_eval import (
+    eval_sets,
+    evaluate_round,
+    method_label,
+    method_rank,
+    paired_p,
+    read_record,
+    record,
+    round_methods,
+    round_records,
+)
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
 from rstar.schemas import Problem
@@ -24,8 +33,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _outcomes(problems, right):
-    return [ProblemOutcome(problem_id=p.id, answer="1", gold="1" if i in right else "2", correct=i in right)
-            for i, p in enumerate(problems)]
+    return [
+        ProblemOutcome(problem_id=p.id, answer="1", gold="1" if i in right else "2", correct=i in right)
+        for i, p in enumerate(problems)
+    ]
 
 
 def test_record_counts_by_level_and_they_add_up():
@@ -49,20 +60,35 @@ def test_record_of_a_set_without_levels_has_no_levels():
 def test_read_record_takes_old_floats_and_new_records():
     assert read_record(0.25) == {"n": None, "correct": None, "accuracy": 0.25, "by_level": {}, "correct_ids": None}
     assert read_record(1) == {"n": None, "correct": None, "accuracy": 1.0, "by_level": {}, "correct_ids": None}
-    new = {"n": 30, "correct": 6, "accuracy": 0.2, "by_level": {"10": {"n": 10, "correct": 1},
-                                                               "2": {"n": 20, "correct": 5}}}
-    assert read_record(new) == {"n": 30, "correct": 6, "accuracy": 0.2, "correct_ids": None,
-                                "by_level": {"2": {"n": 20, "correct": 5}, "10": {"n": 10, "correct": 1}}}
+    new = {
+        "n": 30,
+        "correct": 6,
+        "accuracy": 0.2,
+        "by_level": {"10": {"n": 10, "correct": 1}, "2": {"n": 20, "correct": 5}},
+    }
+    assert read_record(new) == {
+        "n": 30,
+        "correct": 6,
+        "accuracy": 0.2,
+        "correct_ids": None,
+        "by_level": {"2": {"n": 20, "correct": 5}, "10": {"n": 10, "correct": 1}},
+    }
     # The counts decide the accuracy; a record whose counts do not hold keeps only its accuracy.
     assert read_record({"n": 4, "correct": 1, "accuracy": 0.9})["accuracy"] == 0.25
     assert read_record({"n": 4, "correct": 5, "accuracy": 0.9}) == {
-        "n": None, "correct": None, "accuracy": 0.9, "by_level": {}, "correct_ids": None}
+        "n": None,
+        "correct": None,
+        "accuracy": 0.9,
+        "by_level": {},
+        "correct_ids": None,
+    }
     assert read_record(None) is None and read_record("0.5") is None and read_record(True) is None
 
 
 def test_round_records_mixes_both_shapes_and_skips_the_set_size():
-    ev = {"accuracy": {"sets": {"synthetic": {"n": 20, "greedy": 0.1, "mcts@4": {"n": 20, "correct": 3}}},
-                       "seconds": 1.0}}
+    ev = {
+        "accuracy": {"sets": {"synthetic": {"n": 20, "greedy": 0.1, "mcts@4": {"n": 20, "correct": 3}}}, "seconds": 1.0}
+    }
     recs = round_records(ev)
     assert set(recs["synthetic"]) == {"greedy", "mcts@4"}
     assert recs["synthetic"]["greedy"]["n"] is None and recs["synthetic"]["mcts@4"]["accuracy"] == 0.15
@@ -77,10 +103,18 @@ def test_paired_p_compares_two_records_problem_by_problem():
 
 
 def test_labels_and_methods():
-    assert [method_label(m, 4) for m in ("greedy", "majority", "mcts", "mcts+ppm")] == \
-        ["greedy", "majority@4", "mcts@4", "mcts+ppm@4"]
-    assert sorted(["mcts+ppm@4", "mcts@4", "greedy", "majority@4"], key=method_rank) == \
-        ["greedy", "majority@4", "mcts@4", "mcts+ppm@4"]
+    assert [method_label(m, 4) for m in ("greedy", "majority", "mcts", "mcts+ppm")] == [
+        "greedy",
+        "majority@4",
+        "mcts@4",
+        "mcts+ppm@4",
+    ]
+    assert sorted(["mcts+ppm@4", "mcts@4", "greedy", "majority@4"], key=method_rank) == [
+        "greedy",
+        "majority@4",
+        "mcts@4",
+        "mcts+ppm@4",
+    ]
     cfg = load_config(env={})
     assert cfg.learner.eval_methods == ["greedy", "majority", "mcts", "mcts+ppm"]
     assert round_methods(cfg, with_ppm=False) == ["greedy", "majority", "mcts"]
@@ -98,14 +132,25 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     async def fake_evaluate(problems, ctx, method, k=8, dataset="", **kw):
         runs.append((dataset, method, ctx))
         outs = _outcomes(problems, {0, 1} if method == "greedy" else {0})
-        return EvalResult(dataset=dataset, method=method, k=k, n=len(outs), correct=sum(o.correct for o in outs),
-                          accuracy=0.0, seconds=0.1, gen_tokens=0, outcomes=outs)
+        return EvalResult(
+            dataset=dataset,
+            method=method,
+            k=k,
+            n=len(outs),
+            correct=sum(o.correct for o in outs),
+            accuracy=0.0,
+            seconds=0.1,
+            gen_tokens=0,
+            outcomes=outs,
+        )
 
     monkeypatch.setattr("actors.runtime.setup_search", fake_setup)
     monkeypatch.setattr("learner.evaluate.evaluate", fake_evaluate)
     cfg = load_config(overrides=["learner.eval_k=2"], env={})
-    sets = {"synthetic": synthetic_problems(4, "heldout", (1, 2), seed=0),
-            "svamp": [Problem(id=f"s{i}", source="svamp", question="q", answer="1") for i in range(3)]}
+    sets = {
+        "synthetic": synthetic_problems(4, "heldout", (1, 2), seed=0),
+        "svamp": [Problem(id=f"s{i}", source="svamp", question="q", answer="1") for i in range(3)],
+    }
     stored = []
 
     async def on_figure(figs):
@@ -114,18 +159,35 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     # An interrupted evaluation stored an old-style float for synthetic greedy: kept, not redone.
     done = {"sets": {"synthetic": {"n": 4, "greedy": 0.5}}, "seconds": 2.0}
     figs = await evaluate_round(cfg, sets, tmp_path / "policy", tmp_path / "ppm", 1, done=done, on_figure=on_figure)
-    assert [(d, m) for d, m, _ in runs] == [("synthetic", "majority"), ("synthetic", "mcts"),
-                                            ("synthetic", "mcts+ppm"), ("svamp", "greedy"), ("svamp", "majority"),
-                                            ("svamp", "mcts"), ("svamp", "mcts+ppm")]
+    assert [(d, m) for d, m, _ in runs] == [
+        ("synthetic", "majority"),
+        ("synthetic", "mcts"),
+        ("synthetic", "mcts+ppm"),
+        ("svamp", "greedy"),
+        ("svamp", "majority"),
+        ("svamp", "mcts"),
+        ("svamp", "mcts+ppm"),
+    ]
     assert all(ctx == str(tmp_path / "ppm") for _, _, ctx in runs)  # one session, the PPM loaded
     syn, sv = figs["sets"]["synthetic"], figs["sets"]["svamp"]
     assert syn["greedy"] == 0.5 and syn["n"] == 4 and figs["seconds"] >= 2.0
-    assert syn["mcts+ppm@2"] == {"n": 4, "correct": 1, "accuracy": 0.25,
-                                 "by_level": {"1": {"n": 2, "correct": 1}, "2": {"n": 2, "correct": 0}},
-                                 "correct_ids": [sets["synthetic"][0].id], "seconds": 0.1}
+    assert syn["mcts+ppm@2"] == {
+        "n": 4,
+        "correct": 1,
+        "accuracy": 0.25,
+        "by_level": {"1": {"n": 2, "correct": 1}, "2": {"n": 2, "correct": 0}},
+        "correct_ids": [sets["synthetic"][0].id],
+        "seconds": 0.1,
+    }
     assert set(syn) == {"n", "greedy", "majority@2", "mcts@2", "mcts+ppm@2"}
-    assert sv["greedy"] == {"n": 3, "correct": 2, "accuracy": 0.6667, "by_level": {}, "correct_ids": ["s0", "s1"],
-                            "seconds": 0.1}
+    assert sv["greedy"] == {
+        "n": 3,
+        "correct": 2,
+        "accuracy": 0.6667,
+        "by_level": {},
+        "correct_ids": ["s0", "s1"],
+        "seconds": 0.1,
+    }
     assert len(stored) == 7 and set(stored[0]["sets"]["synthetic"]) == {"n", "greedy", "majority@2"}
 
     # Without a PPM: no MCTS+PPM; a complete `done` is returned without loading anything.
@@ -144,10 +206,21 @@ class _Backend(Backend):
     version = "v1"
 
     def generate(self, prompts, params):
-        script = {0: ["# two apples\nx = 2\n", "# two\nx = 2 + 0\n"],
-                  1: ["# add two more\nanswer = x + 2\n", "# triple\nanswer = x * 3\n"]}
-        return [[Generation(text=script.get(p.split("Solution:")[-1].count(STEP_END), ["# lost\n"])[i % 2],
-                            tokens=5, stopped=True) for i in range(params.n)] for p in prompts]
+        script = {
+            0: ["# two apples\nx = 2\n", "# two\nx = 2 + 0\n"],
+            1: ["# add two more\nanswer = x + 2\n", "# triple\nanswer = x * 3\n"],
+        }
+        return [
+            [
+                Generation(
+                    text=script.get(p.split("Solution:")[-1].count(STEP_END), ["# lost\n"])[i % 2],
+                    tokens=5,
+                    stopped=True,
+                )
+                for i in range(params.n)
+            ]
+            for p in prompts
+        ]
 
 
 class _Scorer:
@@ -165,8 +238,7 @@ class _Scorer:
 
 async def test_mcts_ignores_the_ppm_and_mcts_ppm_answers_by_it():
     c = load_config(overrides=["generation.few_shot=false", "search.n_children=2", "sandbox.workers=2"], env={})
-    probs = [Problem(id=f"p{i}", source="t", question=f"Two apples and two more ({i})?", answer="4")
-             for i in range(3)]
+    probs = [Problem(id=f"p{i}", source="t", question=f"Two apples and two more ({i})?", answer="4") for i in range(3)]
     scorer = _Scorer()
     async with SandboxPool(c.sandbox) as sandbox, ModelWorker(_Backend(), scorer) as worker:
         ctx = SearchContext(worker=worker, sandbox=sandbox, search=c.search, generation=c.generation)
@@ -200,13 +272,29 @@ async def test_sampled_methods_run_on_a_level_balanced_prefix(monkeypatch, tmp_p
     async def fake_evaluate(problems, ctx, method, k=8, dataset="", **kw):
         sizes[method] = [p.meta["level"] for p in problems]
         outs = _outcomes(problems, set())
-        return EvalResult(dataset=dataset, method=method, k=k, n=len(outs), correct=0, accuracy=0.0, seconds=0.1,
-                          gen_tokens=0, outcomes=outs)
+        return EvalResult(
+            dataset=dataset,
+            method=method,
+            k=k,
+            n=len(outs),
+            correct=0,
+            accuracy=0.0,
+            seconds=0.1,
+            gen_tokens=0,
+            outcomes=outs,
+        )
 
     monkeypatch.setattr("actors.runtime.setup_search", fake_setup)
     monkeypatch.setattr("learner.evaluate.evaluate", fake_evaluate)
-    cfg = load_config(overrides=["learner.eval_sampled_n=4", "learner.eval_real_n=0", "learner.eval_synthetic_n=12",
-                                 "learner.eval_levels=[1, 2, 3, 4]"], env={})
+    cfg = load_config(
+        overrides=[
+            "learner.eval_sampled_n=4",
+            "learner.eval_real_n=0",
+            "learner.eval_synthetic_n=12",
+            "learner.eval_levels=[1, 2, 3, 4]",
+        ],
+        env={},
+    )
     figs = await evaluate_round(cfg, eval_sets(cfg), tmp_path / "policy", None, 0)
     assert len(sizes["greedy"]) == 12 and sizes["majority"] == sizes["mcts"] == [1, 2, 3, 4]
     syn = figs["sets"]["synthetic"]

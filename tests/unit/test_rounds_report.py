@@ -20,22 +20,34 @@ def _row(r, sets=None, solve=None, state="published"):
     ev = {"collect": {"trees": 10, "solve_rate": solve}, "data": {"sft_examples": 4, "ppm_pairs": 2}}
     if sets is not None:
         ev["accuracy"] = {"sets": sets, "seconds": 5.0}
-    return {"round": r, "state": state, "quota": 10, "eval": ev, "policy_version": f"policy-r{r}",
-            "ppm_version": None}
+    return {"round": r, "state": state, "quota": 10, "eval": ev, "policy_version": f"policy-r{r}", "ppm_version": None}
 
 
 OLD = _row(0, {"synthetic": {"n": 20, "greedy": 0.1, "majority@4": 0.15, "mcts@4": 0.2}}, 1.0)  # before records
-NEW1 = _row(1, {"synthetic": {"n": 30, "greedy": _rec(6, 30, {"1": {"n": 15, "correct": 5}, "2": {"n": 15, "correct": 1}}),
-                              "majority@4": _rec(9, 30, {"1": {"n": 15, "correct": 6}, "2": {"n": 15, "correct": 3}}),
-                              "mcts@4": _rec(12, 30), "mcts+ppm@4": _rec(15, 30)},
-                "svamp": {"n": 10, "greedy": _rec(0, 10)}}, .4)
-NEW3 = _row(3, {"synthetic": {"n": 30, "greedy": _rec(30, 30, {"1": {"n": 15, "correct": 15}, "2": {"n": 15, "correct": 15}})}},
-            .6)
-ROWS = [OLD, NEW1, _row(2, None, .5), NEW3]
+NEW1 = _row(
+    1,
+    {
+        "synthetic": {
+            "n": 30,
+            "greedy": _rec(6, 30, {"1": {"n": 15, "correct": 5}, "2": {"n": 15, "correct": 1}}),
+            "majority@4": _rec(9, 30, {"1": {"n": 15, "correct": 6}, "2": {"n": 15, "correct": 3}}),
+            "mcts@4": _rec(12, 30),
+            "mcts+ppm@4": _rec(15, 30),
+        },
+        "svamp": {"n": 10, "greedy": _rec(0, 10)},
+    },
+    0.4,
+)
+NEW3 = _row(
+    3,
+    {"synthetic": {"n": 30, "greedy": _rec(30, 30, {"1": {"n": 15, "correct": 15}, "2": {"n": 15, "correct": 15}})}},
+    0.6,
+)
+ROWS = [OLD, NEW1, _row(2, None, 0.5), NEW3]
 
 
 def test_accuracy_cell_has_the_wilson_interval():
-    assert accuracy_cell(_rec(6, 30)) == "20 [10–37]"       # wilson(6, 30) = (0.09505, 0.37306)
+    assert accuracy_cell(_rec(6, 30)) == "20 [10–37]"  # wilson(6, 30) = (0.09505, 0.37306)
     assert accuracy_cell(_rec(0, 10)) == "0 [0–28]"
     assert accuracy_cell({"n": None, "correct": None, "accuracy": 0.15}) == "15"
     assert accuracy_cell(None) == "–"
@@ -51,17 +63,17 @@ def test_markdown_rounds_and_accuracy_tables():
     assert md[2].splitlines() == [
         "| round | set | n | greedy | majority@4 | mcts@4 | mcts+ppm@4 |",
         "|---:|:---|---:|---:|---:|---:|---:|",
-        "| 0 | synthetic | 20 | 10 | 15 | 20 | – |",                                  # stored as floats
+        "| 0 | synthetic | 20 | 10 | 15 | 20 | – |",  # stored as floats
         "| 1 | synthetic | 30 | 20 [10–37] | 30 [17–48] | 40 [25–58] | 50 [33–67] |",
         "| 1 | svamp | 10 | 0 [0–28] | – | – | – |",
-        "| 3 | synthetic | 30 | 100 [89–100] | – | – | – |"]
-    assert md[3] == ("accuracy % [95 % Wilson interval]; "
-                     "a figure without an interval was stored without its counts")
+        "| 3 | synthetic | 30 | 100 [89–100] | – | – | – |",
+    ]
+    assert md[3] == ("accuracy % [95 % Wilson interval]; a figure without an interval was stored without its counts")
     assert len(md) == 4  # no levels table unless asked
 
 
 def test_markdown_without_figures_has_only_the_rounds_table():
-    md = rounds_markdown([_row(0, None, .5)])
+    md = rounds_markdown([_row(0, None, 0.5)])
     assert md.splitlines()[0].startswith("| round | state |") and "held-out" not in md
     assert "stored without its counts" not in rounds_markdown([NEW1])
 
@@ -71,19 +83,33 @@ def test_json_rows_keep_the_row_and_add_records():
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert rows[1]["eval"] == NEW1["eval"] and rows[1]["policy_version"] == "policy-r1" and rows[1]["quota"] == 10
     g = rows[1]["accuracy"]["synthetic"]["greedy"]
-    assert g == {"n": 30, "correct": 6, "accuracy": 0.2, "lo": 0.095, "hi": 0.3731,
-                 "by_level": {"1": {"n": 15, "correct": 5}, "2": {"n": 15, "correct": 1}}}
-    assert rows[0]["accuracy"]["synthetic"]["majority@4"] == {"n": None, "correct": None, "accuracy": 0.15,
-                                                            "lo": None, "hi": None, "by_level": {}}
+    assert g == {
+        "n": 30,
+        "correct": 6,
+        "accuracy": 0.2,
+        "lo": 0.095,
+        "hi": 0.3731,
+        "by_level": {"1": {"n": 15, "correct": 5}, "2": {"n": 15, "correct": 1}},
+    }
+    assert rows[0]["accuracy"]["synthetic"]["majority@4"] == {
+        "n": None,
+        "correct": None,
+        "accuracy": 0.15,
+        "lo": None,
+        "hi": None,
+        "by_level": {},
+    }
     assert rows[2]["accuracy"] == {}
     json.dumps(rows)
 
 
 def test_series_keep_mcts_and_mcts_ppm_apart_with_intervals():
     s = accuracy_series(ROWS)["synthetic"]
-    assert [(x, y) for x, y, _, _ in s["greedy"]] == [(0, .1), (1, .2), (3, 1.0)]
+    assert [(x, y) for x, y, _, _ in s["greedy"]] == [(0, 0.1), (1, 0.2), (3, 1.0)]
     assert s["greedy"][0][2:] == (None, None)
-    assert s["greedy"][1][2] == pytest.approx(0.09505, abs=1e-5) and s["greedy"][1][3] == pytest.approx(0.37306, abs=1e-5)
+    assert s["greedy"][1][2] == pytest.approx(0.09505, abs=1e-5) and s["greedy"][1][3] == pytest.approx(
+        0.37306, abs=1e-5
+    )
     assert [x for x, *_ in s["mcts@4"]] == [0, 1] and [x for x, *_ in s["mcts+ppm@4"]] == [1]
     assert level_series(ROWS) == {"synthetic": {"1": [(1, 5, 15), (3, 15, 15)], "2": [(1, 1, 15), (3, 15, 15)]}}
 
@@ -100,7 +126,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_plot_with_a_control_run(tmp_path):
-    control = [_row(r, {"synthetic": {"n": 30, "greedy": _rec(c, 30)}}, .3) for r, c in ((0, 3), (1, 4), (2, 5))]
+    control = [_row(r, {"synthetic": {"n": 30, "greedy": _rec(c, 30)}}, 0.3) for r, c in ((0, 3), (1, 4), (2, 5))]
     plain = plot_rounds(ROWS, tmp_path / "plain.png")
     out = plot_rounds(ROWS, tmp_path / "control.png", control_rows=control)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.read_bytes() != plain.read_bytes()
@@ -146,7 +172,9 @@ def test_cli_json_markdown_and_plot_with_a_control(tmp_path):
     res = runner.invoke(app, [*args, "--markdown", "--levels"])
     assert res.exit_code == 0 and "| 1 | greedy | 5/15 | 1/15 | 6/30 |" in res.output
     (tmp_path / "control.json").write_text(json.dumps(rows))
-    res = runner.invoke(app, [*args, "--plot", str(tmp_path / "p.png"), "--control-json", str(tmp_path / "control.json")])
+    res = runner.invoke(
+        app, [*args, "--plot", str(tmp_path / "p.png"), "--control-json", str(tmp_path / "control.json")]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     res = runner.invoke(app, [*args, "--plot", str(tmp_path / "q.png"), "--control-store", url])

@@ -12,11 +12,11 @@ import time
 import msgspec
 import pytest
 import pytest_asyncio
+from sandbox_helpers import start_pool
 
 from actors.sandbox import ExecResult, SandboxError, SandboxPool, run_sync
 from rstar.config import SandboxConfig
 from rstar.steps import StepFormatError
-from sandbox_helpers import start_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 # snapshot_min_ms=0: cache every faithful prefix, however cheap, so the tests exercise it
@@ -45,16 +45,29 @@ async def test_answer_is_the_formatted_global(pool):
     assert r.ok and r.answer == "31" and r.duration_s > 0
 
 
-@pytest.mark.parametrize("expr,expected", [
-    ("12", "12"), ("12.0", "12"), ("-0.0", "0"), ("1 / 3", "0.3333333333"), ("0.1 + 0.2", "0.3"),
-    ("2.5e-12", "2.5e-12"), ("float('inf')", "inf"), ("Fraction(6, 8)", "3/4"),
-    ("Fraction(4, 2)", "2"), ("True", "True"), ("'7 apples'", "7 apples"),
-    ("sympy.Rational(3, 4)", "3/4"), ("sympy.sqrt(8)", "2*sqrt(2)"),
-    ("numpy.int64(12)", "12"), ("numpy.float64(12.0)", "12"), ("[1, 2]", "[1, 2]"),
-])
+@pytest.mark.parametrize(
+    "expr,expected",
+    [
+        ("12", "12"),
+        ("12.0", "12"),
+        ("-0.0", "0"),
+        ("1 / 3", "0.3333333333"),
+        ("0.1 + 0.2", "0.3"),
+        ("2.5e-12", "2.5e-12"),
+        ("float('inf')", "inf"),
+        ("Fraction(6, 8)", "3/4"),
+        ("Fraction(4, 2)", "2"),
+        ("True", "True"),
+        ("'7 apples'", "7 apples"),
+        ("sympy.Rational(3, 4)", "3/4"),
+        ("sympy.sqrt(8)", "2*sqrt(2)"),
+        ("numpy.int64(12)", "12"),
+        ("numpy.float64(12.0)", "12"),
+        ("[1, 2]", "[1, 2]"),
+    ],
+)
 async def test_answer_formatting(pool, expr, expected):
-    r = await pool.run(["from fractions import Fraction\nimport sympy\nimport numpy\n",
-                        f"answer = {expr}\n"])
+    r = await pool.run(["from fractions import Fraction\nimport sympy\nimport numpy\n", f"answer = {expr}\n"])
     assert r.ok, r.error
     assert r.answer == expected
 
@@ -104,8 +117,7 @@ async def test_calls_do_not_share_state(pool):
 
 
 async def test_concurrent_runs_are_spread_over_the_workers(pool):
-    results = await asyncio.gather(*(pool.run(["x = %d\n" % i, "answer = x * x\n"])
-                                     for i in range(40)))
+    results = await asyncio.gather(*(pool.run([f"x = {i}\n", "answer = x * x\n"]) for i in range(40)))
     assert [r.answer for r in results] == [str(i * i) for i in range(40)]
     t0 = time.perf_counter()
     slept = await asyncio.gather(*(pool.run(["import time\ntime.sleep(0.6)\n"]) for _ in range(4)))
@@ -143,8 +155,7 @@ async def test_closed_pool_refuses():
 
 async def test_close_lets_the_call_in_flight_finish_and_fails_the_waiting_ones():
     one = await start_pool(CFG.model_copy(update={"workers": 1}))
-    calls = [asyncio.create_task(one.run(["import time\ntime.sleep(0.4)\nanswer = 1\n"]))
-             for _ in range(3)]
+    calls = [asyncio.create_task(one.run(["import time\ntime.sleep(0.4)\nanswer = 1\n"])) for _ in range(3)]
     await asyncio.sleep(0.1)
     await one.close()
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -163,28 +174,38 @@ async def test_run_sync():
 # Trajectories that exercise what a snapshot must carry or refuse: plain data, Fractions, sympy,
 # numpy, functions, module state, random state, files, environment, stdout of each step, failures.
 TREES = [  # (steps, whether the state after each step can be snapshotted)
-    (["x = 3\nprint('a', x)\n", "y = x * 4\nprint('b', y)\n", "z = [y, y + 1]\n",
-      "answer = sum(z)\nprint('c')\n"], True),
-    (["from fractions import Fraction\nq = Fraction(1, 3)\n", "q += Fraction(1, 6)\n",
-      "answer = q\n"], True),
+    (
+        ["x = 3\nprint('a', x)\n", "y = x * 4\nprint('b', y)\n", "z = [y, y + 1]\n", "answer = sum(z)\nprint('c')\n"],
+        True,
+    ),
+    (["from fractions import Fraction\nq = Fraction(1, 3)\n", "q += Fraction(1, 6)\n", "answer = q\n"], True),
     (["import math\ng = math.gcd\n", "h = g(12, 18)\n", "answer = h\n"], True),
     (["total = 10\n", "total -= 4\nprint(total)\n", "answer = total\n"], True),
     (["def f(v):\n    return 2 * v\n", "w = f(10)\n", "answer = f(w) + 2\n"], False),
     (["import math\nmath.pi = 3\n", "r = 2\n", "answer = math.pi * r\n"], False),
-    (["import random\nrandom.seed(7)\nfirst = random.random()\n", "second = random.random()\n",
-      "answer = round(second, 6)\n"], False),
-    (["open('note.txt', 'w').write('41')\n", "n = int(open('note.txt').read())\n",
-      "answer = n + 1\n"], False),
+    (
+        [
+            "import random\nrandom.seed(7)\nfirst = random.random()\n",
+            "second = random.random()\n",
+            "answer = round(second, 6)\n",
+        ],
+        False,
+    ),
+    (["open('note.txt', 'w').write('41')\n", "n = int(open('note.txt').read())\n", "answer = n + 1\n"], False),
     (["import os\nos.environ['K'] = '5'\n", "k = int(os.environ['K'])\n", "answer = k\n"], False),
     (["import re\npat = 'a+'\n", "m = len(pat)\n", "answer = m\n"], False),
     (["big = list(range(50000))\n", "m = max(big)\n", "answer = m\n"], False),  # > snapshot_kb
-    (["from fractions import Fraction\nFraction.extra = 5\n", "q = Fraction(1, 2)\n",
-      "answer = Fraction.extra + q\n"], False),
-    (["import numpy as np\nnp.set_printoptions(precision=2)\n", "a = np.array([1 / 3])\n",
-      "answer = str(a)\n"], False),
+    (
+        [
+            "from fractions import Fraction\nFraction.extra = 5\n",
+            "q = Fraction(1, 2)\n",
+            "answer = Fraction.extra + q\n",
+        ],
+        False,
+    ),
+    (["import numpy as np\nnp.set_printoptions(precision=2)\n", "a = np.array([1 / 3])\n", "answer = str(a)\n"], False),
     # last: once a worker has loaded sympy and numpy, every fork costs more
-    (["import sympy\nx = sympy.Symbol('x')\n", "roots = sympy.solve(x**2 - 9, x)\n",
-      "answer = max(roots)\n"], True),
+    (["import sympy\nx = sympy.Symbol('x')\n", "roots = sympy.solve(x**2 - 9, x)\n", "answer = max(roots)\n"], True),
     (["import numpy as np\na = np.arange(5)\n", "s = a.sum()\n", "answer = s * 2\n"], True),
     (["x = 1\n", "y = x / 0\n", "answer = 3\n"], None),
     (["x = 1\n", "print('oops'\n", "answer = 3\n"], None),
@@ -201,7 +222,7 @@ async def replay(pool: SandboxPool) -> tuple[list[ExecResult], list[int]]:
         before = pool.gauges()["sandbox/steps_run"]
         for depth in range(1, len(steps) + 1):
             out.append(await pool.run(steps[:depth]))
-            out.append(await pool.run(steps[:depth - 1] + ["print('sibling')\n"]))
+            out.append(await pool.run(steps[: depth - 1] + ["print('sibling')\n"]))
         out.append(await pool.run(steps))  # an exact repeat
         executed.append(pool.gauges()["sandbox/steps_run"] - before)
     return out, executed

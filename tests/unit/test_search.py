@@ -4,11 +4,9 @@ The policy here is a scripted backend (a table of candidate steps by depth) so t
 is known; the tiny random model runs the same path in ``test_search_runs_on_the_tiny_model``.
 """
 
-import asyncio
-
 import pytest
 
-from actors.backends.base import Backend, GenParams, Generation
+from actors.backends.base import Backend, Generation
 from actors.batcher import ModelWorker
 from actors.sandbox import SandboxPool
 from actors.search import SearchContext, majority_answer, search_many, search_tree, usable_step
@@ -36,14 +34,14 @@ class ScriptedBackend(Backend):
         for p in prompts:
             depth = p.split("Solution:")[-1].count(STEP_END)
             texts = self.script.get(depth, ["# lost\n"])
-            out.append([Generation(text=texts[i % len(texts)], tokens=5, stopped=True)
-                        for i in range(params.n)])
+            out.append([Generation(text=texts[i % len(texts)], tokens=5, stopped=True) for i in range(params.n)])
         return out
 
 
 def cfg(**over):
-    sets = ["generation.few_shot=false", "search.n_children=4", "search.rollouts=4",
-            "sandbox.workers=2"] + [f"{k}={v}" for k, v in over.items()]
+    sets = ["generation.few_shot=false", "search.n_children=4", "search.rollouts=4", "sandbox.workers=2"] + [
+        f"{k}={v}" for k, v in over.items()
+    ]
     return load_config(overrides=sets, env={})
 
 
@@ -109,8 +107,15 @@ def test_usable_step_rules():
 async def test_search_runs_on_the_tiny_model(tiny_model_dir):
     from actors.runtime import setup_search
 
-    c = load_config(overrides=[f'model.policy="{tiny_model_dir}"', "search.rollouts=2",
-                               "search.n_children=2", "generation.max_step_tokens=16"], env={})
+    c = load_config(
+        overrides=[
+            f'model.policy="{tiny_model_dir}"',
+            "search.rollouts=2",
+            "search.n_children=2",
+            "generation.max_step_tokens=16",
+        ],
+        env={},
+    )
     async with setup_search(c) as ctx:
         tree = await search_tree(problem(), ctx)
         stats = ctx.worker.stats.snapshot()
@@ -120,8 +125,9 @@ async def test_search_runs_on_the_tiny_model(tiny_model_dir):
 
 def test_prompt_head_follows_the_few_shot_switch():
     c = cfg()
-    ctx = SearchContext(worker=None, sandbox=None, search=c.search,
-                        generation=c.generation.model_copy(update={"few_shot": True}))
+    ctx = SearchContext(
+        worker=None, sandbox=None, search=c.search, generation=c.generation.model_copy(update={"few_shot": True})
+    )
     assert "Lena buys" in ctx.prompt("Q?", [])
     ctx.generation = ctx.generation.model_copy(update={"few_shot": False})
     assert "Lena buys" not in ctx.prompt("Q?", [])

@@ -15,17 +15,28 @@ def build():
     ├─ 10 q=-.2 ─ 11 q=-1 T wrong
     └─ 12 q=-.5 ─ 13 q=-1 T wrong
     """
-    spec = [(0, None, 0), (1, 0, .8), (2, 0, .5), (3, 0, .9), (4, 1, 1, True, True),
-            (5, 1, -1, True, False), (6, 2, 1, True, True), (7, 3, 1, True, True),
-            (8, 0, -.9), (9, 8, -1, True, False), (10, 0, -.2), (11, 10, -1, True, False),
-            (12, 0, -.5), (13, 12, -1, True, False)]
+    spec = [
+        (0, None, 0),
+        (1, 0, 0.8),
+        (2, 0, 0.5),
+        (3, 0, 0.9),
+        (4, 1, 1, True, True),
+        (5, 1, -1, True, False),
+        (6, 2, 1, True, True),
+        (7, 3, 1, True, True),
+        (8, 0, -0.9),
+        (9, 8, -1, True, False),
+        (10, 0, -0.2),
+        (11, 10, -1, True, False),
+        (12, 0, -0.5),
+        (13, 12, -1, True, False),
+    ]
     depth = {None: -1}
     nodes = []
     for idx, parent, q, *rest in spec:
         depth[idx] = depth[parent] + 1
         terminal, correct = rest if rest else (False, None)
-        nodes.append(Node(idx=idx, parent=parent, depth=depth[idx], q=q, terminal=terminal,
-                          correct=correct))
+        nodes.append(Node(idx=idx, parent=parent, depth=depth[idx], q=q, terminal=terminal, correct=correct))
     return nodes
 
 
@@ -52,12 +63,19 @@ def test_step_pairs_two_best_reaching_correct_vs_two_worst_reaching_only_wrong()
 
 def test_final_pairs_compare_whole_trajectories():
     pairs = select_final_pairs(trajectories(build()), k=2)
-    assert {(p.pos, p.neg) for p in pairs} == {((3, 7), (8, 9)), ((3, 7), (12, 13)),
-                                                ((1, 4), (8, 9)), ((1, 4), (12, 13))}
+    assert {(p.pos, p.neg) for p in pairs} == {
+        ((3, 7), (8, 9)),
+        ((3, 7), (12, 13)),
+        ((1, 4), (8, 9)),
+        ((1, 4), (12, 13)),
+    }
     assert all(p.kind == "final" for p in pairs)
 
 
 def test_unsolved_tree_gives_no_sft_and_no_pairs():
-    nodes = [Node(idx=0, parent=None, depth=0), Node(idx=1, parent=0, depth=1, q=-1),
-             Node(idx=2, parent=1, depth=2, q=-1, terminal=True, correct=False)]
+    nodes = [
+        Node(idx=0, parent=None, depth=0),
+        Node(idx=1, parent=0, depth=1, q=-1),
+        Node(idx=2, parent=1, depth=2, q=-1, terminal=True, correct=False),
+    ]
     assert select_sft(trajectories(nodes)) == [] and select_ppm_pairs(nodes) == []

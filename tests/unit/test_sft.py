@@ -39,8 +39,10 @@ def test_labels_mask_the_prompt_and_end_with_eos(tiny_model_dir):
     data, dropped = encode_examples(EXAMPLES[:3], tok, max_len=4096)
     assert dropped == 0
     for ex, row in zip(EXAMPLES, data):
+
         def chat(m):
             return tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+
         n_prompt = len(tok(build_prompt(ex.question, [], chat, few_shot=False), add_special_tokens=False)["input_ids"])
         assert row["labels"][:n_prompt] == [-100] * n_prompt
         solution = row["labels"][n_prompt:]
@@ -60,8 +62,14 @@ def test_loss_falls_and_the_model_is_saved_with_its_manifest(tiny_model_dir, tmp
 
 
 def test_lora_saves_a_plain_merged_model(tiny_model_dir, tmp_path):
-    rep = train_sft(EXAMPLES, tiny_model_dir, tmp_path / "out", cfg(method="lora", lora_r=4, epochs=2),
-                    tmp_path / "work", progress=False)
+    rep = train_sft(
+        EXAMPLES,
+        tiny_model_dir,
+        tmp_path / "out",
+        cfg(method="lora", lora_r=4, epochs=2),
+        tmp_path / "work",
+        progress=False,
+    )
     assert rep.last_loss < rep.first_loss
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert "adapter_config.json" not in files and "model.safetensors" in files
@@ -72,8 +80,9 @@ def test_lora_saves_a_plain_merged_model(tiny_model_dir, tmp_path):
 
 def test_gradient_accumulation_steps_on_a_partial_last_group(tiny_model_dir, tmp_path):
     # 2 batches with grad_accum 4: only a partial group, which must still update the model.
-    rep = train_sft(EXAMPLES[:4], tiny_model_dir, tmp_path / "out", cfg(epochs=1, grad_accum=4), tmp_path / "work",
-                    progress=False)
+    rep = train_sft(
+        EXAMPLES[:4], tiny_model_dir, tmp_path / "out", cfg(epochs=1, grad_accum=4), tmp_path / "work", progress=False
+    )
     assert rep.steps == 1
     base, tuned = weights(tiny_model_dir), weights(tmp_path / "out")
     assert any(not torch.equal(base[k], tuned[k]) for k in tuned)
@@ -94,8 +103,12 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow  # a trainer subprocess (~15 s, mostly imports)
 def test_a_run_killed_after_a_save_resumes_there_and_ends_where_an_unbroken_run_ends(tiny_model_dir, tmp_path):
     work = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tiny_model_dir), str(tmp_path / "killed"), str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "RSTAR_LOG_LEVEL": "WARNING"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(tiny_model_dir), str(tmp_path / "killed"), str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "RSTAR_LOG_LEVEL": "WARNING"},
+    )
     deadline = time.monotonic() + 120
     while not (work / LATEST).exists():
         assert proc.poll() is None, f"trainer ended before its first save: {proc.stderr.read().decode()[-2000:]}"

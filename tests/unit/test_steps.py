@@ -22,14 +22,17 @@ def test_empty_step_is_an_error():
         fmt.normalize_step("  \n```\n")
 
 
-@pytest.mark.parametrize("step,terminal", [
-    ("answer = 3\n", True),
-    ("# total\nanswer=total - 5\n", True),
-    ("x = 1\n# answer = 3 later\n", False),
-    ("if answer == 3:\n    pass\n", False),
-    ("answers = [1]\n", False),
-    ("final_answer = 2\n", False),
-])
+@pytest.mark.parametrize(
+    "step,terminal",
+    [
+        ("answer = 3\n", True),
+        ("# total\nanswer=total - 5\n", True),
+        ("x = 1\n# answer = 3 later\n", False),
+        ("if answer == 3:\n    pass\n", False),
+        ("answers = [1]\n", False),
+        ("final_answer = 2\n", False),
+    ],
+)
 def test_terminal_means_binding_answer_at_line_start(step, terminal):
     assert fmt.is_terminal(step) is terminal
 

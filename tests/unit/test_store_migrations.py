@@ -6,11 +6,11 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from store_helpers import migrate_at_once
 
 from rstar.config import load_config
 from store.db import current_revision, head_revision, make_engine, migrate, open_store
 from store.models import Base
-from store_helpers import migrate_at_once
 
 
 def test_migrated_schema_equals_the_models(tmp_path):

@@ -12,8 +12,17 @@ from sqlalchemy.orm import aliased
 
 from store.db import open_store
 from store.models import NodeRow, TreeRow
-from store.queries import (BadQueryError, NotFoundError, TreeFilter, count_trees, get_problem, get_tree,
-                           list_trees, stats, trajectories)
+from store.queries import (
+    BadQueryError,
+    NotFoundError,
+    TreeFilter,
+    count_trees,
+    get_problem,
+    get_tree,
+    list_trees,
+    stats,
+    trajectories,
+)
 from store.sample_trees import sample_problem, sample_tree
 from store.writer import upsert_trees
 
@@ -23,8 +32,10 @@ def filled(tmp_path_factory):
     engine = open_store(f"sqlite:///{tmp_path_factory.mktemp('q') / 'store.db'}")
     rng = random.Random(7)
     problems = [sample_problem(rng) for _ in range(5)]
-    trees = [sample_tree(rng, rng.randint(10, 60), round=i % 3, problem=problems[i % 5],
-                         policy_version=f"p{i % 2}") for i in range(24)]
+    trees = [
+        sample_tree(rng, rng.randint(10, 60), round=i % 3, problem=problems[i % 5], policy_version=f"p{i % 2}")
+        for i in range(24)
+    ]
     upsert_trees(engine, trees)
     yield engine, trees, problems
     engine.dispose()
@@ -43,7 +54,9 @@ def test_stats_match_the_trees(filled):
         assert by_round[rnd]["trees"] == len(ts)
         assert by_round[rnd]["solved_trees"] == sum(t.solved for t in ts)
         assert by_round[rnd]["problems_searched"] == len({t.problem.id for t in ts})
-    assert {r["policy_version"]: r["trees"] for r in s["by_policy_version"]} == dict(Counter(t.policy_version for t in trees))
+    assert {r["policy_version"]: r["trees"] for r in s["by_policy_version"]} == dict(
+        Counter(t.policy_version for t in trees)
+    )
 
 
 def test_list_trees_filters_and_paginates(filled):
@@ -77,7 +90,11 @@ def test_get_problem_counts_its_trees(filled):
     engine, trees, problems = filled
     p = get_problem(engine, problems[0].id)
     mine = [t for t in trees if t.problem.id == problems[0].id]
-    assert (p["question"], p["trees"], p["solved_trees"]) == (problems[0].question, len(mine), sum(t.solved for t in mine))
+    assert (p["question"], p["trees"], p["solved_trees"]) == (
+        problems[0].question,
+        len(mine),
+        sum(t.solved for t in mine),
+    )
     with pytest.raises(NotFoundError):
         get_problem(engine, "nope")
 
@@ -114,12 +131,24 @@ def test_correct_round_2_trajectories_with_third_step_ppm_below_zero_is_one_quer
     """The design's example question, answered by one SQL statement (the one in store/models.py)."""
     engine, trees, _ = filled
     leaf, step = aliased(NodeRow), aliased(NodeRow)
-    q = (select(leaf.tree_id, leaf.idx).join(TreeRow, TreeRow.id == leaf.tree_id)
-         .join(step, (step.tree_id == leaf.tree_id) & (step.depth == 3)
-               & ((leaf.path == step.path) | leaf.path.startswith(step.path + ".")))
-         .where(TreeRow.round == 2, leaf.terminal, leaf.correct.is_(True), step.ppm_score < 0))
+    q = (
+        select(leaf.tree_id, leaf.idx)
+        .join(TreeRow, TreeRow.id == leaf.tree_id)
+        .join(
+            step,
+            (step.tree_id == leaf.tree_id)
+            & (step.depth == 3)
+            & ((leaf.path == step.path) | leaf.path.startswith(step.path + ".")),
+        )
+        .where(TreeRow.round == 2, leaf.terminal, leaf.correct.is_(True), step.ppm_score < 0)
+    )
     with engine.connect() as c:
         got = set(c.execute(q).all())
-    want = {(t.tree_id, lf.idx) for t in trees if t.round == 2 for lf, steps in _paths(t)
-            if lf.correct is True and len(steps) >= 3 and steps[2].ppm_score < 0}
+    want = {
+        (t.tree_id, lf.idx)
+        for t in trees
+        if t.round == 2
+        for lf, steps in _paths(t)
+        if lf.correct is True and len(steps) >= 3 and steps[2].ppm_score < 0
+    }
     assert want and got == want

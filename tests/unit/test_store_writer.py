@@ -7,13 +7,13 @@ import random
 import msgspec
 import pytest
 from sqlalchemy import func, select
+from store_helpers import run_at_once
 
 from rstar.schemas import Node, Problem, TreeResult
 from store.db import open_store
 from store.models import NodeRow, ProblemRow, TreeRow
 from store.sample_trees import sample_problem, sample_tree
 from store.writer import InvalidProblemError, InvalidTreeError, check_tree, upsert_problems, upsert_trees
-from store_helpers import run_at_once
 
 
 @pytest.fixture
@@ -60,8 +60,16 @@ def test_stored_rows_carry_the_tree_and_node_fields(engine):
     assert abs(row["started_at"].timestamp() - t.started_at) < 1e-3 and row["started_at"].tzinfo is not None
     for n in t.nodes:
         r = nodes[n.idx]
-        assert (r.parent_idx, r.depth, r.text, r.code_output, r.visits, r.terminal, r.correct, r.answer) == \
-               (n.parent, n.depth, n.text, n.code_output, n.visits, n.terminal, n.correct, n.answer)
+        assert (r.parent_idx, r.depth, r.text, r.code_output, r.visits, r.terminal, r.correct, r.answer) == (
+            n.parent,
+            n.depth,
+            n.text,
+            n.code_output,
+            n.visits,
+            n.terminal,
+            n.correct,
+            n.answer,
+        )
         assert r.q == pytest.approx(n.q) and r.ppm_score == pytest.approx(n.ppm_score)
         assert (r.policy_version, r.ppm_version) == ((n.policy_version, n.ppm_version) if n.idx else ("", ""))
         assert n.idx == 0 or (n.policy_version, n.ppm_version) == ("pv7", "mv2")
@@ -71,19 +79,32 @@ def test_stored_rows_carry_the_tree_and_node_fields(engine):
 
 def _tree(nodes: list[Node], **kw) -> TreeResult:
     p = Problem(id="t-1", source="t", question="q?", answer="1")
-    return TreeResult(tree_id=kw.pop("tree_id", "tree-x"), problem=p, actor_id="a", policy_version="p",
-                      ppm_version="m", started_at=1.0, finished_at=2.0, nodes=nodes, solved=False, **kw)
+    return TreeResult(
+        tree_id=kw.pop("tree_id", "tree-x"),
+        problem=p,
+        actor_id="a",
+        policy_version="p",
+        ppm_version="m",
+        started_at=1.0,
+        finished_at=2.0,
+        nodes=nodes,
+        solved=False,
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("nodes, reason", [
-    ([], "no nodes"),
-    ([Node(idx=1, parent=None, depth=0)], "node 0 must be the root"),
-    ([Node(idx=0, parent=None, depth=0), Node(idx=1, parent=7, depth=1)], "parent 7 is not in the tree"),
-    ([Node(idx=0, parent=None, depth=0), Node(idx=1, parent=0, depth=2)], "depth 2 but parent 0 has depth 0"),
-    ([Node(idx=0, parent=None, depth=0), Node(idx=0, parent=None, depth=0)], "appears twice"),
-    ([Node(idx=0, parent=None, depth=0, q=float("nan"))], "must be finite"),
-    ([Node(idx=0, parent=None, depth=0, visits=2**31)], r"0\.\.2\*\*31-1"),
-])
+@pytest.mark.parametrize(
+    "nodes, reason",
+    [
+        ([], "no nodes"),
+        ([Node(idx=1, parent=None, depth=0)], "node 0 must be the root"),
+        ([Node(idx=0, parent=None, depth=0), Node(idx=1, parent=7, depth=1)], "parent 7 is not in the tree"),
+        ([Node(idx=0, parent=None, depth=0), Node(idx=1, parent=0, depth=2)], "depth 2 but parent 0 has depth 0"),
+        ([Node(idx=0, parent=None, depth=0), Node(idx=0, parent=None, depth=0)], "appears twice"),
+        ([Node(idx=0, parent=None, depth=0, q=float("nan"))], "must be finite"),
+        ([Node(idx=0, parent=None, depth=0, visits=2**31)], r"0\.\.2\*\*31-1"),
+    ],
+)
 def test_malformed_trees_are_refused_naming_the_cause(engine, nodes, reason):
     good = _trees(1)[0]
     with pytest.raises(InvalidTreeError, match=reason) as e:
@@ -92,8 +113,9 @@ def test_malformed_trees_are_refused_naming_the_cause(engine, nodes, reason):
     assert _count(engine, TreeRow) == 0  # nothing of the batch was written
 
 
-@pytest.mark.parametrize("kw, field", [({"tree_id": ""}, "tree_id"), ({"actor_id": "a" * 129}, "actor_id"),
-                                       ({"source": "x" * 17}, "source")])
+@pytest.mark.parametrize(
+    "kw, field", [({"tree_id": ""}, "tree_id"), ({"actor_id": "a" * 129}, "actor_id"), ({"source": "x" * 17}, "source")]
+)
 def test_identifiers_that_postgresql_would_refuse_are_refused_on_sqlite_too(kw, field):
     nodes = [Node(idx=0, parent=None, depth=0)]
     t = _tree(nodes, tree_id=kw.pop("tree_id", "tree-x"))
@@ -103,7 +125,10 @@ def test_identifiers_that_postgresql_would_refuse_are_refused_on_sqlite_too(kw, 
 
 
 def test_nul_characters_are_stored_as_replacement_characters(engine):
-    nodes = [Node(idx=0, parent=None, depth=0), Node(idx=1, parent=0, depth=1, text="x = 1\x00", code_output="\x00\x00")]
+    nodes = [
+        Node(idx=0, parent=None, depth=0),
+        Node(idx=1, parent=0, depth=1, text="x = 1\x00", code_output="\x00\x00"),
+    ]
     upsert_trees(engine, [_tree(nodes)])
     with engine.connect() as c:
         text, out = c.execute(select(NodeRow.text, NodeRow.code_output).where(NodeRow.idx == 1)).one()
@@ -128,7 +153,7 @@ def test_concurrent_writers_of_the_same_trees_store_each_once(tmp_path):
     engines = [open_store(url) for _ in range(3)]
 
     def write(e):
-        return sum(upsert_trees(e, trees[i:i + 5]) for i in range(0, 20, 5))
+        return sum(upsert_trees(e, trees[i : i + 5]) for i in range(0, 20, 5))
 
     results, errors = run_at_once(write, [(e,) for e in engines])
     assert not errors and sum(results) == 20

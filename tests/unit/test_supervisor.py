@@ -64,7 +64,8 @@ def test_children_stop_when_the_supervisor_is_killed_outright(tmp_path):
         f"c = sup.add('broker', rstar_argv(['broker', 'up'], None, ['broker.embedded_port={port}', "
         f"'data_dir=\"{tmp_path}\"']))\n"
         "print(c.proc.pid, flush=True)\n"
-        "time.sleep(120)\n")
+        "time.sleep(120)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     log = tmp_path / "logs" / "broker.log"

@@ -26,19 +26,20 @@ from actors.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rstar.steps import STEP_END  # noqa: E402
 from rstar.tiny import make_tiny_model  # noqa: E402
 
-for key, value in {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-                   "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
+for key, value in {
+    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}.items():
     os.environ.setdefault(key, value)
 
-PROMPTS = ["Problem: Tom has 3 apples and buys 5 more.\n", "# boxes times items\nboxes = 4\n",
-           "answer = 7\n"]
+PROMPTS = ["Problem: Tom has 3 apples and buys 5 more.\n", "# boxes times items\nboxes = 4\n", "answer = 7\n"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-vllm")
-    return (make_tiny_model(root / "a", seed=0, head_dim=32),
-            make_tiny_model(root / "b", seed=1, head_dim=32))
+    return (make_tiny_model(root / "a", seed=0, head_dim=32), make_tiny_model(root / "b", seed=1, head_dim=32))
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,7 @@ def test_greedy_matches_the_transformers_backend(models, vllm_backend):
 
 
 def test_sampling_gives_n_continuations_and_stops_before_the_delimiter(vllm_backend):
-    out = vllm_backend.generate(PROMPTS, GenParams(n=4, max_tokens=24, temperature=1.0,
-                                                   stop=(STEP_END, "\n"), seed=3))
+    out = vllm_backend.generate(PROMPTS, GenParams(n=4, max_tokens=24, temperature=1.0, stop=(STEP_END, "\n"), seed=3))
     assert [len(gens) for gens in out] == [4, 4, 4]
     for g in (g for gens in out for g in gens):
         assert 1 <= g.tokens <= 24 and STEP_END not in g.text and "\n" not in g.text
@@ -91,8 +91,7 @@ def test_a_refused_request_is_a_backend_error(vllm_backend):
 def test_a_seeded_chunked_prefill_keeps_the_engine(models):
     """A seeded batch whose prefill is split into chunks killed vllm-cpu 0.32's engine ("CPU
     Generator does not use offset"); the backend does not pass the seed on CPU."""
-    b = VLLMBackend(models[0], device="cpu", dtype="float32", max_batch=8, max_num_batched_tokens=64,
-                    max_model_len=256)
+    b = VLLMBackend(models[0], device="cpu", dtype="float32", max_batch=8, max_num_batched_tokens=64, max_model_len=256)
     try:
         long = [" ".join(["apples and boxes"] * 20) + f" {i}\n" for i in range(8)]
         params = GenParams(n=2, max_tokens=8, temperature=1.0, stop=(), seed=0)
