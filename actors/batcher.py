@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from actors.backends.base import Backend, Generation, GenParams
 from rstar.log import get_logger
 
-log = get_logger("actors.batcher")
+log = get_logger(__name__)
 
 
 @dataclass

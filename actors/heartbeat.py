@@ -26,7 +26,7 @@ from broker.streams import ACTORS_BUCKET, kv_key
 from rstar.log import get_logger
 from rstar.schemas import Heartbeat, SchemaError, decode, encode
 
-log = get_logger("actors.heartbeat")
+log = get_logger(__name__)
 TREES_WINDOW_S = 600.0
 
 

@@ -33,7 +33,7 @@ from broker.client import Broker, BrokerUnavailableError, publish_tree
 from rstar.log import get_logger
 from rstar.schemas import Problem, TreeResult
 
-log = get_logger("actors.jobs")
+log = get_logger(__name__)
 
 
 @dataclass

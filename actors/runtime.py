@@ -17,7 +17,7 @@ from actors.search import SearchContext
 from rstar.config import Config
 from rstar.log import get_logger, timed
 
-log = get_logger("actors.runtime")
+log = get_logger(__name__)
 
 
 def chat_template_for(tokenizer):

@@ -68,7 +68,7 @@ from rstar.config import SandboxConfig
 from rstar.log import get_logger
 from rstar.steps import normalize_step
 
-log = get_logger("rstar.sandbox")
+log = get_logger(__name__)
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 ENV = {
     "PATH": "/usr/bin:/bin",

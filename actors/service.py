@@ -50,7 +50,7 @@ from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import Heartbeat, Problem
 
-log = get_logger("actors.service")
+log = get_logger(__name__)
 
 
 @dataclass

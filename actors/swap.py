@@ -41,7 +41,7 @@ from rstar.config import Config
 from rstar.log import get_logger, timed
 from rstar.schemas import ModelPointer, ModelRef
 
-log = get_logger("actors.swap")
+log = get_logger(__name__)
 
 # config.json keys that make two checkpoints "the same base": a PPM must share them with its policy.
 BASE_KEYS = (

@@ -48,7 +48,7 @@ from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import ModelPointer
 
-log = get_logger("actors.watcher")
+log = get_logger(__name__)
 
 # "The broker is away": retry the same pointer later rather than refusing it.
 TRANSIENT = (BrokerUnavailableError, nats.errors.Error, asyncio.TimeoutError, OSError)

@@ -52,7 +52,7 @@ from rstar.log import get_logger  # noqa: E402
 from rstar.models import builtin_gguf, convert_gguf, load_causal_lm, resolve_model_dir  # noqa: E402
 from rstar.steps import STEP_END, build_prompt  # noqa: E402
 
-log = get_logger("benchmarks.backend_throughput")
+log = get_logger(__name__)
 
 
 def questions(k: int) -> list[str]:

@@ -25,7 +25,7 @@ from rstar.checkpoints import CheckpointError, pack, unpack
 from rstar.log import get_logger, timed
 from rstar.schemas import ModelPointer, ModelRef, SchemaError, decode, encode
 
-log = get_logger("broker.checkpoints")
+log = get_logger(__name__)
 
 
 async def put_checkpoint(b: Broker, model_dir: Path, version: str) -> ModelRef:

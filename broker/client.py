@@ -34,7 +34,7 @@ from rstar.config import BrokerConfig, Config
 from rstar.log import get_logger
 from rstar.schemas import TreeResult
 
-log = get_logger("rstar.broker.client")
+log = get_logger(__name__)
 
 # Errors that mean "the server is away or busy for a moment": retry the same publish.
 RETRYABLE = (

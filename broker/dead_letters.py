@@ -34,7 +34,7 @@ from broker.client import Broker, publish
 from broker.streams import DLQ_MOVER_CONSUMER, DLQ_STREAM, EXHAUSTED_STREAM, EXHAUSTED_SUBJECT, PROBLEMS_STREAM
 from rstar.log import get_logger
 
-log = get_logger("rstar.broker.dlq")
+log = get_logger(__name__)
 
 _DLQ_HEADER_PREFIXES = ("Rstar-Error", "Rstar-Dlq-")  # what dead-lettering adds to a message
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from rstar.config import Config
 from rstar.log import get_logger
 
-log = get_logger("rstar.broker.server")
+log = get_logger(__name__)
 
 
 class BrokerServerError(RuntimeError):

@@ -35,7 +35,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from rstar.config import BrokerConfig
 from rstar.log import get_logger
 
-log = get_logger("rstar.broker.streams")
+log = get_logger(__name__)
 
 PROBLEMS_STREAM = "PROBLEMS"
 PROBLEMS_SUBJECT = "rstar.problems.new"

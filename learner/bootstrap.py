@@ -36,7 +36,7 @@ from rstar.steps import is_terminal, normalize_step
 from store.models import TreeRow
 from store.writer import upsert_trees
 
-log = get_logger("learner.bootstrap")
+log = get_logger(__name__)
 _WRITE_BATCH = 32
 
 

@@ -23,7 +23,7 @@ from learner.evaluate import EvalResult, ProblemOutcome
 from rstar.config import Config
 from rstar.log import get_logger
 
-log = get_logger("rstar.eval")
+log = get_logger(__name__)
 
 
 class EvalLogError(ValueError):

@@ -45,7 +45,7 @@ from rstar.schemas import SchemaError, TreeResult
 from rstar.stopping import run_until_signal
 from store.writer import upsert_trees
 
-log = get_logger("rstar.learner.ingest")
+log = get_logger(__name__)
 
 # Errors that say "the database is unavailable right now", not "this tree is bad".
 TRANSIENT_DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)

@@ -33,7 +33,7 @@ from learner.train_loop import apply_lora, clear_state, merge_lora, run_batches,
 from rstar.config import TrainConfig
 from rstar.log import get_logger
 
-log = get_logger("learner.ppm_train")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from rstar.log import get_logger
 from rstar.schemas import ModelPointer, ModelRef
 from store import learner_tables as lt
 
-log = get_logger("learner.publish")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import Problem
 
-log = get_logger("learner.round_eval")
+log = get_logger(__name__)
 
 
 def has_eval_sets(cfg: Config) -> bool:

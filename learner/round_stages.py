@@ -17,30 +17,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine
+
 from learner import data
-from rstar.checkpoints import CheckpointError, verify_dir
+from learner.state import Learner, complete, round_dir
 from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import Problem
 from store import learner_tables as lt
 
 if TYPE_CHECKING:
-    from learner.rounds import Learner
-
-log = get_logger("learner.rounds")
+    from broker.client import Broker
 
 
-def round_dir(cfg: Config, round: int) -> Path:
-    return cfg.data_dir / "learner" / f"round-{round}"
-
-
-def complete(d: Path) -> bool:
-    """True when ``d`` is a finished checkpoint (every file matches its MANIFEST)."""
-    try:
-        verify_dir(d)
-        return True
-    except CheckpointError:
-        return False
+log = get_logger(__name__)
 
 
 def base_model(cfg: Config) -> str:
@@ -73,13 +63,13 @@ def round_train_config(cfg: Config, round_no: int):
     )
 
 
-async def _in_thread(L: Learner, fn, *args):
-    """Run a trainer in a worker thread; it raises TrainingInterrupted when ``L.stop`` is set."""
-    L.training = True
+async def _in_thread(learner: Learner, fn, *args):
+    """Run a trainer in a worker thread; it raises TrainingInterrupted when ``learner.stop`` is set."""
+    learner.training = True
     try:
-        return await asyncio.to_thread(fn, *args, L.progress, L.stop)
+        return await asyncio.to_thread(fn, *args, learner.progress, learner.stop)
     finally:
-        L.training = False
+        learner.training = False
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -93,36 +83,36 @@ def _read_json(path: Path) -> dict:
 
 
 async def _commit(
-    L: Learner, round: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None, **values
+    learner: Learner, round_no: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None, **values
 ) -> bool:
     """One transaction: the stage's results, the state move, and (publishing) the next round."""
 
     def run() -> bool:
-        with lt.begin(L.engine) as conn:
+        with lt.begin(learner.engine) as conn:
             if sel is not None:
-                data.write_selection(conn, round, sel)
-            lt.merge_eval(conn, round, patch)
-            moved = lt.advance(conn, round, expect, to, **values)
+                data.write_selection(conn, round_no, sel)
+            lt.merge_eval(conn, round_no, patch)
+            moved = lt.advance(conn, round_no, expect, to, **values)
             if moved and nxt is not None:
-                lt.open_round(conn, nxt, L.cfg.learner.round_quota)
+                lt.open_round(conn, nxt, learner.cfg.learner.round_quota)
             return moved
 
     moved = await asyncio.to_thread(run)
     if moved:
-        log.info("round %d: %s -> %s", round, expect, to)
+        log.info("round %d: %s -> %s", round_no, expect, to)
     else:
-        log.warning("round %d was no longer %r (another learner?): re-reading", round, expect)
+        log.warning("round %d was no longer %r (another learner?): re-reading", round_no, expect)
     return True
 
 
-async def _collect(L: Learner, row: dict) -> bool:
-    lc, r = L.cfg.learner, row["round"]
+async def _collect(learner: Learner, row: dict) -> bool:
+    lc, r = learner.cfg.learner, row["round"]
     patch: dict = {}
     if r == 0 and lc.teacher != "none":
         from learner.bootstrap import run_bootstrap
 
-        patch["bootstrap"] = (await run_bootstrap(L.cfg, L.engine, L.exclude)).as_dict()
-    counts = await asyncio.to_thread(lt.tree_counts, L.engine, r)
+        patch["bootstrap"] = (await run_bootstrap(learner.cfg, learner.engine, learner.exclude)).as_dict()
+    counts = await asyncio.to_thread(lt.tree_counts, learner.engine, r)
     # A collecting round follows the configured quota (a restart with a new round_quota applies it).
     quota = row["quota"] if r == 0 else lc.round_quota
     if not patch and not lc.control:  # a control round trains on no actor tree: nothing to wait for
@@ -130,12 +120,16 @@ async def _collect(L: Learner, row: dict) -> bool:
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
     if lc.control:  # the same round, trained on the teacher's trees only (round 0's selection)
-        sel = await asyncio.to_thread(data.select_round, L.engine, 0, L.cfg.train, 1, L.exclude)
+        sel = await asyncio.to_thread(data.select_round, learner.engine, 0, learner.cfg.train, 1, learner.exclude)
     else:
-        sel = await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, lc.sft_rounds_window, L.exclude)
+        sel = await asyncio.to_thread(
+            data.select_round, learner.engine, r, learner.cfg.train, lc.sft_rounds_window, learner.exclude
+        )
     if not sel.sft and r > 0:
         log.warning("round %d solved nothing: its policy trains on every round's selection so far", r)
-        sel.sft = (await asyncio.to_thread(data.select_round, L.engine, r, L.cfg.train, r + 1, L.exclude)).sft
+        sel.sft = (
+            await asyncio.to_thread(data.select_round, learner.engine, r, learner.cfg.train, r + 1, learner.exclude)
+        ).sft
     if not sel.sft:
         log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
         return False
@@ -149,40 +143,40 @@ async def _collect(L: Learner, row: dict) -> bool:
             "solved_problems": sel.solved_problems,
         },
     }
-    return await _commit(L, r, "collecting", "training_policy", patch, sel=sel, quota=quota)
+    return await _commit(learner, r, "collecting", "training_policy", patch, sel=sel, quota=quota)
 
 
-async def _train_policy(L: Learner, row: dict) -> bool:
+async def _train_policy(learner: Learner, row: dict) -> bool:
     from learner.sft import train_sft
 
-    r, d = row["round"], round_dir(L.cfg, row["round"])
+    r, d = row["round"], round_dir(learner.cfg, row["round"])
     if not complete(d / "policy"):
-        examples = await asyncio.to_thread(data.sft_examples, L.engine, r)
-        start = await asyncio.to_thread(start_model, L.cfg, r)
+        examples = await asyncio.to_thread(data.sft_examples, learner.engine, r)
+        start = await asyncio.to_thread(start_model, learner.cfg, r)
         rep = await _in_thread(
-            L, train_sft, examples, start, d / "policy", round_train_config(L.cfg, r), d / "sft-work"
+            learner, train_sft, examples, start, d / "policy", round_train_config(learner.cfg, r), d / "sft-work"
         )
         _write_json(d / "sft.json", asdict(rep) | {"from": str(start)})
-    return await _commit(L, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
+    return await _commit(learner, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
 
 
-async def _train_ppm(L: Learner, row: dict) -> bool:
+async def _train_ppm(learner: Learner, row: dict) -> bool:
     from learner.ppm_train import train_ppm
 
-    r, d = row["round"], round_dir(L.cfg, row["round"])
+    r, d = row["round"], round_dir(learner.cfg, row["round"])
     if not complete(d / "ppm"):
-        pairs = await asyncio.to_thread(data.ppm_pairs, L.engine, r)
+        pairs = await asyncio.to_thread(data.ppm_pairs, learner.engine, r)
         if not pairs:
-            return await _commit(L, r, "training_ppm", "publishing", {"ppm": {"note": "no pairs: no PPM"}})
-        rep = await _in_thread(L, train_ppm, pairs, d / "policy", d / "ppm", L.cfg.train, d / "ppm-work")
+            return await _commit(learner, r, "training_ppm", "publishing", {"ppm": {"note": "no pairs: no PPM"}})
+        rep = await _in_thread(learner, train_ppm, pairs, d / "policy", d / "ppm", learner.cfg.train, d / "ppm-work")
         _write_json(d / "ppm.json", asdict(rep))
     rep = _read_json(d / "ppm.json")
     return await _commit(
-        L, r, "training_ppm", "publishing", {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")}
+        learner, r, "training_ppm", "publishing", {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")}
     )
 
 
-async def evaluate_published(L: Learner, row: dict) -> None:
+async def evaluate_published(learner: Learner, row: dict) -> None:
     """Evaluate a published round's pair and store the figures (``eval.accuracy``); no state move.
 
     Runs beside the round stages (``learner.rounds.run_evaluator``), so the actors search with
@@ -191,12 +185,12 @@ async def evaluate_published(L: Learner, row: dict) -> None:
     """
     from learner.round_eval import evaluate_round
 
-    r, d = row["round"], round_dir(L.cfg, row["round"])
+    r, d = row["round"], round_dir(learner.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
 
     async def store(patch: dict) -> None:
         def run() -> None:
-            with lt.begin(L.engine) as conn:
+            with lt.begin(learner.engine) as conn:
                 lt.merge_eval(conn, r, patch)
 
         await asyncio.to_thread(run)
@@ -204,58 +198,64 @@ async def evaluate_published(L: Learner, row: dict) -> None:
     # Each finished figure is stored at once (``accuracy_partial``): a restart resumes from it.
     done = (row["eval"] or {}).get("accuracy_partial")
     figures = await evaluate_round(
-        L.cfg, L.sets, d / "policy", ppm, r, done=done, on_figure=lambda figs: store({"accuracy_partial": figs})
+        learner.cfg,
+        learner.sets,
+        d / "policy",
+        ppm,
+        r,
+        done=done,
+        on_figure=lambda figs: store({"accuracy_partial": figs}),
     )
     await store({"accuracy": figures, "accuracy_partial": None})
     log.info("round %d: evaluated in %.0fs", r, figures["seconds"])
 
 
-async def requeue_unsolved(cfg: Config, engine, broker, round: int):
-    """Queue again, with ``requeue_rollouts``, the problems round ``round`` left unsolved that the
+async def requeue_unsolved(cfg: Config, engine: Engine, broker: Broker, round_no: int):
+    """Queue again, with ``requeue_rollouts``, the problems round ``round_no`` left unsolved that the
     pool may hold (``rstar.pool``: never a held-out evaluation problem, the teacher's only if
     ``learner.pool_include_teacher``); returns that ``Pool`` (what was left out is logged)."""
     from broker.problems import requeue_problem
     from rstar.pool import Pool, select_pool
 
     lc = cfg.learner
-    unsolved = await asyncio.to_thread(lt.unsolved_problems, engine, round, lc.requeue_rollouts)
+    unsolved = await asyncio.to_thread(lt.unsolved_problems, engine, round_no, lc.requeue_rollouts)
     pool = await asyncio.to_thread(select_pool, cfg, unsolved) if unsolved else Pool()
     for note in pool.notes():
-        log.warning("round %d re-queue: %s", round, note)
+        log.warning("round %d re-queue: %s", round_no, note)
     for p in pool.problems:  # the same attempt id twice is deduplicated by the broker
         meta = {**p.meta, "rollouts": lc.requeue_rollouts}
         await requeue_problem(
             broker,
             Problem(id=p.id, source=p.source, question=p.question, answer=p.answer, meta=meta),
-            attempt=f"r{round + 1}",
+            attempt=f"r{round_no + 1}",
         )
     return pool
 
 
-async def _publish(L: Learner, row: dict) -> bool:
+async def _publish(learner: Learner, row: dict) -> bool:
     from learner.publish import publish_pair
 
-    if L.broker is None:
+    if learner.broker is None:
         raise RuntimeError("publishing needs a broker connection (Learner.broker)")
-    lc, r, d = L.cfg.learner, row["round"], round_dir(L.cfg, row["round"])
+    lc, r, d = learner.cfg.learner, row["round"], round_dir(learner.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
     ev = row["eval"] or {}
     pub = await publish_pair(
-        L.broker,
-        L.engine,
+        learner.broker,
+        learner.engine,
         round=r,
         policy_dir=d / "policy",
         ppm_dir=ppm,
         announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
-        base=base_model(L.cfg),
+        base=base_model(learner.cfg),
         policy_metrics={"sft": ev.get("sft")},
         ppm_metrics={"ppm": ev.get("ppm")},
     )
-    requeued = await requeue_unsolved(L.cfg, L.engine, L.broker, r)
+    requeued = await requeue_unsolved(learner.cfg, learner.engine, learner.broker, r)
     last = bool(lc.max_rounds) and r >= lc.max_rounds
     left_out = {"requeue_left_out": requeued.counts()} if requeued.held_out or requeued.teacher else {}
     return await _commit(
-        L,
+        learner,
         r,
         row["state"],
         "published",

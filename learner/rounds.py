@@ -1,7 +1,7 @@
 """The round controller: collect → select → train policy → train PPM → publish → next, and evaluate.
 
-    L = make_learner(cfg, engine, broker)
-    await run_controller(L, stop)             # rstar learner runs this beside ingest
+    learner = make_learner(cfg, engine, broker)
+    await run_controller(learner, stop)             # rstar learner runs this beside ingest
 
 Round R's state lives in the ``rounds`` table and moves one way:
 ``collecting → training_policy → training_ppm → publishing → published``; each move is one
@@ -45,66 +45,29 @@ arrived in all, 16 closed it).
 from __future__ import annotations
 
 import asyncio
-import threading
-from dataclasses import dataclass, field
-
-from sqlalchemy import Engine
 
 from learner.round_stages import STAGES
+from learner.state import STATES, Learner, finished
 from learner.train_loop import TrainingInterrupted
-from rstar.config import Config
 from rstar.log import get_logger
-from rstar.schemas import Problem
 from store import learner_tables as lt
 
-log = get_logger("learner.rounds")
-STATES = ("collecting", "training_policy", "training_ppm", "publishing", "published")
+log = get_logger(__name__)
 
 
-@dataclass
-class Learner:
-    """What the controller works with; ``stop`` interrupts training between optimizer steps."""
-
-    cfg: Config
-    engine: Engine
-    broker: object | None  # broker.client.Broker; needed to publish
-    sets: dict[str, list[Problem]]
-    exclude: frozenset[str]
-    stop: threading.Event = field(default_factory=threading.Event)
-    progress: bool = False
-    training: bool = False  # a training thread is running (it stops itself on ``stop``)
-
-
-def make_learner(cfg: Config, engine: Engine, broker=None, progress: bool = False) -> Learner:
-    from learner.round_eval import eval_ids, eval_sets
-
-    sets = eval_sets(cfg)
-    return Learner(cfg, engine, broker, sets, eval_ids(sets), progress=progress)
-
-
-def finished(cfg: Config, row: dict | None) -> bool:
-    """The last configured round is published (``max_rounds``); nothing more to do."""
-    return (
-        row is not None
-        and row["state"] == "published"
-        and bool(cfg.learner.max_rounds)
-        and row["round"] >= cfg.learner.max_rounds
-    )
-
-
-async def step(L: Learner) -> bool:
+async def step(learner: Learner) -> bool:
     """Do the current round's next stage; False when there is nothing to do now (waiting)."""
-    row = await asyncio.to_thread(lt.last_round, L.engine)
-    if row is None or (row["state"] == "published" and not finished(L.cfg, row)):
+    row = await asyncio.to_thread(lt.last_round, learner.engine)
+    if row is None or (row["state"] == "published" and not finished(learner.cfg, row)):
         nxt = 0 if row is None else row["round"] + 1
         quota = (
-            L.cfg.learner.teacher_problems
-            if nxt == 0 and L.cfg.learner.teacher != "none"
-            else L.cfg.learner.round_quota
+            learner.cfg.learner.teacher_problems
+            if nxt == 0 and learner.cfg.learner.teacher != "none"
+            else learner.cfg.learner.round_quota
         )
 
         def opened() -> None:
-            with lt.begin(L.engine) as conn:
+            with lt.begin(learner.engine) as conn:
                 lt.open_round(conn, nxt, quota)
 
         await asyncio.to_thread(opened)
@@ -113,7 +76,7 @@ async def step(L: Learner) -> bool:
         return False
     if row["state"] not in STAGES:
         raise RuntimeError(f"round {row['round']} is in unknown state {row['state']!r} (known: {STATES})")
-    return await STAGES[row["state"]](L, row)
+    return await STAGES[row["state"]](learner, row)
 
 
 async def _until_done_or_stop(coro, stop: asyncio.Event, name: str) -> asyncio.Task:
@@ -132,11 +95,11 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+async def run_controller(learner: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
     """The round stages and the evaluator side by side; an error in one stops the other."""
     tasks = [
-        asyncio.create_task(run_rounds(L, stop, exit_when_done), name="learner-round-stages"),
-        asyncio.create_task(run_evaluator(L, stop, exit_when_done), name="learner-evaluator"),
+        asyncio.create_task(run_rounds(learner, stop, exit_when_done), name="learner-round-stages"),
+        asyncio.create_task(run_evaluator(learner, stop, exit_when_done), name="learner-evaluator"),
     ]
     try:
         for fut in asyncio.as_completed(tasks):
@@ -147,7 +110,7 @@ async def run_controller(L: Learner, stop: asyncio.Event, exit_when_done: bool =
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run_evaluator(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+async def run_evaluator(learner: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
     """Evaluate published rounds without figures, newest first, until ``stop`` (cancelled then).
 
     With ``exit_when_done`` it returns once the last configured round is published and evaluated.
@@ -155,9 +118,9 @@ async def run_evaluator(L: Learner, stop: asyncio.Event, exit_when_done: bool = 
     from learner.round_stages import evaluate_published
 
     while not stop.is_set():
-        row = await asyncio.to_thread(lt.unevaluated_round, L.engine)
-        if row is not None and L.sets:
-            work = await _until_done_or_stop(evaluate_published(L, row), stop, "learner-evaluate")
+        row = await asyncio.to_thread(lt.unevaluated_round, learner.engine)
+        if row is not None and learner.sets:
+            work = await _until_done_or_stop(evaluate_published(learner, row), stop, "learner-evaluate")
             if not work.done():
                 work.cancel()  # on restart it resumes from the figures it stored
             try:
@@ -166,22 +129,22 @@ async def run_evaluator(L: Learner, stop: asyncio.Event, exit_when_done: bool = 
                 if not stop.is_set():
                     raise
             continue
-        if exit_when_done and finished(L.cfg, await asyncio.to_thread(lt.last_round, L.engine)):
+        if exit_when_done and finished(learner.cfg, await asyncio.to_thread(lt.last_round, learner.engine)):
             return
-        await _pause(stop, L.cfg.learner.poll_s)
+        await _pause(stop, learner.cfg.learner.poll_s)
 
 
-async def run_rounds(L: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
+async def run_rounds(learner: Learner, stop: asyncio.Event, exit_when_done: bool = False) -> None:
     """Run rounds until ``stop`` is set, or the last round is published with ``exit_when_done``.
 
     On stop, a training stage finishes its current optimizer step, saves its state and returns;
     the other stages (bootstrap, publishing) are cancelled and redone on restart.
     """
     while not stop.is_set():
-        work = await _until_done_or_stop(step(L), stop, "learner-round-step")
+        work = await _until_done_or_stop(step(learner), stop, "learner-round-step")
         if not work.done():
-            L.stop.set()  # a training thread sees it after its current step
-            if not L.training:
+            learner.stop.set()  # a training thread sees it after its current step
+            if not learner.training:
                 work.cancel()
         try:
             moved = await work
@@ -193,6 +156,6 @@ async def run_rounds(L: Learner, stop: asyncio.Event, exit_when_done: bool = Fal
                 return
             raise
         if not moved:
-            if exit_when_done and finished(L.cfg, await asyncio.to_thread(lt.last_round, L.engine)):
+            if exit_when_done and finished(learner.cfg, await asyncio.to_thread(lt.last_round, learner.engine)):
                 return
-            await _pause(stop, L.cfg.learner.poll_s)
+            await _pause(stop, learner.cfg.learner.poll_s)

@@ -23,7 +23,7 @@ from rstar.config import Config
 from rstar.log import get_logger
 from rstar.stopping import run_until_signal
 
-log = get_logger("learner.service")
+log = get_logger(__name__)
 
 
 async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = False, progress: bool = False) -> None:
@@ -31,7 +31,8 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
     from broker.client import open_broker
     from broker.dead_letters import watch_exhausted_problems
     from learner.ingest import ingest_loop
-    from learner.rounds import make_learner, run_controller
+    from learner.rounds import run_controller
+    from learner.state import make_learner
     from store.db import open_store
 
     engine = await asyncio.to_thread(open_store, cfg.store_url)

@@ -30,7 +30,7 @@ from rstar import steps as fmt
 from rstar.config import TrainConfig
 from rstar.log import get_logger
 
-log = get_logger("learner.sft")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rstar.log import get_logger
 
-log = get_logger("learner.train")
+log = get_logger(__name__)
 LATEST = "LATEST"
 
 

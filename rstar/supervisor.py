@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rstar.log import get_logger
 
-log = get_logger("rstar.supervisor")
+log = get_logger(__name__)
 
 PARENT_ENV = "RSTAR_SUPERVISOR_PID"
 

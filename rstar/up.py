@@ -34,7 +34,7 @@ from rstar.log import get_logger
 from rstar.stopping import run_until_signal
 from rstar.supervisor import Supervisor, rstar_argv
 
-log = get_logger("rstar.up")
+log = get_logger(__name__)
 
 PRESETS = Path(__file__).parent / "presets"
 SERVE_GRACE_S = 180.0  # --rounds N: how long to wait for an actor to serve round N's pair once it is out

@@ -37,7 +37,7 @@ from store.metrics import CONTENT_TYPE_LATEST, ApiMetrics
 from store.openapi import openapi_spec
 from store.writer import InvalidProblemError, check_problem, upsert_problems
 
-log = get_logger("rstar.store.api")
+log = get_logger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_PROBLEMS_PER_POST = 10_000

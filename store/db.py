@@ -37,7 +37,7 @@ from sqlalchemy.engine import URL, make_url
 
 from rstar.log import get_logger, timed
 
-log = get_logger("rstar.store")
+log = get_logger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any fixed 64-bit number; only rstar's migrate() takes this advisory lock.

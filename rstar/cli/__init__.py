@@ -55,7 +55,7 @@ def get_model_config(
     if round_no is None and policy is None and ppm is None:
         return cfg
     from learner.round_eval import eval_config
-    from learner.round_stages import complete, round_dir
+    from learner.state import complete, round_dir
 
     if round_no is not None:
         if policy is not None:

@@ -29,7 +29,7 @@ def serve(
 
     cfg = get_config(config, overrides)
     host, port = host or cfg.api.host, cfg.api.port if port is None else port
-    log = get_logger("rstar.serve")
+    log = get_logger(__name__)
     log.info(
         "store %s; explorer at http://%s:%d/ (writes %s)",
         make_url(cfg.store_url).render_as_string(hide_password=True),

@@ -70,8 +70,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune the round's starting policy (``learner.finetune_from``) on its SFT examples."""
         from learner import data
-        from learner.round_stages import round_dir, round_train_config, start_model
+        from learner.round_stages import round_train_config, start_model
         from learner.sft import train_sft
+        from learner.state import round_dir
 
         cfg, engine = _setup(config, overrides, round, reselect)
         examples = data.sft_examples(engine, round)
@@ -104,7 +105,7 @@ def register(app: typer.Typer) -> None:
         """Train the PPM on the round's preference pairs, from the round's policy."""
         from learner import data
         from learner.ppm_train import train_ppm
-        from learner.round_stages import round_dir
+        from learner.state import round_dir
 
         cfg, engine = _setup(config, overrides, round, False)
         pairs = data.ppm_pairs(engine, round)

@@ -28,8 +28,9 @@ from sqlalchemy.exc import OperationalError
 from broker.checkpoints import fetch_checkpoint, get_pointer
 from broker.client import open_broker, publish_tree
 from broker.problems import fetch_problems, problems_subscription
-from learner.round_stages import evaluate_published, round_dir
-from learner.rounds import make_learner, step
+from learner.round_stages import evaluate_published
+from learner.rounds import step
+from learner.state import make_learner, round_dir
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
 from rstar.schemas import Node, TreeResult
