@@ -110,7 +110,7 @@ def models(tiny_model_dir, tmp_path_factory):
     (bad / "model.safetensors").write_bytes(b"\0" * 256)
     write_manifest(bad)
     out["unloadable"] = bad
-    from rstar.tiny import make_tiny_model
+    from tiny_model import make_tiny_model
 
     other = make_tiny_model(root / "other-base", vocab_size=400)
     out["foreign_ppm"] = _ppm(other, root / "foreign-ppm", 0)

@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from tiny_model import make_tiny_model
 
 from actors.backends import setup_backend
 from actors.backends import shared_prefix as sp
@@ -13,7 +14,6 @@ from actors.backends.base import BackendError, Generation, GenParams
 from actors.backends.transformers_backend import TransformersBackend, _chunks, _sample
 from rstar.config import Config, ModelConfig
 from rstar.steps import build_prompt
-from rstar.tiny import make_tiny_model
 
 QUESTIONS = [
     "Tom has 3 apples and buys 5 more. How many apples?",

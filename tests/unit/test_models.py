@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_model import make_tiny_model
 
 from rstar import models
 from rstar.models import (
@@ -20,7 +21,6 @@ from rstar.models import (
     resolve_model_dir,
 )
 from rstar.steps import STEP_END
-from rstar.tiny import make_tiny_model
 
 
 def test_local_dir_resolves_to_itself(tiny_model_dir, tmp_path):

@@ -20,11 +20,12 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here (optional 3.5 GB extra)")
 
+from tiny_model import make_tiny_model  # noqa: E402
+
 from actors.backends.base import BackendError, GenParams  # noqa: E402
 from actors.backends.transformers_backend import TransformersBackend  # noqa: E402
 from actors.backends.vllm_backend import VLLMBackend  # noqa: E402
 from rstar.steps import STEP_END  # noqa: E402
-from rstar.tiny import make_tiny_model  # noqa: E402
 
 for key, value in {
     "VLLM_CPU_OMP_THREADS_BIND": "0-1",

@@ -41,7 +41,7 @@ def _variant(src: Path, out: Path, seed: int, scale: float) -> Path:
 @pytest.fixture(scope="module")
 def models(tiny_model_dir, tmp_path_factory):
     """v0 (the tiny model), v1 (clearly different weights), a PPM on their base, a foreign PPM."""
-    from rstar.tiny import make_tiny_model
+    from tiny_model import make_tiny_model
 
     root = tmp_path_factory.mktemp("swap")
     v1 = _variant(tiny_model_dir, root / "v1", seed=1, scale=0.5)

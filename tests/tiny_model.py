@@ -11,7 +11,7 @@ key/value heads, like the real models) and about 100k parameters.
 Guaranteed: the same ``seed`` gives byte-identical weights and tokenizer. Not meaningful: what
 the model says — it is random; tests use it for shapes, plumbing and equivalences.
 
-    python -m rstar.tiny /tmp/tiny
+    python tests/tiny_model.py /tmp/tiny
 """
 
 from __future__ import annotations
