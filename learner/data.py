@@ -31,10 +31,13 @@ from sqlalchemy import Connection, Engine
 from learner.ppm_train import PPMPair
 from learner.selection import Trajectory, select_ppm_pairs, select_sft, trajectories
 from learner.sft import SFTExample
-from rstar.config import TrainConfig
+from rstar.config import Config, TrainConfig
+from rstar.log import get_logger
 from rstar.schemas import Node
 from rstar.steps import build_prompt, parse_steps, render_steps
 from store import learner_tables as lt
+
+log = get_logger(__name__)
 
 
 class TrainingDataError(ValueError):
@@ -111,6 +114,22 @@ def select_round(
         sel.sft += sft
         for tree_id, nodes in trees:
             sel.pairs += _pairs_for_tree(question, tree_id, nodes, cfg.ppm_pairs_k)
+    return sel
+
+
+def round_selection(engine: Engine, cfg: Config, round_no: int, exclude: frozenset[str] | set[str]) -> Selection:
+    """What round ``round_no`` trains on; the round controller and ``rstar train`` both call this.
+
+    A control run (``learner.control``) takes round 0's selection, the teacher's trees only.
+    Otherwise the trees of the ``learner.sft_rounds_window`` latest rounds; when they solved
+    nothing, the policy's SFT rows come from every round so far (the PPM pairs stay the window's).
+    """
+    if cfg.learner.control:
+        return select_round(engine, 0, cfg.train, 1, exclude)
+    sel = select_round(engine, round_no, cfg.train, cfg.learner.sft_rounds_window, exclude)
+    if not sel.sft and round_no > 0:
+        log.warning("round %d solved nothing: its policy trains on every round's selection so far", round_no)
+        sel.sft = select_round(engine, round_no, cfg.train, round_no + 1, exclude).sft
     return sel
 
 

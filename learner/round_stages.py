@@ -119,17 +119,7 @@ async def _collect(learner: Learner, row: dict) -> bool:
         age = (datetime.now(UTC) - row["started_at"]).total_seconds()
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
-    if lc.control:  # the same round, trained on the teacher's trees only (round 0's selection)
-        sel = await asyncio.to_thread(data.select_round, learner.engine, 0, learner.cfg.train, 1, learner.exclude)
-    else:
-        sel = await asyncio.to_thread(
-            data.select_round, learner.engine, r, learner.cfg.train, lc.sft_rounds_window, learner.exclude
-        )
-    if not sel.sft and r > 0:
-        log.warning("round %d solved nothing: its policy trains on every round's selection so far", r)
-        sel.sft = (
-            await asyncio.to_thread(data.select_round, learner.engine, r, learner.cfg.train, r + 1, learner.exclude)
-        ).sft
+    sel = await asyncio.to_thread(data.round_selection, learner.engine, learner.cfg, r, learner.exclude)
     if not sel.sft:
         log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
         return False

@@ -24,7 +24,7 @@ OutOpt = typer.Option(None, "--out", help="Model directory to write (default: th
 JsonOpt = typer.Option(False, "--json", help="Print the report as JSON.")
 
 
-def _setup(config, overrides, round: int, reselect: bool):
+def _setup(config, overrides, round_no: int, reselect: bool):
     from learner import data
     from learner.round_eval import eval_ids, eval_sets
     from store import learner_tables as lt
@@ -32,10 +32,10 @@ def _setup(config, overrides, round: int, reselect: bool):
 
     cfg = get_config(config, overrides)
     engine = open_store(cfg.store_url)
-    if reselect or not (lt.sft_rows(engine, round) or lt.pair_rows(engine, round)):
-        sel = data.select_round(engine, round, cfg.train, cfg.learner.sft_rounds_window, eval_ids(eval_sets(cfg)))
+    if reselect or not (lt.sft_rows(engine, round_no) or lt.pair_rows(engine, round_no)):
+        sel = data.round_selection(engine, cfg, round_no, eval_ids(eval_sets(cfg)))
         with lt.begin(engine) as conn:
-            data.write_selection(conn, round, sel)
+            data.write_selection(conn, round_no, sel)
     return cfg, engine
 
 
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("sft")
     def sft(
-        round: int = RoundOpt,
+        round_no: int = RoundOpt,
         out: Path = OutOpt,
         reselect: bool = typer.Option(False, "--reselect", help="Select the round's data from the store again first."),
         as_json: bool = JsonOpt,
@@ -74,28 +74,28 @@ def register(app: typer.Typer) -> None:
         from learner.sft import train_sft
         from learner.state import round_dir
 
-        cfg, engine = _setup(config, overrides, round, reselect)
-        examples = data.sft_examples(engine, round)
+        cfg, engine = _setup(config, overrides, round_no, reselect)
+        examples = data.sft_examples(engine, round_no)
         if not examples:
-            raise typer.BadParameter(f"round {round} has no SFT examples in the store", param_hint="--round")
-        d = round_dir(cfg, round)
+            raise typer.BadParameter(f"round {round_no} has no SFT examples in the store", param_hint="--round")
+        d = round_dir(cfg, round_no)
         try:
-            start = start_model(cfg, round)
+            start = start_model(cfg, round_no)
         except RuntimeError as e:
             raise typer.BadParameter(str(e), param_hint="--round") from None
         rep = train_sft(
             examples,
             start,
             out or d / "policy",
-            round_train_config(cfg, round),
+            round_train_config(cfg, round_no),
             d / "sft-work" if out is None else out.with_name(out.name + "-work"),
             progress=not as_json,
         )
-        _report(rep, as_json, f"SFT round {round}")
+        _report(rep, as_json, f"SFT round {round_no}")
 
     @group.command("ppm")
     def ppm(
-        round: int = RoundOpt,
+        round_no: int = RoundOpt,
         out: Path = OutOpt,
         policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
         as_json: bool = JsonOpt,
@@ -107,11 +107,11 @@ def register(app: typer.Typer) -> None:
         from learner.ppm_train import train_ppm
         from learner.state import round_dir
 
-        cfg, engine = _setup(config, overrides, round, False)
-        pairs = data.ppm_pairs(engine, round)
+        cfg, engine = _setup(config, overrides, round_no, False)
+        pairs = data.ppm_pairs(engine, round_no)
         if not pairs:
-            raise typer.BadParameter(f"round {round} has no PPM pairs in the store", param_hint="--round")
-        d = round_dir(cfg, round)
+            raise typer.BadParameter(f"round {round_no} has no PPM pairs in the store", param_hint="--round")
+        d = round_dir(cfg, round_no)
         rep = train_ppm(
             pairs,
             policy or d / "policy",
@@ -120,4 +120,4 @@ def register(app: typer.Typer) -> None:
             d / "ppm-work" if out is None else out.with_name(out.name + "-work"),
             progress=not as_json,
         )
-        _report(rep, as_json, f"PPM round {round}")
+        _report(rep, as_json, f"PPM round {round_no}")

@@ -190,3 +190,19 @@ def test_unsolved_problems_are_the_searched_ones_no_tree_solved(stored):
     assert [p.id for p in lt.unsolved_problems(stored, 1, below_rollouts=64)] == [B.id]
     assert lt.unsolved_problems(stored, 1, below_rollouts=8) == []  # already searched with 8
     assert lt.tree_counts(stored, 1) == {"trees": 5, "solved_trees": 4, "problems": 3, "solved_problems": 2}
+
+
+def test_round_selection_falls_back_to_every_round_and_a_control_takes_round_0(stored):
+    from learner.data import round_selection
+    from rstar.config import load_config
+    from store.writer import upsert_trees
+
+    upsert_trees(stored, [tree("b3", B, UNSOLVED, round=3)])  # round 3 solved nothing
+    cfg = load_config(None, ["learner.sft_rounds_window=1"], env={})
+    sel = round_selection(stored, cfg, 3, exclude=set())
+    assert {r["tree_id"] for r in sel.sft} == {"a1", "a2", "d1", "c2"}  # every round so far
+    assert sel.solved_problems == 0 and {r["tree_id"] for r in sel.pairs} == set()  # pairs: round 3's only
+    assert {r["tree_id"] for r in round_selection(stored, cfg, 2, exclude=set()).sft} == {"c2"}
+    upsert_trees(stored, [tree("t0", C, LINEAR, round=0)])  # a teacher tree
+    control = load_config(None, ["learner.control=true"], env={})
+    assert {r["tree_id"] for r in round_selection(stored, control, 2, exclude=set()).sft} == {"t0"}
