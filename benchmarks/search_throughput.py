@@ -37,11 +37,11 @@ from actors.batcher import ModelWorker  # noqa: E402
 from actors.runtime import chat_template_for  # noqa: E402
 from actors.sandbox import SandboxPool  # noqa: E402
 from actors.search import SearchContext, search_many  # noqa: E402
+from app.up import preset_path  # noqa: E402
 from benchmarks.run_info import run_info  # noqa: E402
 from rstar import steps as fmt  # noqa: E402
 from rstar.config import load_config  # noqa: E402
 from rstar.curriculum import synthetic_problems  # noqa: E402
-from rstar.up import preset_path  # noqa: E402
 
 
 async def run_search(cfg, backend, problems, k: int, rollouts: int) -> dict:

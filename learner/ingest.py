@@ -2,7 +2,6 @@
 
     stats = await run_ingest(cfg, engine, stop)      # the learner embeds this
     rstar ingest [--batch-size 256] [--set store.url=…]   # or a process of its own
-    python -m learner.ingest …                          # the same command
 
 The durable pull consumer ``ingest`` hands out batches; each message is decoded (decompressed,
 chunk sets reassembled), the batch is written with ``store.writer.upsert_trees`` in a worker
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,9 +277,3 @@ def serve(cfg: Config, batch_size: int = 256) -> IngestStats:
         return run_until_signal(lambda stop: run_ingest(cfg, engine, stop, batch_size))
     finally:
         engine.dispose()
-
-
-if __name__ == "__main__":
-    from rstar.cli import app
-
-    app(["ingest", *sys.argv[1:]])

@@ -202,10 +202,10 @@ async def evaluate_published(learner: Learner, row: dict) -> None:
 
 async def requeue_unsolved(cfg: Config, engine: Engine, broker: Broker, round_no: int):
     """Queue again, with ``requeue_rollouts``, the problems round ``round_no`` left unsolved that the
-    pool may hold (``rstar.pool``: never a held-out evaluation problem, the teacher's only if
+    pool may hold (``learner.pool``: never a held-out evaluation problem, the teacher's only if
     ``learner.pool_include_teacher``); returns that ``Pool`` (what was left out is logged)."""
     from broker.problems import requeue_problem
-    from rstar.pool import Pool, select_pool
+    from learner.pool import Pool, select_pool
 
     lc = cfg.learner
     unsolved = await asyncio.to_thread(lt.unsolved_problems, engine, round_no, lc.requeue_rollouts)

@@ -26,7 +26,7 @@ training state (``learner.train_loop``).
   teacher trees have none: round 0 publishes a policy without a PPM).
 - **publishing**: Object Store, checkpoints rows, pointer ``round = R + 1`` (``learner.publish``);
   problems round R left unsolved are re-queued with ``meta["rollouts"] = requeue_rollouts``, by the
-  pool's rule (``rstar.pool``: never a held-out evaluation problem, nor the teacher's unless asked).
+  pool's rule (``learner.pool``: never a held-out evaluation problem, nor the teacher's unless asked).
 - **evaluation** (after publishing, beside the next round): greedy / majority@k / MCTS@k, and
   MCTS+PPM@k when the round has a PPM, on the held-out sets, stored as ``eval.accuracy`` (counts
   per set, method and level: ``learner.round_eval``); PPM pairwise accuracy comes from PPM training.

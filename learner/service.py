@@ -1,7 +1,6 @@
 """``rstar learner``: ingest and the round controller in one long-running process.
 
     rstar learner [--exit-when-done] [--set learner.round_quota=100 ...]
-    python -m learner.service ...              # the same command
 
 Three named tasks on one broker connection and one store engine: ``learner-ingest``
 (``learner.ingest.ingest_loop``: TREES → SQL, ack after commit), ``learner-rounds``
@@ -17,7 +16,6 @@ exits 0.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from rstar.config import Config
 from rstar.log import get_logger
@@ -64,9 +62,3 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
 def serve(cfg: Config, exit_when_done: bool = False, progress: bool = False) -> None:
     """The process: signal handlers, then ``run_learner`` until SIGINT/SIGTERM."""
     run_until_signal(lambda stop: run_learner(cfg, stop, exit_when_done, progress))
-
-
-if __name__ == "__main__":
-    from rstar.cli import app
-
-    app(["learner", *sys.argv[1:]])

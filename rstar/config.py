@@ -272,7 +272,7 @@ class LearnerConfig(Section):
     (``rstar eval --dataset`` names, joined by ``+`` to interleave)."""
     pool_include_teacher: bool = False
     """Queue the teacher's demonstrated problems for search too (``rstar up``, ``rstar problems
-    add``, the learner's re-queue: ``rstar.pool``). By default they are left out, and counted;
+    add``, the learner's re-queue: ``learner.pool``). By default they are left out, and counted;
     held-out evaluation problems are left out always."""
     teacher: Literal["curriculum", "openai", "none"] = "curriculum"
     """Round 0's teacher: the synthetic curriculum's reference solutions, an OpenAI-compatible

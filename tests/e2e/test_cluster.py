@@ -126,7 +126,7 @@ def test_services_run_two_rounds_with_a_swap(tmp_path, nats_server, scratch_pg, 
             "RSTAR_SEED_LIMIT": "40",
         }
     )
-    rstar = [sys.executable, "-m", "rstar"]
+    rstar = [sys.executable, "-m", "app"]
     logs = tmp_path / "logs"
     logs.mkdir()
     procs: dict[str, subprocess.Popen] = {}

@@ -64,7 +64,7 @@ def test_round_one_beats_round_zero_beyond_the_intervals(tmp_path, nats_server):
         }
         | {f"RSTAR_{k}": v for k, v in SETTINGS.items()}
     )
-    cmd = [sys.executable, "-m", "rstar", "up", "--preset", "nano", "--rounds", "1", "--no-api"]
+    cmd = [sys.executable, "-m", "app", "up", "--preset", "nano", "--rounds", "1", "--no-api"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=840, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-4000:]
     engine = open_store(f"sqlite:///{tmp_path / 'data' / 'rstar.db'}")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _up(tmp_path, env) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    cmd = [sys.executable, "-m", "rstar", "up", "--rounds", "1", "--no-api", "--dataset", "synthetic", "--limit", "30"]
+    cmd = [sys.executable, "-m", "app", "up", "--rounds", "1", "--no-api", "--dataset", "synthetic", "--limit", "30"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     logs = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
     return res, logs

@@ -122,7 +122,8 @@ def _spawn_ingest(cfg, tmp_path: Path, tag: str, batch_size: int = 16) -> subpro
     cmd = [
         sys.executable,
         "-m",
-        "learner.ingest",
+        "app",
+        "ingest",
         "--set",
         f'broker.url="{cfg.broker.url}"',
         "--set",

@@ -1,4 +1,4 @@
-"""No evaluation problem ever reaches an actor: every way onto PROBLEMS follows ``rstar.pool``.
+"""No evaluation problem ever reaches an actor: every way onto PROBLEMS follows ``learner.pool``.
 
 Against a real nats-server, reading the PROBLEMS stream back after each entry point:
 ``rstar up``'s seeding (``--dataset`` and ``--problems FILE``), ``rstar problems add`` as a real
@@ -25,10 +25,10 @@ import pytest
 from broker.client import open_broker
 from broker.streams import PROBLEMS_REQUEUE_SUBJECT, PROBLEMS_STREAM, PROBLEMS_SUBJECT
 from learner.bootstrap import teacher_problems
+from learner.pool import held_out_problems
 from learner.round_eval import eval_sets
 from rstar.config import load_config
 from rstar.curriculum import split_of, synthetic_problems
-from rstar.pool import held_out_problems
 from rstar.problems import load_problems, split_pool_heldout
 from rstar.schemas import Node, Problem, TreeResult, decode
 
@@ -139,7 +139,7 @@ def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problem
 
 
 async def test_rstar_up_seeding_follows_the_same_rule(nats_server, tmp_path):
-    from rstar.up import UpOptions, seed_problems
+    from app.up import UpOptions, seed_problems
 
     cfg = _cfg(nats_server.url, "learner.teacher_problems=30")
     taught = {p.id for p in teacher_problems(cfg)}

@@ -233,7 +233,7 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
         # The CLI reads the same rounds, and trains a stage by hand from the stored rows.
         from typer.testing import CliRunner
 
-        from rstar.cli import app
+        from app.cli import app
 
         sets = sum((["--set", a] for a in settings(nats_server.url, tmp_path, url, tiny_model_dir)), [])
         res = CliRunner().invoke(app, ["rounds", "--json", *sets])
@@ -254,7 +254,7 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
 
 def _learner(cfg_args: list[str], *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "learner.service", *extra, *sum((["--set", a] for a in cfg_args), [])],
+        [sys.executable, "-m", "app", "learner", *extra, *sum((["--set", a] for a in cfg_args), [])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "RSTAR_LOG_JSON": "1"},

@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from rstar.cli import app
+from app.cli import app
 
 
 def test_show_json_names_sources_and_masks_secrets(monkeypatch):

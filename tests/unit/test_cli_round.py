@@ -7,8 +7,8 @@ import shutil
 
 from typer.testing import CliRunner
 
+from app.cli import app, get_model_config
 from rstar.checkpoints import commit_dir
-from rstar.cli import app, get_model_config
 from rstar.config import dump_config, load_config
 
 

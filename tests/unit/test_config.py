@@ -2,8 +2,8 @@
 
 import pytest
 
+from app.up import PRESETS
 from rstar.config import ConfigError, load_config
-from rstar.up import PRESETS
 
 
 def test_precedence_toml_env_overrides(tmp_path):
@@ -57,7 +57,7 @@ def test_shipped_presets_load(name):
     """Every preset `rstar up --preset` offers is valid config (unknown keys are errors)."""
     import tomllib
 
-    from rstar.up import preset_path
+    from app.up import preset_path
 
     path = preset_path(name)
     cfg = load_config(None, env={}, preset=path)

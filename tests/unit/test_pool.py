@@ -1,10 +1,10 @@
-"""The problem pool (``rstar.pool``): what ``rstar up``, ``rstar problems add`` and the re-queue may queue."""
+"""The problem pool (``learner.pool``): what ``rstar up``, ``rstar problems add`` and the re-queue may queue."""
 
 from learner.bootstrap import teacher_problems
+from learner.pool import pool_problems, select_pool
 from learner.round_eval import eval_sets
 from rstar.config import load_config
 from rstar.curriculum import split_of, synthetic_problems
-from rstar.pool import pool_problems, select_pool
 from rstar.problems import DEFAULT_SYNTHETIC, load_problems, split_pool_heldout
 from rstar.schemas import Problem
 

@@ -6,10 +6,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rstar.cli import app
-from rstar.cli.rounds import accuracy_cell, json_rows, load_rows_json, rounds_markdown
-from rstar.dashboard import _last_eval
-from rstar.rounds_plot import accuracy_series, level_series, plot_rounds
+from app.cli import app
+from app.cli.rounds import accuracy_cell, json_rows, load_rows_json, rounds_markdown
+from app.dashboard import _last_eval
+from app.rounds_plot import accuracy_series, level_series, plot_rounds
 
 
 def _rec(correct, n, by_level=None):
@@ -184,7 +184,7 @@ def test_cli_json_markdown_and_plot_with_a_control(tmp_path):
 
 
 def test_a_method_run_on_fewer_problems_than_the_set_says_so():
-    from rstar.cli.rounds import accuracy_cell
+    from app.cli.rounds import accuracy_cell
 
     rec = {"n": 60, "correct": 9, "accuracy": 0.15}
     assert accuracy_cell(rec, 300) == "15 [8–26] n=60"
@@ -194,7 +194,7 @@ def test_a_method_run_on_fewer_problems_than_the_set_says_so():
 def test_the_tables_fit_80_columns_without_cutting_a_figure():
     from rich.console import Console
 
-    from rstar.cli.rounds import accuracy_table, levels_tables, rounds_table
+    from app.cli.rounds import accuracy_table, levels_tables, rounds_table
 
     busy = _row(4, None, 1.0, state="training_policy") | {"policy_version": "policy-r4-0123456789abcdef"}
     console = Console(width=80, record=True)

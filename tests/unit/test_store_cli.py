@@ -8,7 +8,7 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from rstar.cli import app
+from app.cli import app
 from store.db import open_store
 from store.sample_trees import sample_problem, sample_tree
 from store.writer import upsert_trees

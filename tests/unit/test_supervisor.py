@@ -1,4 +1,4 @@
-"""rstar.supervisor with real child processes: restart after an exit, stop with SIGTERM, then
+"""app.supervisor with real child processes: restart after an exit, stop with SIGTERM, then
 SIGKILL for a child that ignores it."""
 
 import sys
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rstar.supervisor import Supervisor
+from app.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(60)
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('rea' + 'dy', flush=True); time.sleep(60)"
@@ -59,7 +59,7 @@ def test_children_stop_when_the_supervisor_is_killed_outright(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from rstar.supervisor import Supervisor, rstar_argv\n"
+        "from app.supervisor import Supervisor, rstar_argv\n"
         f"sup = Supervisor(Path({str(tmp_path / 'logs')!r}), dict(__import__('os').environ))\n"
         f"c = sup.add('broker', rstar_argv(['broker', 'up'], None, ['broker.embedded_port={port}', "
         f"'data_dir=\"{tmp_path}\"']))\n"

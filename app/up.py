@@ -7,10 +7,10 @@ What it does, in order:
    ``<data_dir>/run/config.json``; every child gets exactly that file;
 2. starts (or joins) the embedded NATS server, its JetStream store in ``<data_dir>/nats``;
 3. migrates the store (SQLite in ``<data_dir>/rstar.db`` by default);
-4. queues the problem pool (stable ids: a rerun queues nothing new; ``rstar.pool``: never a
+4. queues the problem pool (stable ids: a rerun queues nothing new; ``learner.pool``: never a
    held-out evaluation problem, the teacher's demonstrated problems only with ``--include-teacher``);
 5. starts the learner (ingest + rounds), N actors and the API as children
-   (``rstar.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
+   (``app.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
 6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop (``--rounds N``: round N
    published, evaluated and reported served by an actor's heartbeat, or ``SERVE_GRACE_S`` after
    it was out, with a warning), then stops the children (SIGTERM, grace period, SIGKILL) and the
@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.supervisor import Supervisor, rstar_argv
 from rstar.config import Config, dump_config
 from rstar.log import get_logger
 from rstar.stopping import run_until_signal
-from rstar.supervisor import Supervisor, rstar_argv
 
 log = get_logger(__name__)
 
@@ -61,10 +61,10 @@ def preset_path(name: str) -> Path:
 
 
 async def seed_problems(cfg: Config, opts: UpOptions) -> dict:
-    """Queue the pool (``rstar.pool``: no held-out evaluation problem, the teacher's only if asked)."""
+    """Queue the pool (``learner.pool``: no held-out evaluation problem, the teacher's only if asked)."""
     from broker.client import open_broker
     from broker.problems import add_problems
-    from rstar.pool import pool_problems, select_pool
+    from learner.pool import pool_problems, select_pool
     from rstar.problems import read_problems_jsonl
 
     if opts.problems_file:
@@ -97,9 +97,9 @@ async def _watch(
     from rich.console import Console
     from rich.live import Live
 
+    from app.dashboard import Snapshot, View, render
     from broker.client import open_broker
     from learner.round_eval import has_eval_sets
-    from rstar.dashboard import Snapshot, View, render
 
     first_tree_at = first_swap_at = done_at = None
     evaluates = has_eval_sets(cfg)

@@ -1,4 +1,4 @@
-"""``rstar up``: start everything on this machine and watch it learn (see ``rstar.up``)."""
+"""``rstar up``: start everything on this machine and watch it learn (see ``app.up``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt
+from app.cli import ConfigOpt, SetOpt
 
 
 def parse_duration(text: str | None) -> float:
@@ -21,7 +21,7 @@ def parse_duration(text: str | None) -> float:
 
 
 def up(
-    preset: str = typer.Option(None, help="Named preset under rstar/presets (quick, learning)."),
+    preset: str = typer.Option(None, help="Named preset under app/presets (quick, learning)."),
     actors: int = typer.Option(1, min=0, help="Actor processes (one per GPU; one fits 2 CPU cores)."),
     dataset: str = typer.Option(
         None,
@@ -46,8 +46,8 @@ def up(
     overrides: list[str] = SetOpt,
 ) -> None:
     """Run broker, store, learner, actors and API as processes, with a live dashboard."""
+    from app.up import UpOptions, preset_path, run_up
     from rstar.config import ConfigError, load_config
-    from rstar.up import UpOptions, preset_path, run_up
 
     if include_teacher:  # in the run's config, so the learner's re-queue follows it too
         overrides = [*(overrides or []), "learner.pool_include_teacher=true"]

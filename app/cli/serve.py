@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 
 def serve(

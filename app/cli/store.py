@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 store_app = typer.Typer(no_args_is_help=True, help="Query the trajectory store and export trajectories.")
 

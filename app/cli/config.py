@@ -18,7 +18,7 @@ import re
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt
+from app.cli import ConfigOpt, SetOpt
 
 SECRET_FIELDS = {"api.token"}
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
@@ -33,8 +33,8 @@ def shown(key: str, value):
 
 def config_rows(preset: str | None, config: str | None, overrides: list[str] | None) -> list[dict]:
     """One row per field: ``key`` (``section.field``), ``value`` (JSON-able), ``source``, ``doc``."""
+    from app.up import preset_path
     from rstar.config import SECTIONS, Config, ConfigError, config_layers, load_config, value_sources
-    from rstar.up import preset_path
 
     try:
         path = preset_path(preset) if preset else None

@@ -61,7 +61,7 @@ class Child:
 
 
 def rstar_argv(command: list[str], config: str | None, overrides: list[str]) -> list[str]:
-    argv = [sys.executable, "-m", "rstar", *command]
+    argv = [sys.executable, "-m", "app", *command]
     if config:
         argv += ["--config", config]
     for o in overrides:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 RoundOpt = typer.Option(..., "--round", "-r", min=0, help="The round whose data to train on.")
 OutOpt = typer.Option(None, "--out", help="Model directory to write (default: the round's).")

@@ -6,7 +6,7 @@
     rstar problems status
 
 Held-out evaluation problems are never queued, and the teacher's demonstrated problems only with
-``--include-teacher`` (``rstar.pool``, the rule ``rstar up`` and the learner's re-queue follow too):
+``--include-teacher`` (``learner.pool``, the rule ``rstar up`` and the learner's re-queue follow too):
 what is left out is counted (``held_out``, ``teacher``) and named on stderr. ``--limit N`` queues N
 problems of the pool (a seeded sample of a file or a real set; the first N of the synthetic
 generator that are not the teacher's).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 MAX_INVALID_LINES = 1000
 
@@ -62,8 +62,8 @@ def _load(
     skip_invalid: bool,
     include_teacher: bool | None,
 ) -> tuple:
-    """``(pool, invalid lines)``: the problems to queue by the pool's rule (``rstar.pool``)."""
-    from rstar.pool import pool_problems, select_pool, shuffled
+    """``(pool, invalid lines)``: the problems to queue by the pool's rule (``learner.pool``)."""
+    from learner.pool import pool_problems, select_pool, shuffled
     from rstar.problems import ProblemSourceError, load_problems
 
     if (source is None) == (dataset is None):
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
         """Validate problems and queue each one not queued before (Nats-Msg-Id = problem id).
 
         Held-out evaluation problems are left out, and the teacher's demonstrated problems unless
-        --include-teacher (rstar/pool.py); both are counted and named on stderr.
+        --include-teacher (learner/pool.py); both are counted and named on stderr.
         """
         import asyncio
 

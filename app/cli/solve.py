@@ -9,7 +9,7 @@ import time
 
 import typer
 
-from rstar.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
+from app.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
 
 EXAMPLE = "A baker makes 24 muffins. She sells 3 boxes of 6 muffins each. How many muffins are left?"
 

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 
 def register(app: typer.Typer) -> None:

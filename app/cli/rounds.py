@@ -16,7 +16,7 @@ prints the rows (``store.queries.list_rounds``: round, state, quota, times, vers
 ``eval`` document) each with ``accuracy``: ``{set: {method label: {"n", "correct", "accuracy",
 "lo", "hi", "by_level": {level: {"n", "correct"}}}}}`` (``json_rows``; ``n``, ``correct``, ``lo``
 and ``hi`` are null for a figure stored as a bare accuracy). ``--plot`` draws accuracy with its
-intervals, per-level accuracy and solve rate per round (``rstar.rounds_plot``, `plot` extra);
+intervals, per-level accuracy and solve rate per round (``app.rounds_plot``, `plot` extra);
 ``--control-store`` / ``--control-json`` (a saved ``--json`` output) add a control run's greedy
 accuracy to it, dashed.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 
 def _pct(x) -> str:
@@ -248,7 +248,7 @@ def rounds_cmd(
     cfg = get_config(config, overrides)
     rows = list_rounds(open_store(cfg.store_url))
     if plot:
-        from rstar.rounds_plot import plot_rounds
+        from app.rounds_plot import plot_rounds
 
         control = None
         if control_json:

@@ -9,7 +9,7 @@ import json
 
 import typer
 
-from rstar.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
+from app.cli import ConfigOpt, PolicyOpt, PPMOpt, RoundOpt, SetOpt, get_model_config
 
 
 def eval_cmd(

@@ -11,7 +11,7 @@ import time
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 
 async def _read(cfg) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from rstar.cli import ConfigOpt, SetOpt, get_config
+from app.cli import ConfigOpt, SetOpt, get_config
 
 
 def learner_cmd(

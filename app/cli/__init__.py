@@ -87,7 +87,7 @@ _register_all()
 
 
 def main() -> None:
-    from rstar.supervisor import exit_with_parent
+    from app.supervisor import exit_with_parent
 
     exit_with_parent()
     app()

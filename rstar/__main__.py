@@ -1,3 +1,0 @@
-from rstar.cli import main
-
-main()
