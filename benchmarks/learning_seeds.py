@@ -5,9 +5,10 @@
 Each seed is a separate ``pytest -m learning`` process with ``RSTAR_LEARNING_SEED`` set (the seed
 of the teacher's problems, training and search); the test prints one JSON line with its round-0
 and round-1 greedy counts. The output lists, per seed, those counts, pass or fail and the wall
-time, then the pass count. Seeds run one after another (each run uses the whole CPU). ``--out
-FILE`` is rewritten after every seed, and a seed already in it is not run again, so an
-interrupted sweep resumes where it stopped.
+time, then the pass count. Seeds run one after another (each run uses about a core and a half),
+or ``--jobs N`` at a time (their wall times then include each other's load: only a run alone
+times the test). ``--out FILE`` is rewritten after every seed, and a seed already in it is not
+run again, so an interrupted sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,17 +67,24 @@ def run_seed(seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0-9")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
     ap.add_argument("--out", type=Path, default=None, help="write the results here after each seed; resume from it")
     a = ap.parse_args()
     done = {r["seed"]: r for r in json.loads(a.out.read_text())["runs"]} if a.out and a.out.exists() else {}
-    runs: list[dict] = []
-    for seed in seed_list(a.seeds):
-        runs.append(done.get(seed) or run_seed(seed))
-        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-        out = {**run_info(), "runs": runs, "passed": sum(r["passed"] for r in runs), "of": len(runs)}
-        if a.out:
-            a.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out, indent=2))
+    runs = [done[s] for s in seed_list(a.seeds) if s in done]
+    todo = [s for s in seed_list(a.seeds) if s not in done]
+
+    def summary() -> dict:
+        return {**run_info(), "jobs": a.jobs, "runs": runs, "passed": sum(r["passed"] for r in runs), "of": len(runs)}
+
+    with ThreadPoolExecutor(a.jobs) as pool:
+        for fut in as_completed([pool.submit(run_seed, s) for s in todo]):
+            runs.append(fut.result())
+            runs.sort(key=lambda r: r["seed"])
+            print(json.dumps(fut.result()), file=sys.stderr, flush=True)
+            if a.out:
+                a.out.write_text(json.dumps(summary(), indent=1) + "\n")
+    print(json.dumps(summary(), indent=2))
 
 
 if __name__ == "__main__":

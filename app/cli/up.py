@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import typer
 
@@ -42,6 +43,9 @@ def up(
     ),
     duration: str = typer.Option(None, help="Stop after this long, e.g. 15m or 2h."),
     no_api: bool = typer.Option(False, "--no-api", help="Do not start the HTTP API."),
+    detach: bool = typer.Option(
+        False, "--detach", help="Run in the background (log: data_dir/run/up.log); `rstar down` stops it."
+    ),
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
 ) -> None:
@@ -55,6 +59,16 @@ def up(
         cfg = load_config(config, overrides, preset=preset_path(preset) if preset else None)
     except (ConfigError, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
+    if detach:
+        from app.background import BackgroundError, start_detached
+
+        run_dir = (cfg.data_dir / "run").resolve()
+        try:
+            pid = start_detached([a for a in sys.argv[1:] if a != "--detach"], run_dir)
+        except BackgroundError as e:
+            raise typer.BadParameter(str(e), param_hint="--detach") from None
+        typer.echo(f"rstar up runs in the background (pid {pid}); log: {run_dir / 'up.log'}; stop it: rstar down")
+        return
     opts = UpOptions(
         actors=actors,
         dataset=None if problems else (dataset or cfg.learner.pool),
@@ -67,5 +81,31 @@ def up(
     run_up(cfg, opts, config, overrides or [])
 
 
+def down(
+    timeout: float = typer.Option(120.0, "--timeout", min=0, help="Seconds to wait for the run to stop."),
+    force: bool = typer.Option(False, "--force", help="Kill the run and its processes if they have not stopped."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Stop the run `rstar up --detach` started for this data_dir (its processes finish their work first)."""
+    from app.background import BackgroundError, stop_detached
+    from app.cli import get_config
+
+    run_dir = (get_config(config, overrides).data_dir / "run").resolve()
+    try:
+        res = stop_detached(run_dir, timeout, force)
+    except BackgroundError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    if not res["stopped"]:
+        typer.echo(
+            f"rstar up (pid {res['pid']}) still runs after {res['seconds']} s: `rstar down --force` kills it", err=True
+        )
+        raise typer.Exit(1)
+    how = "killed" if res["killed"] else "stopped"
+    typer.echo(f"rstar up (pid {res['pid']}) {how} after {res['seconds']} s")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(up)
+    app.command()(down)

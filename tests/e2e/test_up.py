@@ -81,3 +81,40 @@ def test_up_runs_a_round_with_a_swap_then_resumes(tmp_path, nats_server, tiny_mo
     assert [r["round"] for r in list_rounds(engine)] == [0, 1]  # nothing trained again
     assert stats(engine)["trees"] >= before
     engine.dispose()
+
+
+def test_detach_then_down(tmp_path, nats_server):
+    """``rstar up --detach`` returns at once and the run goes on; ``rstar down`` stops it and every
+    process it started; a second run is refused while one is up; ``down`` with none says so."""
+    import time
+
+    from app.background import _children, running_pid
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")} | {
+        "RSTAR_BROKER__URL": nats_server.url,
+        "RSTAR_DATA_DIR": str(tmp_path / "data"),
+        "RSTAR_LEARNER__TEACHER": "none",
+        "RSTAR_LEARNER__POLL_S": "1",
+    }
+    up = [sys.executable, "-m", "app", "up", "--detach", "--actors", "0", "--dataset", "synthetic:1", "--limit", "3"]
+
+    def run(*cmd):
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    res = run(*up)
+    assert res.returncode == 0 and "runs in the background" in res.stdout, res.stderr
+    run_dir = tmp_path / "data" / "run"
+    pid = running_pid(run_dir)
+    assert pid is not None
+    again = run(*up)
+    assert again.returncode == 2 and "already runs here" in again.stderr
+    deadline = time.monotonic() + 60
+    while not (run_dir / "logs" / "learner.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _children(run_dir), "the learner and the API should run under the detached rstar up"
+    down = run(sys.executable, "-m", "app", "down", "--timeout", "90")
+    assert down.returncode == 0 and f"(pid {pid}) stopped" in down.stdout, down.stdout + down.stderr
+    assert running_pid(run_dir) is None and _children(run_dir) == []
+    assert "stopping" in (run_dir / "up.log").read_text()
+    none = run(sys.executable, "-m", "app", "down")
+    assert none.returncode == 1 and "no detached rstar up" in none.stderr
