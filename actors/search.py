@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from actors.backends.base import Generation, GenParams
 from actors.batcher import ModelWorker
@@ -27,13 +28,16 @@ from rstar import steps as fmt
 from rstar.config import GenerationConfig, SearchConfig
 from rstar.schemas import Problem, TreeResult
 
+if TYPE_CHECKING:
+    from actors.sandbox import SandboxPool
+
 
 @dataclass
 class SearchContext:
     """What a search needs besides the problem: the worker, the sandbox and their settings."""
 
     worker: ModelWorker
-    sandbox: object  # actors.sandbox.SandboxPool
+    sandbox: SandboxPool
     search: SearchConfig
     generation: GenerationConfig
     chat_template: Callable[[list[dict]], str] | None = None

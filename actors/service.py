@@ -37,6 +37,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
@@ -50,6 +51,9 @@ from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import Heartbeat, Problem
 
+if TYPE_CHECKING:
+    from actors.batcher import WorkerStats
+
 log = get_logger(__name__)
 
 
@@ -62,7 +66,7 @@ class ActorReport:
     failed: int = 0  # searches that raised (problem nak'ed)
     returned: int = 0  # problems nak'ed at shutdown
     swaps: list[SwapEvent] = field(default_factory=list)
-    model_stats: object | None = None  # the live ``WorkerStats`` while the actor runs
+    model_stats: WorkerStats | None = None  # live while the actor runs
     worker: dict = field(default_factory=dict)  # its final snapshot
 
 

@@ -33,6 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.checkpoints import fetch_checkpoint
 from broker.client import Broker
@@ -40,6 +41,10 @@ from rstar.checkpoints import CheckpointError, verify_dir
 from rstar.config import Config
 from rstar.log import get_logger, timed
 from rstar.schemas import ModelPointer, ModelRef
+
+if TYPE_CHECKING:
+    from actors.backends.base import Backend
+    from actors.ppm import PPMScorer
 
 log = get_logger(__name__)
 
@@ -168,8 +173,8 @@ def can_swap(backend) -> bool:
 class Loaded:
     pair: ModelPair
     policy_dir: Path
-    backend: object | None  # a fresh backend, or None: reload the running one in place
-    scorer: object | None
+    backend: Backend | None  # a fresh backend, or None: reload the running one in place
+    scorer: PPMScorer | None
 
 
 def load_pair(cfg: Config, pair: ModelPair, policy_dir: Path, ppm_dir: Path | None, current_backend) -> Loaded:

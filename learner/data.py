@@ -100,11 +100,11 @@ def _pairs_for_tree(question: str, tree_id: str, nodes: list[Node], k: int) -> l
 
 
 def select_round(
-    engine: Engine, round: int, cfg: TrainConfig, window: int = 1, exclude: frozenset[str] | set[str] = frozenset()
+    engine: Engine, round_no: int, cfg: TrainConfig, window: int = 1, exclude: frozenset[str] | set[str] = frozenset()
 ) -> Selection:
-    """Select SFT rows and PPM pair rows from the trees of rounds ``round-window+1 .. round``."""
+    """Select SFT rows and PPM pair rows from the trees of rounds ``round_no-window+1 .. round_no``."""
     sel = Selection()
-    rounds = list(range(max(0, round - window + 1), round + 1))
+    rounds = list(range(max(0, round_no - window + 1), round_no + 1))
     for pid, question, trees in lt.trees_with_nodes(engine, rounds):
         if pid in exclude:
             continue
@@ -133,17 +133,17 @@ def round_selection(engine: Engine, cfg: Config, round_no: int, exclude: frozens
     return sel
 
 
-def write_selection(conn: Connection, round: int, sel: Selection) -> None:
-    lt.replace_selection(conn, round, sel.sft, sel.pairs)
+def write_selection(conn: Connection, round_no: int, sel: Selection) -> None:
+    lt.replace_selection(conn, round_no, sel.sft, sel.pairs)
 
 
-def sft_examples(engine: Engine, round: int) -> list[SFTExample]:
-    return [SFTExample(r["question"], tuple(parse_steps(r["text"]))) for r in lt.sft_rows(engine, round)]
+def sft_examples(engine: Engine, round_no: int) -> list[SFTExample]:
+    return [SFTExample(r["question"], tuple(parse_steps(r["text"]))) for r in lt.sft_rows(engine, round_no)]
 
 
-def ppm_pairs(engine: Engine, round: int) -> list[PPMPair]:
+def ppm_pairs(engine: Engine, round_no: int) -> list[PPMPair]:
     out = []
-    for r in lt.pair_rows(engine, round):
+    for r in lt.pair_rows(engine, round_no):
         head = _prompt(r["question"], [])
         if not r["prompt"].startswith(head):
             raise TrainingDataError(

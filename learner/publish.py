@@ -43,8 +43,8 @@ class Published:
     ppm: ModelRef | None  # uploaded and recorded, even when the pointer does not announce it
 
 
-def model_version(kind: str, round: int, model_dir: Path) -> str:
-    return f"{kind}-r{round}-{file_sha256(Path(model_dir) / MANIFEST)[:8]}"
+def model_version(kind: str, round_no: int, model_dir: Path) -> str:
+    return f"{kind}-r{round_no}-{file_sha256(Path(model_dir) / MANIFEST)[:8]}"
 
 
 async def publish_pair(

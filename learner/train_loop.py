@@ -30,8 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rstar.log import get_logger
+
+if TYPE_CHECKING:
+    import torch
 
 log = get_logger(__name__)
 LATEST = "LATEST"
@@ -63,7 +67,7 @@ class LoopSpec:
 
 @dataclass
 class LoopResult:
-    model: object  # the unwrapped, trained model
+    model: torch.nn.Module  # the unwrapped, trained model
     batches: int  # batches this process runs in the whole run
     steps: int  # optimizer steps in the whole run
     losses: list[float] = field(default_factory=list)  # per batch run in this call

@@ -35,9 +35,9 @@ def begin(engine: Engine) -> Iterator[Connection]:
 
 
 # --- rounds -------------------------------------------------------------------------------------
-def get_round(engine: Engine, round: int) -> dict[str, Any] | None:
+def get_round(engine: Engine, round_no: int) -> dict[str, Any] | None:
     with engine.connect() as c:
-        row = c.execute(select(*RoundRow.__table__.c).where(RoundRow.round == round)).one_or_none()
+        row = c.execute(select(*RoundRow.__table__.c).where(RoundRow.round == round_no)).one_or_none()
     return dict(row._mapping) if row is not None else None
 
 
@@ -61,38 +61,42 @@ def unevaluated_round(engine: Engine) -> dict[str, Any] | None:
     return next((dict(r._mapping) for r in rows if "accuracy" not in (r.eval or {})), None)
 
 
-def open_round(conn: Connection, round: int, quota: int) -> None:
-    """Insert round ``round`` in state ``collecting`` unless it exists."""
-    if conn.execute(select(RoundRow.round).where(RoundRow.round == round)).first() is None:
+def open_round(conn: Connection, round_no: int, quota: int) -> None:
+    """Insert round ``round_no`` in state ``collecting`` unless it exists."""
+    if conn.execute(select(RoundRow.round).where(RoundRow.round == round_no)).first() is None:
         conn.execute(
-            insert(RoundRow).values(round=round, state="collecting", quota=quota, eval={}, started_at=datetime.now(UTC))
+            insert(RoundRow).values(
+                round=round_no, state="collecting", quota=quota, eval={}, started_at=datetime.now(UTC)
+            )
         )
 
 
-def advance(conn: Connection, round: int, expect: str, to: str, **values: Any) -> bool:
-    """Move ``round`` from state ``expect`` to ``to`` (and set ``values``); False if not in ``expect``."""
+def advance(conn: Connection, round_no: int, expect: str, to: str, **values: Any) -> bool:
+    """Move ``round_no`` from state ``expect`` to ``to`` (and set ``values``); False if not in ``expect``."""
     if to == "published":
         values.setdefault("closed_at", datetime.now(UTC))
     res = conn.execute(
-        update(RoundRow).where(RoundRow.round == round, RoundRow.state == expect).values(state=to, **values)
+        update(RoundRow).where(RoundRow.round == round_no, RoundRow.state == expect).values(state=to, **values)
     )
     return res.rowcount == 1
 
 
-def merge_eval(conn: Connection, round: int, patch: dict[str, Any]) -> dict[str, Any]:
+def merge_eval(conn: Connection, round_no: int, patch: dict[str, Any]) -> dict[str, Any]:
     """Merge ``patch`` into the round's ``eval`` document (top-level keys replaced)."""
-    cur = conn.execute(select(RoundRow.eval).where(RoundRow.round == round)).scalar_one()
+    cur = conn.execute(select(RoundRow.eval).where(RoundRow.round == round_no)).scalar_one()
     doc = {**(cur or {}), **patch}
-    conn.execute(update(RoundRow).where(RoundRow.round == round).values(eval=doc))
+    conn.execute(update(RoundRow).where(RoundRow.round == round_no).values(eval=doc))
     return doc
 
 
-# --- trees of a round ---------------------------------------------------------------------------
-def tree_counts(engine: Engine, round: int) -> dict[str, int]:
+# --- trees of a round -------------------------------------------------------------------------------
+def tree_counts(engine: Engine, round_no: int) -> dict[str, int]:
     """Trees, solved trees, problems and solved problems of one round (all sources)."""
     solved = func.coalesce(func.sum(case((TreeRow.solved, 1), else_=0)), 0)
-    q = select(func.count(), solved, func.count(func.distinct(TreeRow.problem_id))).where(TreeRow.round == round)
-    sq = select(func.count(func.distinct(TreeRow.problem_id))).where(TreeRow.round == round, TreeRow.solved.is_(True))
+    q = select(func.count(), solved, func.count(func.distinct(TreeRow.problem_id))).where(TreeRow.round == round_no)
+    sq = select(func.count(func.distinct(TreeRow.problem_id))).where(
+        TreeRow.round == round_no, TreeRow.solved.is_(True)
+    )
     with engine.connect() as c:
         trees, solved_trees, problems = c.execute(q).one()
         solved_problems = c.scalar(sq)
@@ -168,13 +172,13 @@ def trees_with_nodes(
         after = pids[-1]
 
 
-def unsolved_problems(engine: Engine, round: int, below_rollouts: int) -> list[Problem]:
-    """Problems searched in ``round`` (source ``search``) that no tree solved, each of whose trees
+def unsolved_problems(engine: Engine, round_no: int, below_rollouts: int) -> list[Problem]:
+    """Problems searched in ``round_no`` (source ``search``) that no tree solved, each of whose trees
     used fewer than ``below_rollouts`` rollouts."""
     solved = func.max(case((TreeRow.solved, 1), else_=0))
     ids = (
         select(TreeRow.problem_id)
-        .where(TreeRow.round == round, TreeRow.source == "search")
+        .where(TreeRow.round == round_no, TreeRow.source == "search")
         .group_by(TreeRow.problem_id)
         .having(solved == 0, func.max(TreeRow.rollouts) < below_rollouts)
     )
@@ -191,17 +195,17 @@ def unsolved_problems(engine: Engine, round: int, below_rollouts: int) -> list[P
 
 
 # --- training rows ------------------------------------------------------------------------------
-def replace_selection(conn: Connection, round: int, sft: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> None:
-    """Replace round ``round``'s sft_examples and ppm_pairs with these rows (``round`` is set here)."""
-    conn.execute(delete(SftExampleRow).where(SftExampleRow.round == round))
-    conn.execute(delete(PpmPairRow).where(PpmPairRow.round == round))
+def replace_selection(conn: Connection, round_no: int, sft: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> None:
+    """Replace round ``round_no``'s sft_examples and ppm_pairs with these rows (their ``round`` is set here)."""
+    conn.execute(delete(SftExampleRow).where(SftExampleRow.round == round_no))
+    conn.execute(delete(PpmPairRow).where(PpmPairRow.round == round_no))
     if sft:
-        conn.execute(insert(SftExampleRow), [{**r, "round": round} for r in sft])
+        conn.execute(insert(SftExampleRow), [{**r, "round": round_no} for r in sft])
     if pairs:
-        conn.execute(insert(PpmPairRow), [{**r, "round": round} for r in pairs])
+        conn.execute(insert(PpmPairRow), [{**r, "round": round_no} for r in pairs])
 
 
-def sft_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
+def sft_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
     """The round's SFT rows with each tree's question, in id order."""
     q = (
         select(
@@ -214,14 +218,14 @@ def sft_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
         )
         .join(TreeRow, TreeRow.id == SftExampleRow.tree_id)
         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-        .where(SftExampleRow.round == round)
+        .where(SftExampleRow.round == round_no)
         .order_by(SftExampleRow.id)
     )
     with engine.connect() as c:
         return [dict(r._mapping) for r in c.execute(q)]
 
 
-def pair_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
+def pair_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
     """The round's PPM pair rows with each tree's question, in id order."""
     q = (
         select(
@@ -237,7 +241,7 @@ def pair_rows(engine: Engine, round: int) -> list[dict[str, Any]]:
         )
         .join(TreeRow, TreeRow.id == PpmPairRow.tree_id)
         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-        .where(PpmPairRow.round == round)
+        .where(PpmPairRow.round == round_no)
         .order_by(PpmPairRow.id)
     )
     with engine.connect() as c:

@@ -1,4 +1,7 @@
-"""The ``rstar`` command. Each module in this package adds its commands with ``register(app)``.
+"""The ``rstar`` command. Each module in this package is one command (or one group of them):
+its command functions are plain module-level functions, and ``register(app)`` adds them the same
+way everywhere — ``app.command("name")(fn)``, or for a group ``group = typer.Typer(...)``,
+``app.add_typer(group, name=...)``, ``group.command("name")(fn)``.
 
 Command modules import heavy libraries (torch, transformers, sqlalchemy) inside the command
 functions, so ``rstar --help`` stays instant.

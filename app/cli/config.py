@@ -63,28 +63,29 @@ def config_rows(preset: str | None, config: str | None, overrides: list[str] | N
     return rows
 
 
+def show(
+    doc: bool = typer.Option(False, "--doc", help="Add each field's documentation."),
+    preset: str = typer.Option(None, "--preset", help="A built-in preset under the file, env and --set."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {key, value, source, doc}."),
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Print every config field: its value and where it came from (default, preset, file, env, --set)."""
+    rows = config_rows(preset, config, overrides)
+    if as_json:
+        print(json.dumps(rows if doc else [{k: r[k] for k in ("key", "value", "source")} for r in rows], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("field", "value", "source", *(["doc"] if doc else []), show_lines=doc)
+    for r in rows:
+        style = None if r["source"] == "default" else "bold"
+        table.add_row(r["key"], json.dumps(r["value"]), r["source"], *([r["doc"]] if doc else []), style=style)
+    Console().print(table)
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
     app.add_typer(group, name="config")
-
-    @group.command("show")
-    def show(
-        doc: bool = typer.Option(False, "--doc", help="Add each field's documentation."),
-        preset: str = typer.Option(None, "--preset", help="A built-in preset under the file, env and --set."),
-        as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {key, value, source, doc}."),
-        config: str = ConfigOpt,
-        overrides: list[str] = SetOpt,
-    ) -> None:
-        """Print every config field: its value and where it came from (default, preset, file, env, --set)."""
-        rows = config_rows(preset, config, overrides)
-        if as_json:
-            print(json.dumps(rows if doc else [{k: r[k] for k in ("key", "value", "source")} for r in rows], indent=1))
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("field", "value", "source", *(["doc"] if doc else []), show_lines=doc)
-        for r in rows:
-            style = None if r["source"] == "default" else "bold"
-            table.add_row(r["key"], json.dumps(r["value"]), r["source"], *([r["doc"]] if doc else []), style=style)
-        Console().print(table)
+    group.command("show")(show)

@@ -142,32 +142,33 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
     return 1 if bad or agreement.misses else 0
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("grade")
-    def grade(
-        pred: str = typer.Argument(None, help="Predicted answer (text, LaTeX, or a number)."),
-        gold: str = typer.Argument(None, help="Reference answer."),
-        file: Path = typer.Option(None, "--file", "-f", help='JSONL of {"pred": ..., "gold": ...} lines.'),
-        out: Path = typer.Option(None, "--out", "-o", help="With --file: write verdicts here, not stdout."),
-        as_json: bool = typer.Option(False, "--json", help="Print the Verdict as JSON."),
-        timeout_s: float = typer.Option(2.0, "--timeout", min=0.1, help="Seconds math-verify may take per pair."),
-    ) -> None:
-        """Say whether PRED and GOLD are the same answer, and which method decided."""
-        from rstar.grading import verify
+def grade(
+    pred: str = typer.Argument(None, help="Predicted answer (text, LaTeX, or a number)."),
+    gold: str = typer.Argument(None, help="Reference answer."),
+    file: Path = typer.Option(None, "--file", "-f", help='JSONL of {"pred": ..., "gold": ...} lines.'),
+    out: Path = typer.Option(None, "--out", "-o", help="With --file: write verdicts here, not stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the Verdict as JSON."),
+    timeout_s: float = typer.Option(2.0, "--timeout", min=0.1, help="Seconds math-verify may take per pair."),
+) -> None:
+    """Say whether PRED and GOLD are the same answer, and which method decided."""
+    from rstar.grading import verify
 
-        if file is not None:
-            if pred is not None or gold is not None:
-                raise typer.BadParameter("give either PRED GOLD or --file, not both")
-            raise typer.Exit(_grade_file(file, out, timeout_s))
-        if pred is None or gold is None:
-            raise typer.BadParameter("give PRED and GOLD, or --file PAIRS.jsonl")
-        if out is not None:
-            raise typer.BadParameter("--out goes with --file", param_hint="--out")
-        v = verify(pred, gold, timeout_s)
-        if as_json:
-            typer.echo(msgspec.json.encode(v).decode())
-        else:
-            typer.echo(
-                f"{'equivalent' if v.equivalent else 'not equivalent'} ({v.method})"
-                + (f": {v.error}" if v.error else "")
-            )
+    if file is not None:
+        if pred is not None or gold is not None:
+            raise typer.BadParameter("give either PRED GOLD or --file, not both")
+        raise typer.Exit(_grade_file(file, out, timeout_s))
+    if pred is None or gold is None:
+        raise typer.BadParameter("give PRED and GOLD, or --file PAIRS.jsonl")
+    if out is not None:
+        raise typer.BadParameter("--out goes with --file", param_hint="--out")
+    v = verify(pred, gold, timeout_s)
+    if as_json:
+        typer.echo(msgspec.json.encode(v).decode())
+    else:
+        typer.echo(
+            f"{'equivalent' if v.equivalent else 'not equivalent'} ({v.method})" + (f": {v.error}" if v.error else "")
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("grade")(grade)

@@ -116,4 +116,4 @@ async def _solve(cfg, question, answer, rollouts, as_json) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(solve)
+    app.command("solve")(solve)

@@ -51,59 +51,61 @@ async def _read(cfg) -> dict:
     }
 
 
+def status(
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the current policy+PPM pointer and every live actor."""
+    import asyncio
+
+    cfg = get_config(config, overrides)
+    out = asyncio.run(_read(cfg))
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    p = out["pointer"]
+    console.print(
+        "model pointer: "
+        + (
+            "none (actors serve their configured models)"
+            if p is None
+            else f"round {p['round']}, policy {p['policy']}, PPM {p['ppm'] or '-'}"
+        )
+    )
+    table = Table(
+        "actor",
+        "host",
+        "backend",
+        "policy",
+        "PPM",
+        "trees/min",
+        "tok/s",
+        "busy",
+        "in flight",
+        "seen",
+        title=f"{len(out['actors'])} actors",
+    )
+    for a in out["actors"]:
+        policy = a["policy_version"] + (" [yellow](stale)[/]" if a["stale"] else "")
+        table.add_row(
+            a["actor_id"],
+            a["host"],
+            a["backend"],
+            policy,
+            a["ppm_version"] or "-",
+            f"{a['trees_per_min']:.1f}",
+            f"{a['tokens_per_s']:.0f}",
+            f"{a['busy_fraction']:.0%}",
+            str(a["trees_in_flight"]),
+            f"{a['age_s']:.0f}s ago",
+        )
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("status")
-    def status(
-        config: str = ConfigOpt,
-        overrides: list[str] = SetOpt,
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> None:
-        """Show the current policy+PPM pointer and every live actor."""
-        import asyncio
-
-        cfg = get_config(config, overrides)
-        out = asyncio.run(_read(cfg))
-        if as_json:
-            typer.echo(json.dumps(out))
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console()
-        p = out["pointer"]
-        console.print(
-            "model pointer: "
-            + (
-                "none (actors serve their configured models)"
-                if p is None
-                else f"round {p['round']}, policy {p['policy']}, PPM {p['ppm'] or '-'}"
-            )
-        )
-        table = Table(
-            "actor",
-            "host",
-            "backend",
-            "policy",
-            "PPM",
-            "trees/min",
-            "tok/s",
-            "busy",
-            "in flight",
-            "seen",
-            title=f"{len(out['actors'])} actors",
-        )
-        for a in out["actors"]:
-            policy = a["policy_version"] + (" [yellow](stale)[/]" if a["stale"] else "")
-            table.add_row(
-                a["actor_id"],
-                a["host"],
-                a["backend"],
-                policy,
-                a["ppm_version"] or "-",
-                f"{a['trees_per_min']:.1f}",
-                f"{a['tokens_per_s']:.0f}",
-                f"{a['busy_fraction']:.0%}",
-                str(a["trees_in_flight"]),
-                f"{a['age_s']:.0f}s ago",
-            )
-        console.print(table)
+    app.command("status")(status)

@@ -22,8 +22,6 @@ import typer
 
 from app.cli import ConfigOpt, SetOpt, get_config
 
-store_app = typer.Typer(no_args_is_help=True, help="Query the trajectory store and export trajectories.")
-
 RoundOpt = typer.Option(None, "--round", "-r", help="Only trees of this round.")
 SolvedOpt = typer.Option(None, "--solved/--unsolved", help="Only solved (or unsolved) trees.")
 ProblemOpt = typer.Option(None, "--problem", "-p", help="Only trees of this problem id.")
@@ -48,7 +46,6 @@ def _console():
     return Console()
 
 
-@store_app.command("stats")
 def stats_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, as_json: bool = JsonOpt) -> None:
     """Counts of problems, trees, nodes and solved, in total, per round and per policy version."""
     from rich.table import Table
@@ -80,7 +77,6 @@ def stats_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, as_json: b
         con.print(t)
 
 
-@store_app.command("trees")
 def trees_cmd(
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
@@ -164,7 +160,6 @@ def _label(n: dict, full: bool):
     return Group(*parts)
 
 
-@store_app.command("show")
 def show_cmd(
     tree_id: str = typer.Argument(..., help="The tree id."),
     config: str = ConfigOpt,
@@ -197,7 +192,6 @@ def show_cmd(
     _console().print(root)
 
 
-@store_app.command("export")
 def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write."),
     config: str = ConfigOpt,
@@ -231,7 +225,6 @@ def export_cmd(
     _console().print(f"wrote {written} trajectories to {out}")
 
 
-@store_app.command("migrate")
 def migrate_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
     """Bring the store's schema to the newest migration (every command does this anyway)."""
     from store.db import current_revision
@@ -241,4 +234,10 @@ def migrate_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(store_app, name="store")
+    group = typer.Typer(no_args_is_help=True, help="Query the trajectory store and export trajectories.")
+    app.add_typer(group, name="store")
+    group.command("stats")(stats_cmd)
+    group.command("trees")(trees_cmd)
+    group.command("show")(show_cmd)
+    group.command("export")(export_cmd)
+    group.command("migrate")(migrate_cmd)

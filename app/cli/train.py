@@ -55,69 +55,71 @@ def _report(rep, as_json: bool, title: str) -> None:
     Console().print(t)
 
 
+def sft(
+    round_no: int = RoundOpt,
+    out: Path = OutOpt,
+    reselect: bool = typer.Option(False, "--reselect", help="Select the round's data from the store again first."),
+    as_json: bool = JsonOpt,
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Fine-tune the round's starting policy (``learner.finetune_from``) on its SFT examples."""
+    from learner import data
+    from learner.round_stages import round_train_config, start_model
+    from learner.sft import train_sft
+    from learner.state import round_dir
+
+    cfg, engine = _setup(config, overrides, round_no, reselect)
+    examples = data.sft_examples(engine, round_no)
+    if not examples:
+        raise typer.BadParameter(f"round {round_no} has no SFT examples in the store", param_hint="--round")
+    d = round_dir(cfg, round_no)
+    try:
+        start = start_model(cfg, round_no)
+    except RuntimeError as e:
+        raise typer.BadParameter(str(e), param_hint="--round") from None
+    rep = train_sft(
+        examples,
+        start,
+        out or d / "policy",
+        round_train_config(cfg, round_no),
+        d / "sft-work" if out is None else out.with_name(out.name + "-work"),
+        progress=not as_json,
+    )
+    _report(rep, as_json, f"SFT round {round_no}")
+
+
+def ppm(
+    round_no: int = RoundOpt,
+    out: Path = OutOpt,
+    policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
+    as_json: bool = JsonOpt,
+    config: str = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Train the PPM on the round's preference pairs, from the round's policy."""
+    from learner import data
+    from learner.ppm_train import train_ppm
+    from learner.state import round_dir
+
+    cfg, engine = _setup(config, overrides, round_no, False)
+    pairs = data.ppm_pairs(engine, round_no)
+    if not pairs:
+        raise typer.BadParameter(f"round {round_no} has no PPM pairs in the store", param_hint="--round")
+    d = round_dir(cfg, round_no)
+    rep = train_ppm(
+        pairs,
+        policy or d / "policy",
+        out or d / "ppm",
+        cfg.train,
+        d / "ppm-work" if out is None else out.with_name(out.name + "-work"),
+        progress=not as_json,
+    )
+    _report(rep, as_json, f"PPM round {round_no}")
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(no_args_is_help=True, help="Run one training step of a round by hand.")
     app.add_typer(group, name="train")
-
-    @group.command("sft")
-    def sft(
-        round_no: int = RoundOpt,
-        out: Path = OutOpt,
-        reselect: bool = typer.Option(False, "--reselect", help="Select the round's data from the store again first."),
-        as_json: bool = JsonOpt,
-        config: str = ConfigOpt,
-        overrides: list[str] = SetOpt,
-    ) -> None:
-        """Fine-tune the round's starting policy (``learner.finetune_from``) on its SFT examples."""
-        from learner import data
-        from learner.round_stages import round_train_config, start_model
-        from learner.sft import train_sft
-        from learner.state import round_dir
-
-        cfg, engine = _setup(config, overrides, round_no, reselect)
-        examples = data.sft_examples(engine, round_no)
-        if not examples:
-            raise typer.BadParameter(f"round {round_no} has no SFT examples in the store", param_hint="--round")
-        d = round_dir(cfg, round_no)
-        try:
-            start = start_model(cfg, round_no)
-        except RuntimeError as e:
-            raise typer.BadParameter(str(e), param_hint="--round") from None
-        rep = train_sft(
-            examples,
-            start,
-            out or d / "policy",
-            round_train_config(cfg, round_no),
-            d / "sft-work" if out is None else out.with_name(out.name + "-work"),
-            progress=not as_json,
-        )
-        _report(rep, as_json, f"SFT round {round_no}")
-
-    @group.command("ppm")
-    def ppm(
-        round_no: int = RoundOpt,
-        out: Path = OutOpt,
-        policy: Path = typer.Option(None, "--policy", help="Policy dir to start from (default: the round's)."),
-        as_json: bool = JsonOpt,
-        config: str = ConfigOpt,
-        overrides: list[str] = SetOpt,
-    ) -> None:
-        """Train the PPM on the round's preference pairs, from the round's policy."""
-        from learner import data
-        from learner.ppm_train import train_ppm
-        from learner.state import round_dir
-
-        cfg, engine = _setup(config, overrides, round_no, False)
-        pairs = data.ppm_pairs(engine, round_no)
-        if not pairs:
-            raise typer.BadParameter(f"round {round_no} has no PPM pairs in the store", param_hint="--round")
-        d = round_dir(cfg, round_no)
-        rep = train_ppm(
-            pairs,
-            policy or d / "policy",
-            out or d / "ppm",
-            cfg.train,
-            d / "ppm-work" if out is None else out.with_name(out.name + "-work"),
-            progress=not as_json,
-        )
-        _report(rep, as_json, f"PPM round {round_no}")
+    group.command("sft")(sft)
+    group.command("ppm")(ppm)

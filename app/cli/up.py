@@ -107,5 +107,5 @@ def down(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(up)
-    app.command()(down)
+    app.command("up")(up)
+    app.command("down")(down)
