@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from cli_helpers import last_json, problems_add
 
 from broker.client import open_broker
 from broker.streams import PROBLEMS_REQUEUE_SUBJECT, PROBLEMS_STREAM, PROBLEMS_SUBJECT
@@ -33,7 +30,6 @@ from rstar.problems import load_problems, split_pool_heldout
 from rstar.schemas import Node, Problem, TreeResult, decode
 
 pytestmark = pytest.mark.timeout(180)
-RSTAR = str(Path(sys.executable).parent / "rstar")
 
 
 def _cfg(url: str, *extra: str):
@@ -71,22 +67,6 @@ def _assert_no_held_out(cfg, published: list[tuple[str, Problem]]) -> None:
     assert all(split_of(p.id) == "train" for _, p in published if p.source == "synthetic")
 
 
-def _add(url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
-    return subprocess.run(
-        [RSTAR, "problems", "add", *args, "--json", "--set", f'broker.url="{url}"'],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-    )
-
-
-def _json(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problems(nats_server, tmp_path):
     url = nats_server.url
     cfg = _cfg(url)  # the defaults the subprocess runs with: eval_real svamp, curriculum teacher
@@ -94,7 +74,7 @@ def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problem
 
     # The learner's real evaluation set: only its pool part goes out, the held-out part is counted.
     svamp = load_problems("svamp")
-    counts = _json(_add(url, "--dataset", "svamp"))
+    counts = last_json(problems_add(url, "--json", "--dataset", "svamp"))
     held_svamp = {p.id for p in svamp} & _held_ids(cfg)
     assert counts["held_out"] == len(held_svamp) > 0 and counts["teacher"] == 0
     assert counts["published"] == len(svamp) - len(held_svamp) and counts["total"] == len(svamp)
@@ -102,14 +82,14 @@ def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problem
 
     # The compose seed's default (``--dataset synthetic --limit N``): the teacher drew its problems
     # from the same generator and seed; they are left out and the pool keeps its size.
-    counts = _json(_add(url, "--dataset", "synthetic", "--limit", "40"))
+    counts = last_json(problems_add(url, "--json", "--dataset", "synthetic", "--limit", "40"))
     assert (counts["published"], counts["teacher"], counts["held_out"]) == (40, len(taught), 0)
     published = _published(url)
     _assert_no_held_out(cfg, published)
     assert not {p.id for _, p in published} & set(taught)
 
     # The synthetic heldout split (the learner's synthetic evaluation set is part of it): nothing.
-    counts = _json(_add(url, "--dataset", "synthetic:1-6", "--split", "heldout", "--limit", "12"))
+    counts = last_json(problems_add(url, "--json", "--dataset", "synthetic:1-6", "--split", "heldout", "--limit", "12"))
     assert (counts["published"], counts["held_out"]) == (0, 12)
 
     # A user file that reuses held-out ids (and a question of the synthetic evaluation set).
@@ -123,14 +103,14 @@ def test_problems_add_never_queues_the_evaluation_set_or_unasked_teacher_problem
     ]
     f = tmp_path / "mine.jsonl"
     f.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    proc = _add(url, str(f))
-    counts = _json(proc)
+    proc = problems_add(url, "--json", str(f))
+    counts = last_json(proc)
     assert (counts["published"], counts["held_out"], counts["teacher"], counts["total"]) == (3, 3, 0, 6)
     assert "held-out evaluation problem(s) left out" in proc.stderr and held[0].id in proc.stderr
     _assert_no_held_out(cfg, _published(url))
 
     # Asked for, the teacher's problems are queued (never the held-out ones).
-    counts = _json(_add(url, "--dataset", "synthetic", "--limit", "5", "--include-teacher"))
+    counts = last_json(problems_add(url, "--json", "--dataset", "synthetic", "--limit", "5", "--include-teacher"))
     assert (counts["published"], counts["teacher"]) == (5, 0)
     published = _published(url)
     assert {p.id for _, p in published} & set(taught) == set(taught[:5])

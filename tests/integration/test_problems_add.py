@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import last_json, problems_add
 
 from broker.client import open_broker
 from broker.server import start_server
@@ -18,7 +16,6 @@ from rstar.config import load_config
 from rstar.schemas import Problem, decode
 
 pytestmark = pytest.mark.timeout(120)
-RSTAR = str(Path(sys.executable).parent / "rstar")
 
 
 @pytest.fixture
@@ -26,22 +23,6 @@ def server(tmp_path):
     srv = start_server(tmp_path / "nats")
     yield srv
     srv.stop()
-
-
-def _add(server, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
-    return subprocess.run(
-        [RSTAR, "problems", "add", *args, "--set", f'broker.url="{server.url}"'],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=90,
-    )
-
-
-def _json(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _queued(server) -> list[Problem]:
@@ -65,14 +46,14 @@ GOOD = [json.dumps({"question": f"What is {i} times 3?", "answer": str(3 * i)}) 
 def test_adding_a_file_twice_queues_it_once(server, tmp_path):
     f = _write(tmp_path / "p.jsonl", GOOD)
     none_left_out = {"held_out": 0, "teacher": 0}
-    assert _json(_add(server, str(f), "--json")) == {
+    assert last_json(problems_add(server.url, str(f), "--json")) == {
         "published": 5,
         "duplicates": 0,
         "invalid": 0,
         **none_left_out,
         "total": 5,
     }
-    assert _json(_add(server, str(f), "--json")) == {
+    assert last_json(problems_add(server.url, str(f), "--json")) == {
         "published": 0,
         "duplicates": 5,
         "invalid": 0,
@@ -86,18 +67,18 @@ def test_adding_a_file_twice_queues_it_once(server, tmp_path):
 
 def test_a_malformed_file_is_refused_whole_with_its_line(server, tmp_path):
     f = _write(tmp_path / "bad.jsonl", [*GOOD[:2], "{not json", *GOOD[2:]])
-    proc = _add(server, str(f), "--json")
+    proc = problems_add(server.url, str(f), "--json")
     assert proc.returncode == 2
     assert f"{f}:3: not a JSON object" in proc.stderr
     assert _queued(server) == []
-    counts = _json(_add(server, str(f), "--skip-invalid", "--json"))
+    counts = last_json(problems_add(server.url, str(f), "--skip-invalid", "--json"))
     assert counts == {"published": 5, "duplicates": 0, "invalid": 1, "held_out": 0, "teacher": 0, "total": 6}
 
 
 def test_a_builtin_set_with_a_limit(server):
-    counts = _json(_add(server, "--dataset", "synthetic", "--limit", "20", "--json"))
+    counts = last_json(problems_add(server.url, "--dataset", "synthetic", "--limit", "20", "--json"))
     assert counts["published"] == 20 and counts["invalid"] == 0
-    again = _json(_add(server, "--dataset", "synthetic", "--limit", "30", "--json"))
+    again = last_json(problems_add(server.url, "--dataset", "synthetic", "--limit", "30", "--json"))
     assert (again["published"], again["duplicates"]) == (10, 20)  # limit 20 is a prefix of limit 30
     assert len(_queued(server)) == 30
     # the teacher's problems (the same generator and seed) are left out, so 30 are still queued
@@ -105,6 +86,6 @@ def test_a_builtin_set_with_a_limit(server):
 
 
 def test_neither_or_both_sources_is_a_usage_error(server, tmp_path):
-    assert _add(server).returncode == 2
+    assert problems_add(server.url).returncode == 2
     f = _write(tmp_path / "p.jsonl", GOOD)
-    assert _add(server, str(f), "--dataset", "synthetic").returncode == 2
+    assert problems_add(server.url, str(f), "--dataset", "synthetic").returncode == 2
