@@ -14,6 +14,7 @@ run again, so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -61,7 +62,20 @@ def run_seed(seed: int) -> dict:
     wall = round(time.perf_counter() - t0, 1)
     lines = [x for x in res.stdout.splitlines() if x.startswith('{"seed"')]
     figures = json.loads(lines[-1]) if lines else {"error": res.stdout[-1500:] + res.stderr[-1500:]}
-    return {"seed": seed, "passed": res.returncode == 0, "wall_s": wall, **figures}
+    return {**figures, "seed": seed, "passed": res.returncode == 0, "wall_s": wall}
+
+
+def learning_test_settings() -> dict:
+    """The learning test's ``SETTINGS`` (read from its source), so a result names what it ran."""
+    tree = ast.parse((ROOT / "tests/e2e/test_learning.py").read_text())
+    consts = {
+        t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    }
+    settings = consts["SETTINGS"]
+    return {
+        ast.literal_eval(k): (ast.literal_eval(v) if not isinstance(v, ast.Call) else ast.unparse(v))
+        for k, v in zip(settings.keys, settings.values)
+    } | {"EVAL_N": ast.literal_eval(consts["EVAL_N"])}
 
 
 def main() -> None:
@@ -70,12 +84,19 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at the same time")
     ap.add_argument("--out", type=Path, default=None, help="write the results here after each seed; resume from it")
     a = ap.parse_args()
-    done = {r["seed"]: r for r in json.loads(a.out.read_text())["runs"]} if a.out and a.out.exists() else {}
+    done = {int(r["seed"]): r for r in json.loads(a.out.read_text())["runs"]} if a.out and a.out.exists() else {}
     runs = [done[s] for s in seed_list(a.seeds) if s in done]
     todo = [s for s in seed_list(a.seeds) if s not in done]
 
     def summary() -> dict:
-        return {**run_info(), "jobs": a.jobs, "runs": runs, "passed": sum(r["passed"] for r in runs), "of": len(runs)}
+        return {
+            **run_info(),
+            "settings": learning_test_settings(),
+            "jobs": a.jobs,
+            "runs": runs,
+            "passed": sum(r["passed"] for r in runs),
+            "of": len(runs),
+        }
 
     with ThreadPoolExecutor(a.jobs) as pool:
         for fut in as_completed([pool.submit(run_seed, s) for s in todo]):
