@@ -6,9 +6,10 @@ One run: a nats-server of its own (temp store); the model directory (the default
 of safetensors) is saved as a checkpoint, then each variant runs in a fresh subprocess (so its
 peak RSS is its own), puts the checkpoint as a new object and fetches it into a new directory:
 - ``streamed``: ``broker.checkpoints.put_checkpoint`` / ``fetch_checkpoint`` (the tar goes
-  through a temp file; what rstar does);
+  through a temp file, and is fetched a few chunks at a time by a pull consumer; what rstar does);
 - ``in_memory`` (baseline, what rstar did before): the tar built as bytes and put from them;
-  fetched into a temp file, read back into bytes and unpacked from them.
+  fetched by nats-py's ``ObjectStore.get`` (an ordered push consumer) into a temp file, read
+  back into bytes and unpacked from them.
 Figures per variant: ``put_s``, ``fetch_s``, ``peak_rss_mb`` and ``rss_over_baseline_mb`` (peak
 minus the same subprocess's RSS after imports), plus ``checkpoint_mb``, after
 ``benchmarks.run_info`` (command, date, machine with its load average).

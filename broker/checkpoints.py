@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
+import nats.js.api
 import nats.js.errors
 from nats.js.kv import KeyValue
 
@@ -47,21 +49,52 @@ async def put_checkpoint(b: Broker, model_dir: Path, version: str) -> ModelRef:
     return ModelRef(version=version, object=version, sha256=digest)
 
 
+FETCH_CHUNKS = 8  # Object Store chunks held at once while downloading (128 KiB each by default)
+
+
+async def _download(b: Broker, name: str, f) -> None:
+    """Object ``name`` of the checkpoints bucket into file ``f``, ``FETCH_CHUNKS`` at a time.
+
+    ``ObjectStore.get`` reads through an ordered push consumer: the server sends every chunk at
+    once and the client holds those not yet written, so a fast link fills memory with the whole
+    checkpoint. A pull consumer asks for the next few chunks only when the last ones are on disk.
+    The chunks' integrity is checked by the caller (the sha256 of the packed tar).
+    """
+    obs = await b.js.object_store(CHECKPOINTS_BUCKET)
+    info = await obs.get_info(name)
+    if not info.size:
+        return
+    sub = await b.js.pull_subscribe(
+        f"$O.{CHECKPOINTS_BUCKET}.C.{info.nuid}",
+        stream=f"OBJ_{CHECKPOINTS_BUCKET}",
+        config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.ALL, inactive_threshold=60.0),
+    )
+    got = 0
+    try:
+        while got < info.chunks:
+            try:
+                msgs = await sub.fetch(min(FETCH_CHUNKS, info.chunks - got), timeout=30)
+            except nats.errors.TimeoutError:
+                raise CheckpointError(
+                    f"checkpoint object {name!r}: no chunk for 30 s after {got} of {info.chunks}"
+                ) from None
+            for msg in msgs:
+                await asyncio.to_thread(f.write, msg.data)
+            got += len(msgs)
+            await msgs[-1].ack()
+    finally:
+        await sub.unsubscribe()
+
+
 async def fetch_checkpoint(b: Broker, ref: ModelRef, out_dir: Path) -> Path:
     """Download ``ref`` into ``out_dir``; CheckpointError if it is missing, partial or altered."""
-    obs = await b.js.object_store(CHECKPOINTS_BUCKET)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_dir.parent) as f:
         try:
-            # writeinto= streams to the file: getting the object as bytes grows them chunk by
-            # chunk (quadratic) and holds the whole checkpoint in memory
-            # (benchmarks/checkpoint_transfer.py compares the two).
-            await obs.get(ref.object, writeinto=f)
+            await _download(b, ref.object, f)
         except nats.js.errors.ObjectNotFoundError:
             raise CheckpointError(f"checkpoint object {ref.object!r} is not in the store") from None
-        except nats.js.errors.DigestMismatchError as e:
-            raise CheckpointError(f"checkpoint object {ref.object!r} arrived damaged: {e}") from None
         f.seek(0)
         return await asyncio.to_thread(unpack, f, ref.sha256, out_dir)
 
