@@ -13,6 +13,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
+from rstar.schemas import RoundEval
+
 
 @dataclass
 class Snapshot:
@@ -67,7 +69,7 @@ class View:
             done = [r["round"] for r in rounds if r["state"] == "published"]
             s.published_round = max(done) if done else -1
             evaluated = [
-                r["round"] for r in rounds if r["state"] == "published" and "accuracy" in (r.get("eval") or {})
+                r["round"] for r in rounds if r["state"] == "published" and RoundEval.of(r.get("eval")).evaluated
             ]
             s.evaluated_round = max(evaluated) if evaluated else -1
         if pointer is not None:
@@ -94,15 +96,15 @@ class View:
 def _last_eval(rounds: list[dict]) -> str:
     """The newest round's held-out figures: ``greedy 40% (12/30)`` per set and method (a figure
     stored as a bare accuracy shows without its counts)."""
-    from learner.round_eval import method_rank, round_records
+    from learner.round_eval import method_rank
 
     for r in reversed(rounds):
-        sets = round_records(r.get("eval"))
+        sets = RoundEval.of(r.get("eval")).records()
         if sets:
             parts = [
                 f"{name}: "
                 + " / ".join(
-                    f"{k} {100 * v['accuracy']:.0f}%" + (f" ({v['correct']}/{v['n']})" if v["n"] is not None else "")
+                    f"{k} {100 * v.accuracy:.0f}%" + (f" ({v.correct}/{v.n})" if v.n is not None else "")
                     for k, v in sorted(recs.items(), key=lambda kv: method_rank(kv[0]))
                 )
                 for name, recs in sets.items()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learner.round_eval import level_key, method_rank, round_records
+from learner.round_eval import method_rank
+from rstar.schemas import RoundEval, level_key
 from rstar.stats import wilson
 
 Point = tuple[int, float, float | None, float | None]  # round, accuracy, interval low, high
@@ -27,10 +28,10 @@ def accuracy_series(rows: list[dict]) -> dict[str, dict[str, list[Point]]]:
     (``lo``/``hi``: the 95 % Wilson interval, None for a figure stored without counts)."""
     out: dict[str, dict[str, list[Point]]] = {}
     for r in rows:
-        for name, recs in round_records(r.get("eval")).items():
+        for name, recs in RoundEval.of(r.get("eval")).records().items():
             for label, rec in recs.items():
-                lo, hi = wilson(rec["correct"], rec["n"]) if rec["n"] is not None else (None, None)
-                out.setdefault(name, {}).setdefault(label, []).append((r["round"], rec["accuracy"], lo, hi))
+                lo, hi = wilson(rec.correct, rec.n) if rec.n is not None and rec.correct is not None else (None, None)
+                out.setdefault(name, {}).setdefault(label, []).append((r["round"], rec.accuracy, lo, hi))
     return out
 
 
@@ -38,9 +39,9 @@ def level_series(rows: list[dict], method: str = "greedy") -> dict[str, dict[str
     """``{set: {level: [(round, correct, n), ...]}}`` of ``method`` for the sets with levels."""
     out: dict[str, dict[str, list[tuple[int, int, int]]]] = {}
     for r in rows:
-        for name, recs in round_records(r.get("eval")).items():
-            for lv, c in (recs.get(method) or {}).get("by_level", {}).items():
-                out.setdefault(name, {}).setdefault(lv, []).append((r["round"], c["correct"], c["n"]))
+        for name, recs in RoundEval.of(r.get("eval")).records().items():
+            for lv, c in (recs[method].by_level if method in recs else {}).items():
+                out.setdefault(name, {}).setdefault(lv, []).append((r["round"], c.correct, c.n))
     return {name: {lv: lvs[lv] for lv in sorted(lvs, key=level_key)} for name, lvs in out.items()}
 
 
@@ -69,8 +70,8 @@ def plot_rounds(
     series = accuracy_series(rows)
     control = accuracy_series(control_rows) if control_rows else {}
     levels = level_series(rows)
-    solve = [(r["round"], ((r.get("eval") or {}).get("collect") or {}).get("solve_rate")) for r in rows]
-    solve = [(x, y) for x, y in solve if isinstance(y, (int, float)) and x > 0]
+    collected = [(r["round"], RoundEval.of(r.get("eval")).collect) for r in rows]
+    solve = [(x, c.solve_rate) for x, c in collected if c is not None and c.solve_rate is not None and x > 0]
     panels = (
         [("acc", name) for name in series] + [("levels", name) for name in levels] + ([("solve", "")] if solve else [])
     )

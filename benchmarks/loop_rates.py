@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import func, select  # noqa: E402
 
 from benchmarks.run_info import run_info  # noqa: E402
+from rstar.schemas import RoundEval  # noqa: E402
 from store.db import open_store  # noqa: E402
 from store.models import TreeRow  # noqa: E402
 from store.queries import list_rounds  # noqa: E402
@@ -50,18 +51,12 @@ def round_rates(engine) -> dict:
             )
         }
     for r in rows:
-        ev = r["eval"] or {}
+        ev = RoundEval.of(r["eval"])
         start = datetime.fromisoformat(r["started_at"]) if r["started_at"] else None
         end = datetime.fromisoformat(r["closed_at"]) if r["closed_at"] else None
         wall = (end - start).total_seconds() if start and end else None
-        sft, ppm, boot = _secs(ev.get("sft")), _secs(ev.get("ppm")), _secs(ev.get("bootstrap"))
-        acc = ev.get("accuracy") or {}
-        methods = {
-            f"{name}/{label}": rec.get("seconds")
-            for name, s in (acc.get("sets") or {}).items()
-            for label, rec in s.items()
-            if isinstance(rec, dict)
-        }
+        sft, ppm, boot = _secs(ev.sft), _secs(ev.ppm), _secs(ev.bootstrap)
+        methods = {f"{name}/{label}": rec.seconds for name, recs in ev.records().items() for label, rec in recs.items()}
         n, lo, hi = tree_times.get(r["round"], (0, None, None))
         span = (hi - lo).total_seconds() if lo is not None and hi is not None else 0.0
         out.append(
@@ -73,7 +68,7 @@ def round_rates(engine) -> dict:
                 "sft_s": sft,
                 "ppm_s": ppm,
                 "collect_s": None if wall is None else round(wall - sum(x or 0 for x in (sft, ppm, boot)), 1),
-                "eval_s": acc.get("seconds"),
+                "eval_s": (ev.accuracy or {}).get("seconds"),
                 "eval_methods_s": methods,
                 "trees": n,
                 # a bootstrap round's trees are the teacher's demonstrations, stored, not searched

@@ -21,9 +21,10 @@ an interval on it (``rstar.stats.wilson``): ``n`` problems, ``correct`` answers,
 correct / n (4 decimals), ``by_level`` — the same counts per curriculum level (``problem.meta
 ["level"]``, keys as strings) for the problems that have one, an empty dict for a set without
 levels — and ``correct_ids``, the ids of the problems answered correctly (sorted), so two rounds
-or methods on the same set can be compared problem by problem (``paired_p``). Documents stored
-before these records held the accuracy as a bare float; ``read_record`` reads either shape (a
-float gives ``n`` and ``correct`` None).
+or methods on the same set can be compared problem by problem (``paired_p``). Readers take them
+typed, through ``rstar.schemas.RoundEval.of(row["eval"]).records()`` (``MethodRecord``), which
+also reads documents stored before these records, whose figures were bare floats (``n`` and
+``correct`` None).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.schemas import Problem
+from rstar.schemas import MethodRecord, Problem, level_key
 
 log = get_logger(__name__)
 
@@ -98,66 +99,15 @@ def record(problems: list[Problem], outcomes) -> dict:
     }
 
 
-def level_key(level: str):
-    """Sort key of ``by_level`` keys: numeric levels in numeric order, then any others."""
-    return (0, int(level), "") if level.isdigit() else (1, 0, level)
-
-
-def read_record(value) -> dict | None:
-    """One stored figure in the record shape, whichever shape it was stored in.
-
-    A record gives ``{"n", "correct", "accuracy", "by_level", "correct_ids"}`` (accuracy
-    recomputed from the counts when they are there; ``correct_ids`` None when not stored); a
-    bare float (documents from before the records) gives its accuracy with ``n``, ``correct`` and
-    ``correct_ids`` None and no levels; anything else gives None.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return {"n": None, "correct": None, "accuracy": float(value), "by_level": {}, "correct_ids": None}
-    if not isinstance(value, dict):
-        return None
-    n, correct = value.get("n"), value.get("correct")
-    counted = isinstance(n, int) and isinstance(correct, int) and 0 <= correct <= n
-    acc = value.get("accuracy")
-    by_level = {
-        str(k): {"n": int(v["n"]), "correct": int(v["correct"])}
-        for k, v in (value.get("by_level") or {}).items()
-        if isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("correct"), int)
-    }
-    if counted and n:
-        acc = round(correct / n, 4)
-    return {
-        "n": n if counted else None,
-        "correct": correct if counted else None,
-        "accuracy": float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
-        "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
-        "correct_ids": sorted(map(str, ids)) if isinstance(ids := value.get("correct_ids"), list) else None,
-    }
-
-
-def paired_p(a: dict, b: dict) -> float | None:
+def paired_p(a: MethodRecord, b: MethodRecord) -> float | None:
     """McNemar's exact two-sided p value between two records of the same set (two rounds, or two
     methods), from their ``correct_ids``; None when either lacks them or their ``n`` differ."""
     from rstar.stats import mcnemar_exact_counts
 
-    if a.get("correct_ids") is None or b.get("correct_ids") is None or a.get("n") != b.get("n"):
+    if a.correct_ids is None or b.correct_ids is None or a.n != b.n:
         return None
-    sa, sb = set(a["correct_ids"]), set(b["correct_ids"])
+    sa, sb = set(a.correct_ids), set(b.correct_ids)
     return mcnemar_exact_counts(len(sa - sb), len(sb - sa))
-
-
-def round_records(ev: dict | None) -> dict[str, dict[str, dict]]:
-    """``{set: {method label: record}}`` of a round's ``eval`` document (``eval.accuracy``), every
-    figure through ``read_record``; empty when the round has no figures yet."""
-    sets = ((ev or {}).get("accuracy") or {}).get("sets") or {}
-    out: dict[str, dict[str, dict]] = {}
-    for name, figs in sets.items():
-        for label, value in (figs or {}).items():
-            rec = read_record(value) if label != "n" else None
-            if rec is not None and rec["accuracy"] is not None:
-                out.setdefault(name, {})[label] = rec
-    return out
 
 
 def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:

@@ -23,7 +23,7 @@ from learner import data
 from learner.state import Learner, complete, round_dir
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.schemas import Problem
+from rstar.schemas import Problem, RoundEval
 from store import learner_tables as lt
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ async def evaluate_published(learner: Learner, row: dict) -> None:
         await asyncio.to_thread(run)
 
     # Each finished figure is stored at once (``accuracy_partial``): a restart resumes from it.
-    done = (row["eval"] or {}).get("accuracy_partial")
+    done = RoundEval.of(row["eval"]).accuracy_partial
     figures = await evaluate_round(
         learner.cfg,
         learner.sets,
@@ -229,7 +229,7 @@ async def _publish(learner: Learner, row: dict) -> bool:
         raise RuntimeError("publishing needs a broker connection (Learner.broker)")
     lc, r, d = learner.cfg.learner, row["round"], round_dir(learner.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
-    ev = row["eval"] or {}
+    ev = RoundEval.of(row["eval"])
     pub = await publish_pair(
         learner.broker,
         learner.engine,
@@ -238,8 +238,8 @@ async def _publish(learner: Learner, row: dict) -> bool:
         ppm_dir=ppm,
         announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,
         base=base_model(learner.cfg),
-        policy_metrics={"sft": ev.get("sft")},
-        ppm_metrics={"ppm": ev.get("ppm")},
+        policy_metrics={"sft": ev.sft},
+        ppm_metrics={"ppm": ev.ppm},
     )
     requeued = await requeue_unsolved(learner.cfg, learner.engine, learner.broker, r)
     last = bool(lc.max_rounds) and r >= lc.max_rounds

@@ -135,3 +135,138 @@ def decode(data: bytes, type_: type[msgspec.Struct]):
     if msg.schema != SCHEMA_VERSION:
         raise SchemaError(f"{type_.__name__}: unknown schema version {msg.schema!r} (know {SCHEMA_VERSION})")
     return msg
+
+
+# --- a round's evaluation document (the store's ``rounds.eval``) ---------------------------------
+
+
+class LevelCount(msgspec.Struct, frozen=True):
+    n: int
+    correct: int
+
+
+class MethodRecord(msgspec.Struct, frozen=True):
+    """One figure: a method on a set in a round. ``n``, ``correct`` and ``correct_ids`` are None
+    for a figure stored before the records existed (a bare accuracy)."""
+
+    accuracy: float
+    n: int | None = None
+    correct: int | None = None
+    by_level: dict[str, LevelCount] = {}
+    correct_ids: list[str] | None = None
+    seconds: float | None = None  # the method's wall time on the set, when stored
+
+
+class CollectCounts(msgspec.Struct, frozen=True):
+    trees: int = 0
+    solved_trees: int = 0
+    problems: int = 0
+    solved_problems: int = 0
+    solve_rate: float | None = None
+
+
+class DataCounts(msgspec.Struct, frozen=True):
+    sft_examples: int = 0
+    ppm_pairs: int = 0
+    problems: int = 0
+    solved_problems: int = 0
+
+
+def level_key(level: str) -> tuple[int, int, str]:
+    """Sort key of ``by_level`` keys: numeric levels in numeric order, then any others."""
+    return (0, int(level), "") if level.isdigit() else (1, 0, level)
+
+
+def method_record(value: Any) -> MethodRecord | None:
+    """A stored figure as a ``MethodRecord``, whichever shape it was stored in: a record (its
+    accuracy recomputed from the counts when they hold), or a bare float (before the records);
+    None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return MethodRecord(accuracy=float(value))
+    if not isinstance(value, dict):
+        return None
+    n, correct, acc = value.get("n"), value.get("correct"), value.get("accuracy")
+    counted = isinstance(n, int) and isinstance(correct, int) and 0 <= correct <= n
+    if counted and n:
+        acc = round(correct / n, 4)
+    if not isinstance(acc, int | float) or isinstance(acc, bool):
+        return None
+    levels = {
+        str(k): LevelCount(int(v["n"]), int(v["correct"]))
+        for k, v in (value.get("by_level") or {}).items()
+        if isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("correct"), int)
+    }
+    ids, seconds = value.get("correct_ids"), value.get("seconds")
+    return MethodRecord(
+        accuracy=float(acc),
+        n=n if counted else None,
+        correct=correct if counted else None,
+        by_level={k: levels[k] for k in sorted(levels, key=level_key)},
+        correct_ids=sorted(map(str, ids)) if isinstance(ids, list) else None,
+        seconds=float(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
+    )
+
+
+class RoundEval(msgspec.Struct, frozen=True):
+    """A round's ``eval`` document as every reader sees it (``RoundEval.of(row["eval"])``).
+
+    The learner's stages each write their part (``store.learner_tables.merge_eval``): the trees
+    collected, the data selected, the training reports, the PPM's held-out pair accuracy, the
+    held-out figures. A part missing (not written yet) or unreadable is None, keys this version
+    does not know are ignored, so an old or newer document never breaks a reader.
+    """
+
+    collect: CollectCounts | None = None
+    data: DataCounts | None = None
+    ppm_pairwise_acc: float | None = None
+    requeued: int | None = None
+    bootstrap: dict[str, Any] | None = None
+    sft: dict[str, Any] | None = None
+    ppm: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None  # {"sets": {set: {"n": n, label: record}}, "seconds": s}
+    accuracy_partial: dict[str, Any] | None = None  # the figures of an evaluation still running
+
+    @classmethod
+    def of(cls, doc: dict[str, Any] | None) -> RoundEval:
+        parts = {}
+        for name, value in (doc or {}).items():
+            if name in cls.__struct_fields__:
+                try:  # each part on its own: one damaged part leaves the others readable
+                    parts[name] = msgspec.convert(value, _PART_TYPES[name])
+                except msgspec.ValidationError:
+                    continue
+        return cls(**parts)
+
+    @property
+    def evaluated(self) -> bool:
+        return self.accuracy is not None
+
+    def set_sizes(self) -> dict[str, int | None]:
+        """Problems per evaluation set (``n`` of each set)."""
+        sets = (self.accuracy or {}).get("sets") or {}
+        return {name: figs.get("n") for name, figs in sets.items() if isinstance(figs, dict)}
+
+    def records(self) -> dict[str, dict[str, MethodRecord]]:
+        """``{set: {method label: record}}`` of the held-out figures; empty before any."""
+        out: dict[str, dict[str, MethodRecord]] = {}
+        for name, figs in ((self.accuracy or {}).get("sets") or {}).items():
+            for label, value in (figs if isinstance(figs, dict) else {}).items():
+                rec = method_record(value) if label != "n" else None
+                if rec is not None:
+                    out.setdefault(name, {})[label] = rec
+        return out
+
+
+_PART_TYPES: dict[str, Any] = {
+    "collect": CollectCounts | None,
+    "data": DataCounts | None,
+    "ppm_pairwise_acc": float | None,
+    "requeued": int | None,
+    "bootstrap": dict[str, Any] | None,
+    "sft": dict[str, Any] | None,
+    "ppm": dict[str, Any] | None,
+    "accuracy": dict[str, Any] | None,
+    "accuracy_partial": dict[str, Any] | None,
+}

@@ -26,51 +26,50 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import typer
 
 from app.cli import ConfigOpt, SetOpt, get_config
+from rstar.schemas import MethodRecord, RoundEval, level_key
 
 
 def _pct(x) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) else "–"
 
 
-def interval(rec: dict | None) -> tuple[float, float] | None:
-    """The 95 % Wilson interval of a record (``learner.round_eval.read_record``), or None when its
-    counts are unknown."""
+def interval(rec: MethodRecord | None) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of a record, or None when its counts are unknown."""
     from rstar.stats import wilson
 
-    if not rec or rec.get("n") is None or rec.get("correct") is None:
+    if rec is None or rec.n is None or rec.correct is None:
         return None
-    return wilson(rec["correct"], rec["n"])
+    return wilson(rec.correct, rec.n)
 
 
-def accuracy_cell(rec: dict | None, set_n: int | None = None) -> str:
+def accuracy_cell(rec: MethodRecord | None, set_n: int | None = None) -> str:
     """``52 [46–58]``: accuracy and its 95 % Wilson interval in whole %; ``52`` without counts;
     ``15 [8–26] n=60`` when the method ran on fewer problems than the set has (``eval_sampled_n``)."""
-    if not rec or rec.get("accuracy") is None:
+    if rec is None:
         return "–"
     ci = interval(rec)
-    acc = f"{100 * rec['accuracy']:.0f}"
+    acc = f"{100 * rec.accuracy:.0f}"
     cell = acc if ci is None else f"{acc} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
-    return cell + (f" n={rec['n']}" if set_n is not None and rec.get("n") not in (None, set_n) else "")
+    return cell + (f" n={rec.n}" if set_n is not None and rec.n not in (None, set_n) else "")
 
 
 def round_accuracy(row: dict) -> dict[str, dict[str, dict]]:
     """``{set: {label: {"n", "correct", "accuracy", "lo", "hi", "by_level"}}}`` of one round."""
-    from learner.round_eval import round_records
-
     out: dict[str, dict[str, dict]] = {}
-    for name, recs in round_records(row.get("eval")).items():
+    for name, recs in RoundEval.of(row.get("eval")).records().items():
         for label, rec in recs.items():
             ci = interval(rec)
             out.setdefault(name, {})[label] = {
-                "n": rec["n"],
-                "correct": rec["correct"],
-                "accuracy": rec["accuracy"],
+                "n": rec.n,
+                "correct": rec.correct,
+                "accuracy": rec.accuracy,
                 "lo": round(ci[0], 4) if ci else None,
                 "hi": round(ci[1], 4) if ci else None,
-                "by_level": rec["by_level"],
+                "by_level": msgspec.to_builtins(rec.by_level),
             }
     return out
 
@@ -82,9 +81,9 @@ def json_rows(rows: list[dict]) -> list[dict]:
 
 def _methods(rows: list[dict]) -> list[str]:
     """The method labels of every evaluated round and set, in display order."""
-    from learner.round_eval import method_rank, round_records
+    from learner.round_eval import method_rank
 
-    labels = {lb for r in rows for recs in round_records(r.get("eval")).values() for lb in recs}
+    labels = {lb for r in rows for recs in RoundEval.of(r.get("eval")).records().values() for lb in recs}
     return sorted(labels, key=lambda lb: (method_rank(lb), lb))
 
 
@@ -105,16 +104,16 @@ def rounds_table(rows: list[dict]):
         t.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     t.add_column("policy", no_wrap=True, overflow="ellipsis")
     for r in rows:
-        ev = r.get("eval") or {}
-        collect, data = ev.get("collect") or {}, ev.get("data") or {}
+        ev = RoundEval.of(r.get("eval"))
+        collect, data = ev.collect, ev.data
         t.add_row(
             str(r["round"]),
             r["state"],
-            str(collect.get("trees", "–")),
-            _pct(collect.get("solve_rate")),
-            str(data.get("sft_examples", "–")),
-            str(data.get("ppm_pairs", "–")),
-            _pct(ev.get("ppm_pairwise_acc")),
+            str(collect.trees) if collect else "–",
+            _pct(collect.solve_rate if collect else None),
+            str(data.sft_examples) if data else "–",
+            str(data.ppm_pairs) if data else "–",
+            _pct(ev.ppm_pairwise_acc),
             r.get("policy_version") or "–",
         )
     return t
@@ -123,8 +122,6 @@ def rounds_table(rows: list[dict]):
 def accuracy_table(rows: list[dict]):
     """Held-out accuracy as a rich Table: a row per evaluated round and set, a column per method,
     each cell ``acc [lo–hi]`` in % (``accuracy_cell``); None when no round has figures."""
-    from learner.round_eval import round_records
-
     labels = _methods(rows)
     if not labels:
         return None
@@ -133,13 +130,10 @@ def accuracy_table(rows: list[dict]):
     for col in ("round", "set", "n", *labels):
         t.add_column(col, justify="right" if col != "set" else "left", no_wrap=True)
     for r in rows:
-        sizes = {
-            name: figs.get("n")
-            for name, figs in (((r.get("eval") or {}).get("accuracy") or {}).get("sets") or {}).items()
-            if isinstance(figs, dict)
-        }
-        for name, recs in round_records(r.get("eval")).items():
-            bare = bare or any(rec["n"] is None for rec in recs.values())
+        ev = RoundEval.of(r.get("eval"))
+        sizes = ev.set_sizes()
+        for name, recs in ev.records().items():
+            bare = bare or any(rec.n is None for rec in recs.values())
             t.add_row(
                 str(r["round"]),
                 name,
@@ -154,14 +148,14 @@ def accuracy_table(rows: list[dict]):
 def levels_tables(rows: list[dict]) -> list:
     """Per evaluation set with curriculum levels, a rich Table: a row per round and method,
     ``correct/n`` per level (``–`` where the round has no figure for it)."""
-    from learner.round_eval import level_key, method_rank, round_records
+    from learner.round_eval import method_rank
 
     levels: dict[str, list[str]] = {}
     for r in rows:
-        for name, recs in round_records(r.get("eval")).items():
+        for name, recs in RoundEval.of(r.get("eval")).records().items():
             for rec in recs.values():
                 have = levels.setdefault(name, [])
-                have += [lv for lv in rec["by_level"] if lv not in have]
+                have += [lv for lv in rec.by_level if lv not in have]
     out = []
     for name, lvs in levels.items():
         if not lvs:
@@ -171,16 +165,15 @@ def levels_tables(rows: list[dict]) -> list:
         for col in ("round", "method", *(f"L{lv}" for lv in lvs), "all"):
             t.add_column(col, justify="right", no_wrap=True)
         for r in rows:
-            recs = round_records(r.get("eval")).get(name, {})
+            recs = RoundEval.of(r.get("eval")).records().get(name, {})
             for label in sorted(recs, key=lambda lb: (method_rank(lb), lb)):
                 rec = recs[label]
-                if not rec["by_level"]:
+                if not rec.by_level:
                     continue
                 cells = [
-                    f"{rec['by_level'][lv]['correct']}/{rec['by_level'][lv]['n']}" if lv in rec["by_level"] else "–"
-                    for lv in lvs
+                    f"{rec.by_level[lv].correct}/{rec.by_level[lv].n}" if lv in rec.by_level else "–" for lv in lvs
                 ]
-                t.add_row(str(r["round"]), label, *cells, f"{rec['correct']}/{rec['n']}")
+                t.add_row(str(r["round"]), label, *cells, f"{rec.correct}/{rec.n}")
         out.append(t)
     return out
 

@@ -19,14 +19,12 @@ from learner.round_eval import (
     method_label,
     method_rank,
     paired_p,
-    read_record,
     record,
     round_methods,
-    round_records,
 )
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
-from rstar.schemas import Problem
+from rstar.schemas import LevelCount, MethodRecord, Problem, RoundEval, method_record
 from rstar.steps import STEP_END
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,49 +55,48 @@ def test_record_of_a_set_without_levels_has_no_levels():
     assert rec == {"n": 5, "correct": 1, "accuracy": 0.2, "by_level": {}, "correct_ids": ["svamp-2"]}
 
 
-def test_read_record_takes_old_floats_and_new_records():
-    assert read_record(0.25) == {"n": None, "correct": None, "accuracy": 0.25, "by_level": {}, "correct_ids": None}
-    assert read_record(1) == {"n": None, "correct": None, "accuracy": 1.0, "by_level": {}, "correct_ids": None}
+def test_method_record_takes_old_floats_and_new_records():
+    assert method_record(0.25) == MethodRecord(accuracy=0.25) and method_record(1) == MethodRecord(accuracy=1.0)
     new = {
         "n": 30,
         "correct": 6,
         "accuracy": 0.2,
         "by_level": {"10": {"n": 10, "correct": 1}, "2": {"n": 20, "correct": 5}},
+        "seconds": 3.5,
     }
-    assert read_record(new) == {
-        "n": 30,
-        "correct": 6,
-        "accuracy": 0.2,
-        "correct_ids": None,
-        "by_level": {"2": {"n": 20, "correct": 5}, "10": {"n": 10, "correct": 1}},
-    }
+    rec = method_record(new)
+    assert rec == MethodRecord(
+        accuracy=0.2, n=30, correct=6, by_level={"2": LevelCount(20, 5), "10": LevelCount(10, 1)}, seconds=3.5
+    )
+    assert list(rec.by_level) == ["2", "10"]  # numeric order
     # The counts decide the accuracy; a record whose counts do not hold keeps only its accuracy.
-    assert read_record({"n": 4, "correct": 1, "accuracy": 0.9})["accuracy"] == 0.25
-    assert read_record({"n": 4, "correct": 5, "accuracy": 0.9}) == {
-        "n": None,
-        "correct": None,
-        "accuracy": 0.9,
-        "by_level": {},
-        "correct_ids": None,
-    }
-    assert read_record(None) is None and read_record("0.5") is None and read_record(True) is None
+    assert method_record({"n": 4, "correct": 1, "accuracy": 0.9}).accuracy == 0.25
+    assert method_record({"n": 4, "correct": 5, "accuracy": 0.9}) == MethodRecord(accuracy=0.9)
+    assert method_record(None) is None and method_record("0.5") is None and method_record(True) is None
 
 
-def test_round_records_mixes_both_shapes_and_skips_the_set_size():
-    ev = {
-        "accuracy": {"sets": {"synthetic": {"n": 20, "greedy": 0.1, "mcts@4": {"n": 20, "correct": 3}}}, "seconds": 1.0}
-    }
-    recs = round_records(ev)
-    assert set(recs["synthetic"]) == {"greedy", "mcts@4"}
-    assert recs["synthetic"]["greedy"]["n"] is None and recs["synthetic"]["mcts@4"]["accuracy"] == 0.15
-    assert round_records({}) == {} and round_records(None) == {} and round_records({"accuracy": None}) == {}
+def test_round_eval_reads_both_shapes_skips_the_set_size_and_survives_a_damaged_part():
+    ev = RoundEval.of(
+        {
+            "accuracy": {"sets": {"synthetic": {"n": 20, "greedy": 0.1, "mcts@4": {"n": 20, "correct": 3}}}},
+            "collect": {"trees": 5, "solve_rate": 0.4},
+            "data": "damaged",
+            "future_part": {"x": 1},
+        }
+    )
+    recs = ev.records()
+    assert set(recs["synthetic"]) == {"greedy", "mcts@4"} and ev.set_sizes() == {"synthetic": 20}
+    assert recs["synthetic"]["greedy"].n is None and recs["synthetic"]["mcts@4"].accuracy == 0.15
+    assert ev.collect.trees == 5 and ev.collect.solve_rate == 0.4 and ev.data is None and ev.evaluated
+    assert RoundEval.of({}).records() == {} and RoundEval.of(None) == RoundEval() and not RoundEval.of(None).evaluated
 
 
 def test_paired_p_compares_two_records_problem_by_problem():
-    a = {"n": 10, "correct_ids": [f"p{i}" for i in range(6)]}
-    b = {"n": 10, "correct_ids": []}
+    a = MethodRecord(accuracy=0.6, n=10, correct=6, correct_ids=[f"p{i}" for i in range(6)])
+    b = MethodRecord(accuracy=0.0, n=10, correct=0, correct_ids=[])
     assert paired_p(a, b) == 2 / 64 and paired_p(a, a) == 1.0
-    assert paired_p(a, {"n": 10, "correct_ids": None}) is None and paired_p(a, {"n": 9, "correct_ids": []}) is None
+    assert paired_p(a, MethodRecord(accuracy=0.0, n=10)) is None
+    assert paired_p(a, MethodRecord(accuracy=0.0, n=9, correct_ids=[])) is None
 
 
 def test_labels_and_methods():

@@ -10,6 +10,7 @@ from app.cli import app
 from app.cli.rounds import accuracy_cell, json_rows, load_rows_json, rounds_markdown
 from app.dashboard import _last_eval
 from app.rounds_plot import accuracy_series, level_series, plot_rounds
+from rstar.schemas import method_record
 
 
 def _rec(correct, n, by_level=None):
@@ -47,9 +48,9 @@ ROWS = [OLD, NEW1, _row(2, None, 0.5), NEW3]
 
 
 def test_accuracy_cell_has_the_wilson_interval():
-    assert accuracy_cell(_rec(6, 30)) == "20 [10–37]"  # wilson(6, 30) = (0.09505, 0.37306)
-    assert accuracy_cell(_rec(0, 10)) == "0 [0–28]"
-    assert accuracy_cell({"n": None, "correct": None, "accuracy": 0.15}) == "15"
+    assert accuracy_cell(method_record(_rec(6, 30))) == "20 [10–37]"  # wilson(6, 30) = (0.09505, 0.37306)
+    assert accuracy_cell(method_record(_rec(0, 10))) == "0 [0–28]"
+    assert accuracy_cell(method_record(0.15)) == "15"
     assert accuracy_cell(None) == "–"
 
 
@@ -186,7 +187,7 @@ def test_cli_json_markdown_and_plot_with_a_control(tmp_path):
 def test_a_method_run_on_fewer_problems_than_the_set_says_so():
     from app.cli.rounds import accuracy_cell
 
-    rec = {"n": 60, "correct": 9, "accuracy": 0.15}
+    rec = method_record({"n": 60, "correct": 9, "accuracy": 0.15})
     assert accuracy_cell(rec, 300) == "15 [8–26] n=60"
     assert accuracy_cell(rec, 60) == accuracy_cell(rec) == "15 [8–26]"
 
