@@ -44,7 +44,7 @@ def setup_scorer(cfg: Config):
 
 @asynccontextmanager
 async def setup_search(
-    cfg: Config, actor_id: str = "local", round: int = 0, backend=None
+    cfg: Config, actor_id: str = "local", round_no: int = 0, backend=None
 ) -> AsyncIterator[SearchContext]:
     from actors.backends import setup_backend
     from actors.sandbox import SandboxPool
@@ -65,5 +65,5 @@ async def setup_search(
             generation=cfg.generation,
             chat_template=chat_template_for(tokenizer),
             actor_id=actor_id,
-            round=round,
+            round=round_no,
         )

@@ -167,7 +167,7 @@ async def _openai(cfg: Config, todo: list[Problem], store) -> int:
         }
     )
     failed, batch = 0, []
-    async with setup_search(tcfg, actor_id="learner-teacher", round=0) as ctx:
+    async with setup_search(tcfg, actor_id="learner-teacher", round_no=0) as ctx:
         async for tree in search_many(todo, ctx, cfg.search.trees_in_flight, cfg.learner.teacher_rollouts):
             failed += not tree.solved
             batch.append(

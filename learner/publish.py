@@ -1,6 +1,6 @@
 """Publish a round's policy+PPM pair: Object Store first, checkpoints rows, the KV pointer last.
 
-    pub = await publish_pair(b, engine, round=2, policy_dir=..., ppm_dir=..., announce_ppm=False,
+    pub = await publish_pair(b, engine, round_no=2, policy_dir=..., ppm_dir=..., announce_ppm=False,
                              base="smollm2-135m", policy_metrics={...}, ppm_metrics={...})
     pub.pointer, pub.policy, pub.ppm
 
@@ -51,7 +51,7 @@ async def publish_pair(
     b,
     engine: Engine,
     *,
-    round: int,
+    round_no: int,
     policy_dir: Path,
     ppm_dir: Path | None,
     announce_ppm: bool,
@@ -61,16 +61,16 @@ async def publish_pair(
 ) -> Published:
     from broker.checkpoints import put_checkpoint, set_pointer
 
-    policy = await put_checkpoint(b, policy_dir, model_version("policy", round, policy_dir))
+    policy = await put_checkpoint(b, policy_dir, model_version("policy", round_no, policy_dir))
     ppm: ModelRef | None = None
     if ppm_dir is not None:
-        ppm = await put_checkpoint(b, ppm_dir, model_version("ppm", round, ppm_dir))
+        ppm = await put_checkpoint(b, ppm_dir, model_version("ppm", round_no, ppm_dir))
 
     def rows() -> None:
         with lt.begin(engine) as conn:
             pid = lt.add_checkpoint(
                 conn,
-                round=round,
+                round_no=round_no,
                 kind="policy",
                 version=policy.version,
                 object=policy.object,
@@ -81,7 +81,7 @@ async def publish_pair(
             if ppm is not None:
                 lt.add_checkpoint(
                     conn,
-                    round=round,
+                    round_no=round_no,
                     kind="ppm",
                     version=ppm.version,
                     object=ppm.object,
@@ -92,11 +92,11 @@ async def publish_pair(
                 )
 
     await asyncio.to_thread(rows)
-    pointer = ModelPointer(round=round + 1, policy=policy, ppm=ppm if announce_ppm else None)
+    pointer = ModelPointer(round=round_no + 1, policy=policy, ppm=ppm if announce_ppm else None)
     revision = await set_pointer(b, pointer)
     log.info(
         "published round %d: %s%s -> pointer round %d (revision %d)",
-        round,
+        round_no,
         policy.version,
         f" + {ppm.version}" + ("" if announce_ppm else " (not announced)") if ppm else "",
         pointer.round,

@@ -1,7 +1,7 @@
 """The per-round evaluation: held-out problems that training never sees, up to four methods.
 
     sets = eval_sets(cfg)                         # {"synthetic": [...], "svamp": [...]}
-    figures = await evaluate_round(cfg, sets, policy_dir, ppm_dir, round=2)
+    figures = await evaluate_round(cfg, sets, policy_dir, ppm_dir, round_no=2)
     figures["sets"]["synthetic"]["greedy"]        # {"n": 30, "correct": 12, "accuracy": 0.4,
                                                   #  "by_level": {"1": {"n": 5, "correct": 4}, ...}}
 
@@ -135,7 +135,7 @@ async def evaluate_round(
     sets: dict[str, list[Problem]],
     policy_dir: Path,
     ppm_dir: Path | None,
-    round: int,
+    round_no: int,
     done: dict | None = None,
     on_figure=None,
 ) -> dict:
@@ -156,7 +156,10 @@ async def evaluate_round(
     out: dict[str, dict] = {name: dict(figs) for name, figs in ((done or {}).get("sets") or {}).items()}
 
     def figures() -> dict:
-        return {"sets": out, "seconds": float(f"{prior + time.perf_counter() - t0:.2f}")}  # `round` is the round here
+        return {
+            "sets": out,
+            "seconds": float(f"{prior + time.perf_counter() - t0:.2f}"),
+        }  # the figures of round ``round_no``
 
     todo = [
         (name, m)
@@ -166,14 +169,14 @@ async def evaluate_round(
     ]
     if not todo:
         return figures()
-    async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round=round) as ctx:
+    async with setup_search(eval_config(cfg, policy_dir, ppm_dir), actor_id="learner-eval", round_no=round_no) as ctx:
         for name, method in todo:
             label = method_label(method, lc.eval_k)
             problems = sets[name] if method == "greedy" or not lc.eval_sampled_n else sets[name][: lc.eval_sampled_n]
             res = await evaluate(problems, ctx, method, lc.eval_k, dataset=name)
             out.setdefault(name, {})["n"] = len(sets[name])
             out[name][label] = record(problems, res.outcomes) | {"seconds": res.seconds}
-            log.info("round %d eval: %s %s = %d/%d (%.0fs)", round, name, label, res.correct, res.n, res.seconds)
+            log.info("round %d eval: %s %s = %d/%d (%.0fs)", round_no, name, label, res.correct, res.n, res.seconds)
             if on_figure is not None:
                 await on_figure(figures())
     return figures()

@@ -233,7 +233,7 @@ async def _publish(learner: Learner, row: dict) -> bool:
     pub = await publish_pair(
         learner.broker,
         learner.engine,
-        round=r,
+        round_no=r,
         policy_dir=d / "policy",
         ppm_dir=ppm,
         announce_ppm=ppm is not None and r + 1 >= lc.ppm_init_from_round,

@@ -163,7 +163,7 @@ async def trees(request: web.Request) -> web.Response:
     rows, total = await _db(
         request,
         queries.list_trees,
-        round=_int(request, "round"),
+        round_no=_int(request, "round"),
         solved=_bool(request, "solved"),
         problem_id=_str(request.query.get("problem"), "problem"),
         limit=limit,
@@ -190,7 +190,7 @@ async def checkpoints(request: web.Request) -> web.Response:
     kind = _str(request.query.get("kind"), "kind")
     if kind not in (None, "policy", "ppm"):
         raise ApiError(400, f"kind must be policy or ppm, got {kind[:40]!r}", "kind")
-    return _json({"items": await _db(request, queries.list_checkpoints, kind=kind, round=_int(request, "round"))})
+    return _json({"items": await _db(request, queries.list_checkpoints, kind=kind, round_no=_int(request, "round"))})
 
 
 def _authorize(request: web.Request) -> None:

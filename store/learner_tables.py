@@ -252,7 +252,7 @@ def pair_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
 def add_checkpoint(
     conn: Connection,
     *,
-    round: int,
+    round_no: int,
     kind: str,
     version: str,
     object: str,
@@ -270,7 +270,7 @@ def add_checkpoint(
     return conn.execute(
         insert(CheckpointRow)
         .values(
-            round=round,
+            round=round_no,
             kind=kind,
             version=version,
             object=object,

@@ -2,7 +2,7 @@
 
     from store import queries
     queries.stats(engine)
-    rows, total = queries.list_trees(engine, round=2, solved=True, limit=20)
+    rows, total = queries.list_trees(engine, round_no=2, solved=True, limit=20)
     tree, nodes = queries.get_tree(engine, tree_id)
 
 Every function takes a SQLAlchemy Engine, builds its SQL from SQLAlchemy expressions with bound
@@ -118,7 +118,7 @@ _TREE_COLUMNS = [c for c in TreeRow.__table__.c]
 
 def list_trees(
     engine: Engine,
-    round: int | None = None,
+    round_no: int | None = None,
     solved: bool | None = None,
     problem_id: str | None = None,
     limit: int = 50,
@@ -127,7 +127,7 @@ def list_trees(
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of trees, newest first, with each tree's question; and the total that match."""
     _check_page(limit, offset)
-    where = TreeFilter(round, solved, problem_id, source).where()
+    where = TreeFilter(round_no, solved, problem_id, source).where()
     page = (
         select(*_TREE_COLUMNS, ProblemRow.question)
         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
@@ -181,13 +181,13 @@ def list_rounds(engine: Engine) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in c.execute(select(*RoundRow.__table__.c).order_by(RoundRow.round))]
 
 
-def list_checkpoints(engine: Engine, kind: str | None = None, round: int | None = None) -> list[dict[str, Any]]:
+def list_checkpoints(engine: Engine, kind: str | None = None, round_no: int | None = None) -> list[dict[str, Any]]:
     """Checkpoints oldest first; ``parent_id`` links each to the one it was trained from."""
     q = select(*CheckpointRow.__table__.c).order_by(CheckpointRow.id)
     if kind is not None:
         q = q.where(CheckpointRow.kind == kind)
-    if round is not None:
-        q = q.where(CheckpointRow.round == round)
+    if round_no is not None:
+        q = q.where(CheckpointRow.round == round_no)
     with engine.connect() as c:
         return [_jsonable(r) for r in c.execute(q)]
 

@@ -80,7 +80,7 @@ def stats_cmd(config: str = ConfigOpt, overrides: list[str] = SetOpt, as_json: b
 def trees_cmd(
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
-    round: int | None = RoundOpt,
+    round_no: int | None = RoundOpt,
     solved: bool | None = SolvedOpt,
     problem: str | None = ProblemOpt,
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="Rows to show."),
@@ -94,7 +94,7 @@ def trees_cmd(
 
     rows, total = list_trees(
         _engine(config, overrides),
-        round=round,
+        round_no=round_no,
         solved=solved,
         problem_id=problem,
         limit=min(limit, MAX_LIMIT),
@@ -196,7 +196,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write."),
     config: str = ConfigOpt,
     overrides: list[str] = SetOpt,
-    round: int | None = RoundOpt,
+    round_no: int | None = RoundOpt,
     solved: bool | None = SolvedOpt,
     problem: str | None = ProblemOpt,
     only_correct: bool = typer.Option(False, "--only-correct", help="Only trajectories with a correct answer."),
@@ -207,7 +207,7 @@ def export_cmd(
     from store.queries import TreeFilter, count_trees, trajectories
 
     engine = _engine(config, overrides)
-    filters = TreeFilter(round=round, solved=solved, problem_id=problem)
+    filters = TreeFilter(round=round_no, solved=solved, problem_id=problem)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     written = 0

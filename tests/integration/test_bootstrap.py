@@ -46,7 +46,7 @@ async def test_curriculum_teacher_stores_verified_linear_trees_once(tmp_path, en
     cfg = base_cfg(tmp_path)
     rep = await run_bootstrap(cfg, engine)
     assert (rep.problems, rep.stored, rep.already, rep.failed) == (4, 4, 0, 0)
-    rows, total = list_trees(engine, round=0, source="teacher")
+    rows, total = list_trees(engine, round_no=0, source="teacher")
     assert total == 4 and all(r["solved"] and r["id"].startswith("teacher-") for r in rows)
     p = teacher_problems(cfg)[0]
     tree, nodes = get_tree(engine, f"teacher-{p.id}")
@@ -114,7 +114,7 @@ async def test_openai_teacher_searches_through_the_endpoint(tmp_path, engine, te
     )
     rep = await run_bootstrap(cfg, engine)
     assert (rep.problems, rep.stored, rep.failed) == (3, 3, 0)
-    rows, _ = list_trees(engine, round=0, source="teacher")
+    rows, _ = list_trees(engine, round_no=0, source="teacher")
     assert {r["policy_version"] for r in rows} == {"teacher:big-teacher"} and all(r["solved"] for r in rows)
     # The guesses are wrong branches beside the correct path: the teacher's trees also give PPM pairs.
     sel = select_round(engine, 0, cfg.train)

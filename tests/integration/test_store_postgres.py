@@ -128,7 +128,7 @@ def test_queries_agree_with_the_trees(fresh_pg_url):
         sum(len(t.nodes) for t in trees),
         sum(t.solved for t in trees),
     )
-    rows, total = list_trees(engine, round=2, solved=False)
+    rows, total = list_trees(engine, round_no=2, solved=False)
     assert total == sum(t.round == 2 and not t.solved for t in trees) == len(rows)
     n_correct = sum(n.terminal and n.correct is True for t in trees if t.round == 0 for n in t.nodes)
     assert len(list(trajectories(engine, TreeFilter(round=0), only_correct=True, chunk=4))) == n_correct

@@ -123,7 +123,7 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     runs = []
 
     @contextlib.asynccontextmanager
-    async def fake_setup(cfg, actor_id="local", round=0, backend=None):
+    async def fake_setup(cfg, actor_id="local", round_no=0, backend=None):
         yield cfg.model.ppm
 
     async def fake_evaluate(problems, ctx, method, k=8, dataset="", **kw):
@@ -263,7 +263,7 @@ async def test_sampled_methods_run_on_a_level_balanced_prefix(monkeypatch, tmp_p
     sizes = {}
 
     @contextlib.asynccontextmanager
-    async def fake_setup(cfg, actor_id="local", round=0, backend=None):
+    async def fake_setup(cfg, actor_id="local", round_no=0, backend=None):
         yield None
 
     async def fake_evaluate(problems, ctx, method, k=8, dataset="", **kw):

@@ -62,7 +62,7 @@ def test_stats_match_the_trees(filled):
 def test_list_trees_filters_and_paginates(filled):
     engine, trees, problems = filled
     want = {t.tree_id for t in trees if t.round == 1 and t.solved}
-    rows, total = list_trees(engine, round=1, solved=True, limit=1000)
+    rows, total = list_trees(engine, round_no=1, solved=True, limit=1000)
     assert total == len(want) and {r["id"] for r in rows} == want
     pages = [list_trees(engine, limit=5, offset=o)[0] for o in range(0, 30, 5)]
     ids = [r["id"] for p in pages for r in p]
