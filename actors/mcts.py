@@ -91,8 +91,9 @@ class Tree:
         kids = self.nodes[idx].children
         unvisited = [c for c in kids if self.nodes[c].visits == 0]
         if unvisited:
-            if all(self.nodes[c].ppm_score is not None for c in unvisited):
-                return max(unvisited, key=lambda c: self.nodes[c].ppm_score)
+            scores = {c: s for c in unvisited if (s := self.nodes[c].ppm_score) is not None}
+            if len(scores) == len(unvisited):
+                return max(scores, key=scores.__getitem__)
             return unvisited[0]
         return max(kids, key=self.uct)
 
@@ -164,7 +165,9 @@ class Tree:
         out = []
         while idx:
             out.append(idx)
-            idx = self.nodes[idx].parent
+            parent = self.nodes[idx].parent
+            assert parent is not None  # only the root, index 0, has no parent
+            idx = parent
         return out[::-1]
 
     def steps(self, idx: int) -> list[str]:

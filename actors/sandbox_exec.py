@@ -58,7 +58,8 @@ class OutputLimit(BaseException):
 
 class Capture(io.TextIOBase):
     def __init__(self, limit: int):
-        self.limit, self.parts, self.size = limit, [], 0
+        self.limit, self.size = limit, 0
+        self.parts: list[str] = []
 
     def writable(self) -> bool:
         return True
@@ -132,6 +133,7 @@ def run_job(job: dict, scratch: str, limits: dict) -> dict:
         try:
             if want:  # parse once: the tree serves the safety check and the compiler
                 tree = compile(text, f"<step {n}>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+                assert isinstance(tree, ast.Module)  # "exec" mode always parses to a Module
                 safe = safe and sandbox_snapshot.safe_step(tree, modules)
                 code = compile(tree, f"<step {n}>", "exec", dont_inherit=True)
             else:

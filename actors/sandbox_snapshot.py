@@ -60,11 +60,15 @@ _STATEFUL = {"random", "seed"}
 
 
 def _allowed(name: str | None, modules: set[str]) -> bool:
-    return bool(name) and name.split(".")[0] in modules
+    if not name:
+        return False
+    return name.split(".")[0] in modules
 
 
 def _allowed_import(name: str | None, modules: set[str]) -> bool:
-    return _allowed(name, modules) and not _STATEFUL & set(name.split("."))
+    if not name or not _allowed(name, modules):
+        return False
+    return not _STATEFUL & set(name.split("."))
 
 
 def safe_step(tree: ast.AST, modules: set[str]) -> bool:

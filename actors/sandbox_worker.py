@@ -199,7 +199,8 @@ class _Server:
         pid = os.fork()
         if pid == 0:
             _child(self.cfg, job_r, out_w, scratch, self.devnull, self.uid, base_as)
-        os.close(job_r), os.close(out_w)
+        os.close(job_r)
+        os.close(out_w)
         return _Spare(pid, job_w, out_r, scratch)
 
     def finish(self, child: _Spare) -> None:
@@ -267,7 +268,8 @@ def main() -> int:
         # CLONE_NEWPID applies to children: the server becomes PID 1 of the new namespace.
         pid = os.fork()
         if pid:
-            os.close(0), os.close(1)
+            os.close(0)
+            os.close(1)
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         sandbox_jail.die_with_parent()
     scratch_root = "/scratch"

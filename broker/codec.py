@@ -114,7 +114,7 @@ def decode_tree(headers: Mapping[str, str] | None, data: bytes, max_bytes: int =
 
 
 def is_part(headers: Mapping[str, str] | None) -> bool:
-    return bool(headers) and PARTS in headers
+    return headers is not None and PARTS in headers
 
 
 @dataclass

@@ -89,7 +89,9 @@ def _boxes(s: str) -> list[tuple[int, int, str]]:
                 raise Malformed("has an unclosed \\boxed{")
             out.append((m.start(), m.end() + len(inner) + 2, inner.strip()))
         else:
-            token = re.match(r"[^\s$]*", s[m.end() :]).group(0)
+            rest = re.match(r"[^\s$]*", s[m.end() :])
+            assert rest is not None  # the pattern matches the empty string too
+            token = rest.group(0)
             out.append((m.start(), m.end() + len(token), token))
     return out
 
@@ -202,7 +204,10 @@ def _matrix(s: str) -> Form | None:
     text = factor + "\\begin{pmatrix}" + "\\\\".join("&".join(r) for r in cells) + "\\end{pmatrix}"
     scale = value(factor) if factor else Num(Fraction(1), False)
     values = [value(c) for r in cells for c in r]
-    exact = None if scale is None or None in values else tuple(Num(scale.value * v.value, v.double) for v in values)
+    nums = [v for v in values if v is not None]
+    exact = (
+        None if scale is None or len(nums) < len(values) else tuple(Num(scale.value * v.value, v.double) for v in nums)
+    )
     return Form(text, "matrix", exact, (len(cells), len(cells[0])))
 
 

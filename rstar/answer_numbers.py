@@ -227,7 +227,10 @@ def _is_unit(rest: str, spaced: bool) -> bool:
     words = rest.lower().split()
     if not _UNIT.fullmatch(rest) or words[0] in MATH_WORDS or any(w in _ONES or w in _TENS for w in words):
         return False
-    symbol = re.match(r"[a-z]+", words[0]).group(0)
+    letters = re.match(r"[a-z]+", words[0])
+    if letters is None:  # _UNIT's re.I also takes letters that only fold to ASCII, such as "ſ"
+        return False
+    symbol = letters.group(0)
     return symbol in _UNIT_SYMBOLS or (spaced and len(symbol) >= 2)
 
 
@@ -267,9 +270,10 @@ def number(s: str) -> Num | None:
             value *= Fraction(10) ** int(exp)
         double = m["e2"] is None and _double(m["num"], m["e1"])
     elif m["pb"] is not None:
-        value = _power(m["pb"], m["pe"] or m["pe1"])
-        if value is None:
+        power = _power(m["pb"], m["pe"] or m["pe1"])
+        if power is None:
             return None
+        value = power
     else:
         n, d = (m["fn"], m["fd"]) if m["n"] is None else (m["n"], m["d"])
         value = Fraction(n.replace(",", "")) / Fraction(d.replace(",", ""))

@@ -10,6 +10,7 @@ uncompressed tar for the broker (safetensors do not compress) and back, checking
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -102,7 +103,7 @@ class _HashingWriter:
     def __init__(self, out: BinaryIO):
         self.out, self.h = out, hashlib.sha256()
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         self.h.update(data)
         return self.out.write(data)
 
@@ -116,7 +117,7 @@ def pack(d: Path, out: BinaryIO) -> str:
     verify_dir(d)
     start = out.tell()
     w = _HashingWriter(out)
-    with tarfile.open(fileobj=w, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=w, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]  # typeshed asks any fileobj for read/seek; mode "w" only writes and tells
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 info = tarfile.TarInfo(p.relative_to(d).as_posix())
@@ -128,7 +129,7 @@ def pack(d: Path, out: BinaryIO) -> str:
     return w.h.hexdigest()
 
 
-def unpack(src: BinaryIO, sha256: str, out_dir: Path) -> Path:
+def unpack(src: io.BufferedIOBase, sha256: str, out_dir: Path) -> Path:
     """Check the digest of the tar in ``src`` (read from its current position), extract it
     safely into ``out_dir`` atomically, verify the manifest. Streams: memory stays flat."""
     start = src.tell()

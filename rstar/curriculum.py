@@ -308,6 +308,7 @@ def _operate(s: _Story, kind: str) -> bool:
     """Apply one operation of ``kind`` to the story, or return False if it does not fit the value."""
     r, v = s.rng, int(s.value)
     fw = None
+    k: int | str  # the operand: a number, or "a/b" for a fraction
     if kind == "add":
         k = s.num(1, s.top)
         new = v + k
@@ -490,7 +491,8 @@ def synthetic_problems(
         raise CurriculumError(f"unknown split {split!r}: use one of {SPLITS}")
     if not levels or any(level not in _SPEC for level in levels):
         raise CurriculumError(f"levels must be a non-empty subset of {LEVELS}, got {levels!r}")
-    rng, out, seen = random.Random(seed), [], set()
+    rng, seen = random.Random(seed), set()
+    out: list[Problem] = []
     for _ in range(100 * n + 1000):
         if len(out) == n:
             return out

@@ -158,6 +158,7 @@ def _num_equal(p: Num, g: Num) -> bool:
 def _numbers_equal(p: Form, g: Form) -> bool:
     """Matrices and single numbers in order; lists and sets as multisets."""
     ps, gs = p.numbers, g.numbers
+    assert ps is not None and gs is not None  # the caller checks both have exact values
     if len(ps) != len(gs):
         return False
     if "matrix" in (p.kind, g.kind) or (p.kind == g.kind == "number"):
@@ -175,8 +176,10 @@ def _digits(f: Form) -> tuple[str, int] | None:
     """A based numeral's digits and base; a non-negative integer is base 10."""
     if f.base is not None:
         return f.base
-    if f.kind == "number" and f.numbers[0].value.denominator == 1 and f.numbers[0].value >= 0:
-        return str(f.numbers[0].value), 10
+    if f.kind == "number" and f.numbers:  # a "number" Form always has its one value
+        value = f.numbers[0].value
+        if value.denominator == 1 and value >= 0:
+            return str(value), 10
     return None
 
 

@@ -69,6 +69,9 @@ class _Worker:
             stdout=subprocess.PIPE,
             bufsize=0,
         )
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # both opened as PIPE just above
+        self.stdin, self.stdout = stdin, stdout
         self.buf = b""
         try:
             self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
@@ -77,7 +80,7 @@ class _Worker:
             raise MathVerifyError(f"math-verify worker did not start in {STARTUP_TIMEOUT_S:.0f}s") from None
 
     def _read_line(self, deadline: float) -> bytes:
-        fd = self.proc.stdout.fileno()
+        fd = self.stdout.fileno()
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -92,7 +95,7 @@ class _Worker:
 
     def call(self, pred: str, gold: str, timeout_s: float) -> _Reply:
         try:
-            self.proc.stdin.write(msgspec.json.encode({"pred": pred, "gold": gold, "timeout_s": timeout_s}) + b"\n")
+            self.stdin.write(msgspec.json.encode({"pred": pred, "gold": gold, "timeout_s": timeout_s}) + b"\n")
         except BrokenPipeError:
             raise MathVerifyError(f"math-verify worker exited with code {self.proc.wait()}") from None
         return msgspec.json.decode(self._read_line(time.monotonic() + timeout_s), type=_Reply)
@@ -100,7 +103,7 @@ class _Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
+        for f in (self.stdin, self.stdout):
             f.close()
 
 

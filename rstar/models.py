@@ -116,7 +116,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             # The GGUF quantizer stays attached after dequantisation and makes save_pretrained
             # refuse; the weights are plain fp32 tensors by now, so detach it.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # torch types every unknown Module attribute as Tensor | Module
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)

@@ -120,7 +120,7 @@ def init_model(spec: NanoSpec, vocab_size: int, eos_id: int):
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
-        rope_theta=10000.0,
+        # RoPE: transformers' default (theta 10000) in 4.x and 5.x alike; 5.x no longer takes rope_theta.
     )
     torch.manual_seed(spec.seed)
     return LlamaForCausalLM(config).float().eval()

@@ -185,7 +185,11 @@ NAMES = ("synthetic", *BUILTIN)
 
 def _unique(problems: list[Problem], name: str) -> list[Problem]:
     seen: set[str] = set()
-    out = [p for p in problems if not (p.id in seen or seen.add(p.id))]
+    out: list[Problem] = []
+    for p in problems:
+        if p.id not in seen:
+            seen.add(p.id)
+            out.append(p)
     if len(out) < len(problems):
         log.info("%s: kept %d repeated questions once", name, len(problems) - len(out))
     return out
@@ -314,7 +318,8 @@ def split_pool_heldout(
     """
     if not 0.0 <= heldout_fraction <= 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
-    pool, heldout = [], []
+    pool: list[Problem] = []
+    heldout: list[Problem] = []
     for p in problems:
         h = int(hashlib.sha256(f"{seed}\n{p.id}".encode()).hexdigest()[:12], 16) / 16**12
         (heldout if h < heldout_fraction else pool).append(p)

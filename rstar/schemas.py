@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -115,7 +115,11 @@ def encode(msg: msgspec.Struct) -> bytes:
     return _encoder.encode(msg)
 
 
-def decode(data: bytes, type_: type[msgspec.Struct]):
+# The message types that travel on their own (each carries ``schema``): what ``decode`` takes.
+Message = TypeVar("Message", Problem, TreeResult, ModelPointer, Heartbeat)
+
+
+def decode(data: bytes, type_: type[Message]) -> Message:
     """Decode ``data`` as ``type_``; any problem becomes a ``SchemaError`` naming the cause."""
     try:
         msg = msgspec.json.decode(data, type=type_)

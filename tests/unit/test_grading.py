@@ -103,6 +103,12 @@ def test_sandbox_float_output_is_graded_exactly(monkeypatch):
     assert not grade("0.666666666666666", "\\frac{2}{3}")  # 15-digit truncation, 6 units in the last place
 
 
+def test_a_unit_of_letters_that_only_fold_to_ascii_is_no_crash():
+    # "ſ" (long s) matches [a-z] under re.IGNORECASE but is not ASCII: not a unit, and no AttributeError.
+    assert verify("5 \u017fm", "5", timeout_s=10.0) == Verdict(False, "string", "5 \u017fm", "5")
+    assert verify("5 sm", "5", timeout_s=10.0).equivalent
+
+
 def test_adversarial_input_returns_within_the_timeout():
     mathverify_worker.warm_up()  # the deadline covers the comparison, not the sympy import
     t0 = time.perf_counter()
