@@ -184,7 +184,9 @@ class ModelWorker:
     def _take_gen_batch(self) -> tuple[GenParams, list[_GenReq]]:
         """All queued requests that share the first request's params, up to max_batch sequences."""
         params = self._gen[0].params
-        take, keep, seqs = [], [], 0
+        take: list[_GenReq] = []
+        keep: list[_GenReq] = []
+        seqs = 0
         for req in self._gen:
             if req.params == params and (not take or seqs + params.n <= self.max_batch):
                 take.append(req)
@@ -204,9 +206,9 @@ class ModelWorker:
                 await self._in_model_thread(fn)
             # Scoring first: a scored candidate unblocks a tree, which then queues more generation.
             if self._score:
-                reqs = self._inflight = self._score
+                scored = self._inflight = self._score
                 self._score = []
-                await self._do_score(reqs)
+                await self._do_score(scored)
                 self._inflight = []
             if self._gen:
                 await self._linger()

@@ -42,7 +42,13 @@ class Job:
     msg: Msg
     tree_id: str
     pair: ModelPair
-    task: asyncio.Task | None = None
+    task: asyncio.Task | None = None  # set as the job starts (the task needs the job)
+
+    def started(self) -> asyncio.Task:
+        """The task running this job."""
+        if self.task is None:
+            raise RuntimeError(f"job for tree {self.tree_id} has no task: it was never started")
+        return self.task
 
 
 def tree_id_for(problem: Problem, msg: Msg) -> str:

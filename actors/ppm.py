@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,6 +36,9 @@ from actors.backends import shared_prefix as sp
 from rstar.log import get_logger
 from rstar.models import ModelError, load_tokenizer, pick_device
 from rstar.steps import build_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = get_logger(__name__)
 FORMAT = "rstar-ppm/1"
@@ -48,7 +52,11 @@ class PPMError(ModelError):
 class PPM(torch.nn.Module):
     """Backbone (a transformers base model, e.g. ``LlamaModel``) + linear value head."""
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear | None = None):
+    backbone: PreTrainedModel  # while LoRA-training, a peft wrapper that forwards these attributes
+    head: torch.nn.Linear
+    source_dir: Path  # the directory it was loaded from: set by ``load_ppm`` only
+
+    def __init__(self, backbone: PreTrainedModel, head: torch.nn.Linear | None = None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.get_text_config(decoder=True).hidden_size

@@ -63,7 +63,7 @@ from typing import Literal
 
 import msgspec
 
-from actors.sandbox_cache import CACHEABLE_FAILURES, Failure, PrefixCache, Snapshot, prefix_keys
+from actors.sandbox_cache import CACHEABLE_FAILURES, ErrorKind, Failure, PrefixCache, Snapshot, prefix_keys
 from rstar.config import SandboxConfig
 from rstar.log import get_logger
 from rstar.steps import normalize_step
@@ -77,7 +77,6 @@ ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-ErrorKind = Literal["exception", "timeout", "memory", "crash", "output_limit", "forbidden"]
 
 
 class ExecResult(msgspec.Struct, frozen=True):
@@ -121,15 +120,17 @@ def _site_dirs() -> list[str]:
 
 class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process):
-        self.proc = proc
+        if proc.stdin is None or proc.stdout is None:
+            raise ValueError("a sandbox worker needs its stdin and stdout as pipes")
+        self.proc, self.stdin, self.stdout = proc, proc.stdin, proc.stdout
 
     async def send(self, payload: bytes) -> None:
-        self.proc.stdin.write(struct.pack(">I", len(payload)) + payload)
-        await self.proc.stdin.drain()
+        self.stdin.write(struct.pack(">I", len(payload)) + payload)
+        await self.stdin.drain()
 
     async def recv(self) -> bytes:
-        size = struct.unpack(">I", await self.proc.stdout.readexactly(4))[0]
-        return await self.proc.stdout.readexactly(size)
+        size = struct.unpack(">I", await self.stdout.readexactly(4))[0]
+        return await self.stdout.readexactly(size)
 
     def kill(self) -> None:
         if self.proc.returncode is None:
@@ -174,12 +175,12 @@ class SandboxPool:
         """Start ``cfg.workers`` workers; raises SandboxError when isolation cannot be set up."""
         spawned = await asyncio.gather(*(self._spawn() for _ in range(self.cfg.workers)), return_exceptions=True)
         errors = [w for w in spawned if isinstance(w, BaseException)]
+        workers = [w for w in spawned if isinstance(w, _Worker)]
         if errors:
-            for w in spawned:
-                if isinstance(w, _Worker):
-                    w.kill()
+            for w in workers:
+                w.kill()
             raise errors[0]
-        for w in spawned:
+        for w in workers:
             self._idle.put_nowait(w)
         self._open = True
         missing = [m for m, ok in self.isolation.items() if not ok]
@@ -196,7 +197,7 @@ class SandboxPool:
             task.cancel()
         for w in list(self._workers):
             if w.proc.returncode is None:
-                w.proc.stdin.close()
+                w.stdin.close()
                 try:
                     await asyncio.wait_for(w.proc.wait(), 2.0)
                 except TimeoutError:
@@ -377,10 +378,12 @@ class SandboxPool:
 
 
 def _signal_name(number: int | None) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    if number is not None:
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            pass
+    return f"signal {number}"
 
 
 def _failure(f: Failure, n: int, took: float) -> ExecResult:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Literal
 
 import msgspec
 
+ErrorKind = Literal["exception", "timeout", "memory", "crash", "output_limit", "forbidden"]
 CACHEABLE_FAILURES = frozenset({"exception", "forbidden", "output_limit"})
 
 
@@ -34,7 +36,7 @@ class Snapshot(msgspec.Struct, frozen=True):
 class Failure(msgspec.Struct, frozen=True):
     step: int  # 1-based index of the step that failed
     error: str
-    error_kind: str
+    error_kind: ErrorKind
     stdout: str = ""  # what that step printed before failing
     stderr: str = ""
 

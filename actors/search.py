@@ -76,7 +76,9 @@ class SearchContext:
             return False
         grade = self.grade
         if grade is None:
-            from rstar.grading import grade
+            from rstar.grading import grade as default_grade
+
+            grade = default_grade
         # math-verify may take a while on odd input: keep the event loop free.
         return await asyncio.to_thread(grade, answer, gold)
 

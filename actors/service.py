@@ -53,6 +53,7 @@ from rstar.schemas import Heartbeat, Problem
 
 if TYPE_CHECKING:
     from actors.batcher import WorkerStats
+    from actors.search import SearchContext
 
 log = get_logger(__name__)
 
@@ -71,7 +72,7 @@ class ActorReport:
 
 
 class Actor:
-    def __init__(self, b: Broker, cfg: Config, ctx, watcher: ModelWatcher, report: ActorReport):
+    def __init__(self, b: Broker, cfg: Config, ctx: SearchContext, watcher: ModelWatcher, report: ActorReport):
         self.b, self.cfg, self.ctx, self.watcher, self.report = b, cfg, ctx, watcher, report
         self.k = cfg.actor.trees_in_flight or cfg.search.trees_in_flight
         self.keep_alive_s = cfg.actor.in_progress_s or cfg.broker.problems_ack_wait_s / 3
@@ -120,10 +121,11 @@ class Actor:
 
     def reap(self) -> None:
         for seq, job in list(self.jobs.items()):
-            if job.task.done():
+            task = job.started()
+            if task.done():
                 del self.jobs[seq]
-                if not job.task.cancelled():
-                    job.task.result()  # a failure here is a bug (publish/ack errors are handled)
+                if not task.cancelled():
+                    task.result()  # a failure here is a bug (publish/ack errors are handled)
 
     async def fetch(self, sub) -> None:
         if self.cfg.actor.wait_for_model and not self.watcher.current.policy_sha256:
@@ -165,22 +167,23 @@ class Actor:
 
     async def drain(self) -> None:
         """Give in-flight trees ``grace_s`` to finish, then return (nak) the problems of the rest."""
-        tasks = [j.task for j in self.jobs.values()]
+        tasks = [j.started() for j in self.jobs.values()]
         if tasks:
             log.info("stopping: %d trees in flight, %.0fs grace", len(tasks), self.cfg.actor.grace_s)
             await asyncio.wait(tasks, timeout=self.cfg.actor.grace_s)
         for seq, job in list(self.jobs.items()):
-            if not job.task.done():
-                job.task.cancel()
+            task = job.started()
+            if not task.done():
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await job.task
+                    await task
                 await nak(job.msg)
                 self.report.returned += 1
                 del self.jobs[seq]
         self.reap()
 
 
-def follow_pointer(ctx, pair: ModelPair) -> None:
+def follow_pointer(ctx: SearchContext, pair: ModelPair) -> None:
     """Search settings that go with a published pair (the contract in ``learner.rounds``).
 
     A published policy was fine-tuned on the bare prompt, so the few-shot examples go; the search
@@ -197,7 +200,7 @@ def follow_pointer(ctx, pair: ModelPair) -> None:
 
 async def _start_search(
     stack: contextlib.AsyncExitStack, b: Broker, cfg: Config, actor_id: str, cache_dir
-) -> tuple[object, ModelPair, dict]:
+) -> tuple[SearchContext, ModelPair, dict]:
     """The search context on the current pointer's pair, else on the configured models."""
     from actors.runtime import setup_search
 
@@ -234,7 +237,7 @@ async def _serve(actor: Actor, sub, stop: asyncio.Event, bg: list[asyncio.Task])
             continue
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait(
-            [j.task for j in actor.jobs.values()] + [stopper], timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+            [j.started() for j in actor.jobs.values()] + [stopper], timeout=5.0, return_when=asyncio.FIRST_COMPLETED
         )
         stopper.cancel()
 
@@ -274,7 +277,7 @@ async def run_actor(
                 t.cancel()
             await asyncio.gather(*bg, return_exceptions=True)
             for job in actor.jobs.values():  # only on an error path: return what we hold
-                job.task.cancel()
+                job.started().cancel()
                 await nak(job.msg)
             with contextlib.suppress(*TRANSIENT):
                 await delete_heartbeat(b, actor_id)

@@ -165,7 +165,7 @@ def train_ppm(
     import torch
     import torch.nn.functional as F
 
-    from actors.ppm import ppm_from_policy
+    from actors.ppm import PPM, ppm_from_policy
     from rstar.checkpoints import MANIFEST, file_sha256
     from rstar.models import load_tokenizer
 
@@ -208,7 +208,10 @@ def train_ppm(
         progress,
         stop,
     )
-    ppm = res.model.ppm
+    trained = res.model.ppm
+    if not isinstance(trained, PPM):
+        raise TypeError(f"the training loop returned {type(res.model).__name__} without its PPM")
+    ppm = trained
     ppm.backbone = merge_lora(ppm.backbone)
     acc = pairwise_accuracy(ppm, held_enc, pad)
     save_ppm_dir(ppm.eval(), tokenizer, out_dir)

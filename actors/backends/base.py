@@ -8,8 +8,12 @@ It is synchronous and blocking on purpose: the search runs it in a worker thread
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class GenParams(msgspec.Struct, frozen=True):
@@ -40,7 +44,7 @@ class Backend(ABC):
     name: str = "backend"
     version: str = ""
     """Version label of the loaded policy weights (recorded on every node it produces)."""
-    tokenizer = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     """The policy's HF tokenizer when it runs locally (chat template, PPM text); None if remote."""
 
     @abstractmethod

@@ -59,41 +59,51 @@ class _SlabLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.capacity
 
+    def kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values buffers (they exist from the first ``update`` on)."""
+        if self.keys is None or self.values is None:
+            raise RuntimeError("slab cache layer read before its first update")
+        return self.keys, self.values
+
 
 class SlabCache(Cache):
     """Per-row KV for one call: ``layers`` slabs of ``capacity`` tokens each."""
 
     def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[_SlabLayer(capacity) for _ in range(num_layers)])
+        self.slabs = [_SlabLayer(capacity) for _ in range(num_layers)]  # the same layers, typed as slabs
+        super().__init__(layers=list(self.slabs))
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (finished rows leave the batch)."""
-        for layer in self.layers:
-            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        for layer in self.slabs:
+            keys, values = layer.kv()
+            layer.keys, layer.values = keys[index], values[index]
 
     def repeat_rows(self, n: torch.Tensor) -> None:
         """Row i becomes ``n[i]`` consecutive rows (samples share their prefilled prompt)."""
         if bool((n != 1).any()):
-            for layer in self.layers:
-                layer.keys = layer.keys.repeat_interleave(n, dim=0)
-                layer.values = layer.values.repeat_interleave(n, dim=0)
+            for layer in self.slabs:
+                keys, values = layer.kv()
+                layer.keys = keys.repeat_interleave(n, dim=0)
+                layer.values = values.repeat_interleave(n, dim=0)
 
     @staticmethod
     def concat(parts: list[SlabCache]) -> SlabCache:
         """Stack caches of the same length along the batch (prefill ran in groups)."""
         out = parts[0]
         if len(parts) > 1:
-            for i, layer in enumerate(out.layers):
-                layer.keys = torch.cat([p.layers[i].keys for p in parts])
-                layer.values = torch.cat([p.layers[i].values for p in parts])
+            for i, layer in enumerate(out.slabs):
+                layer.keys = torch.cat([p.slabs[i].kv()[0] for p in parts])
+                layer.values = torch.cat([p.slabs[i].kv()[1] for p in parts])
         return out
 
 
 def extend_prefix(base: SharedPrefix, rows: SlabCache, tokens: tuple[int, ...]) -> SharedPrefix:
     """``base`` followed by the single row held in ``rows`` (which continued it)."""
     keys, values = [], []
-    for i, layer in enumerate(rows.layers):
-        k, v = layer.keys[0, :, : layer.length], layer.values[0, :, : layer.length]
+    for i, layer in enumerate(rows.slabs):
+        layer_keys, layer_values = layer.kv()
+        k, v = layer_keys[0, :, : layer.length], layer_values[0, :, : layer.length]
         if base.length:
             k, v = torch.cat([base.keys[i], k], dim=1), torch.cat([base.values[i], v], dim=1)
         keys.append(k.contiguous())

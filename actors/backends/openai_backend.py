@@ -81,10 +81,15 @@ class OpenAIBackend(Backend):
         self._thread.join(timeout=5)
         self._loop.close()
 
-    async def _generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+    def _client(self) -> aiohttp.ClientSession:
+        """The HTTP session, opened on first use (inside the backend's own event loop)."""
         if self._session is None:
             headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
             self._session = aiohttp.ClientSession(timeout=self.timeout, headers=headers)
+        return self._session
+
+    async def _generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        self._client()
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(prompt: str) -> list[Generation]:
@@ -99,7 +104,7 @@ class OpenAIBackend(Backend):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                async with self._session.post(self.url, json=body) as resp:
+                async with self._client().post(self.url, json=body) as resp:
                     text = await resp.text()
                     if resp.status == 429 or resp.status >= 500:
                         raise _Retryable(f"HTTP {resp.status}: {text[:200]}")
@@ -157,8 +162,9 @@ def _parse(data: dict, params: GenParams) -> list[Generation]:
 
 def _token_counts(choices: list[dict], total: int | None) -> list[int]:
     own = [(c.get("usage") or {}).get("completion_tokens") for c in choices]
-    if all(isinstance(x, int) for x in own):
-        return own
+    counts = [x for x in own if isinstance(x, int)]
+    if len(counts) == len(own):
+        return counts
     if total is None:
         raise BackendError("completions response has no usage.completion_tokens")
     weights = [max(1, len(c["text"])) for c in choices]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,11 +37,15 @@ from actors.backends.base import Backend, BackendError, Generation, GenParams
 from rstar.log import get_logger
 from rstar.models import load_causal_lm, load_tokenizer
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 log = get_logger(__name__)
 
 
 class TransformersBackend(Backend):
     name = "transformers"
+    tokenizer: PreTrainedTokenizerBase  # always local here (set by _load)
 
     def __init__(
         self,
@@ -137,17 +142,19 @@ class TransformersBackend(Backend):
         S = inp.shape[1]
         cap = S + params.max_tokens
         pos = lp + (valid.cumsum(1) - 1).clamp(min=0)
-        caches, logits = [], []
+        caches: list[kv.SlabCache] = []
+        group_logits: list[torch.Tensor] = []
         step = max(1, self.prefill_tokens // S)
         for a in range(0, len(ids), step):  # prefill in groups: bounded transient memory
             cache = kv.SlabCache(n_layers, cap)
             mask = kv.causal_mask(valid[a : a + step], model.dtype)
-            logits.append(self._forward(inp[a : a + step], pos[a : a + step], mask, cache, prefix))
+            group_logits.append(self._forward(inp[a : a + step], pos[a : a + step], mask, cache, prefix))
             caches.append(cache)
         cache = kv.SlabCache.concat(caches)
         reps = torch.tensor(counts, device=dev)
         cache.repeat_rows(reps)
-        logits = torch.cat(logits).repeat_interleave(reps, 0)
+        logits = torch.cat(group_logits).repeat_interleave(reps, 0)
+        del group_logits  # the prefill's own logits are not needed past this point
         keys = torch.zeros(int(reps.sum()), cap, dtype=torch.bool, device=dev)
         keys[:, :S] = valid.repeat_interleave(reps, 0)
         pos = pos[:, -1].repeat_interleave(reps, 0) + 1
@@ -206,7 +213,9 @@ def _finish(text: str, tokens: int, why: str, stops: tuple[str, ...]) -> Generat
 
 def _chunks(counts: list[int], max_batch: int) -> list[list[tuple[int, int]]]:
     """Pack (prompt, samples) into calls of at most ``max_batch`` sequences; big n is split."""
-    chunks, cur, size = [], [], 0
+    chunks: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    size = 0
     for i, n in enumerate(counts):
         while n > 0:
             take = min(n, max_batch)
