@@ -64,6 +64,9 @@ async def _download(b: Broker, name: str, f) -> None:
     info = await obs.get_info(name)
     if not info.size:
         return
+    chunks = info.chunks
+    if chunks is None:
+        raise CheckpointError(f"checkpoint object {name!r}: the object store gives no chunk count")
     sub = await b.js.pull_subscribe(
         f"$O.{CHECKPOINTS_BUCKET}.C.{info.nuid}",
         stream=f"OBJ_{CHECKPOINTS_BUCKET}",
@@ -71,12 +74,12 @@ async def _download(b: Broker, name: str, f) -> None:
     )
     got = 0
     try:
-        while got < info.chunks:
+        while got < chunks:
             try:
-                msgs = await sub.fetch(min(FETCH_CHUNKS, info.chunks - got), timeout=30)
+                msgs = await sub.fetch(min(FETCH_CHUNKS, chunks - got), timeout=30)
             except nats.errors.TimeoutError:
                 raise CheckpointError(
-                    f"checkpoint object {name!r}: no chunk for 30 s after {got} of {info.chunks}"
+                    f"checkpoint object {name!r}: no chunk for 30 s after {got} of {chunks}"
                 ) from None
             for msg in msgs:
                 await asyncio.to_thread(f.write, msg.data)

@@ -90,8 +90,8 @@ async def connect(url: str, name: str, cfg: BrokerConfig) -> NATS:
                 url,
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=min(2.0, cfg.connect_timeout_s),
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps on any float
+                connect_timeout=min(2.0, cfg.connect_timeout_s),  # type: ignore[arg-type]  # same: a float timeout
                 allow_reconnect=True,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,

@@ -98,6 +98,7 @@ async def dead_letter_exhausted(b: Broker, advisory: Mapping[str, Any]) -> bool:
         m = await b.js.get_msg(PROBLEMS_STREAM, seq)
     except NotFoundError:
         return False
+    assert m.subject is not None  # a message read back from a stream always has its subject
     reason = (
         f"delivered {deliveries} times without an ack (each actor that took it died or ran past "
         "broker.problems_ack_wait_s); not delivered again"
@@ -136,7 +137,7 @@ async def watch_exhausted_problems(b: Broker, stop: asyncio.Event) -> int:
 async def list_dead_letters(b: Broker, limit: int) -> tuple[int, list[dict[str, Any]]]:
     """(messages in the DLQ, the newest ``limit`` of them as rows: seq, subject, bytes, headers)."""
     state = (await b.js.stream_info(DLQ_STREAM)).state
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not state.messages:
         return 0, rows
     for seq in range(max(state.first_seq, state.last_seq - limit + 1), state.last_seq + 1):
@@ -168,6 +169,7 @@ async def replay(b: Broker, seqs: Iterable[int] | None = None) -> list[tuple[int
         headers = {
             k: v for k, v in (m.headers or {}).items() if k != "Nats-Msg-Id" and not k.startswith(_DLQ_HEADER_PREFIXES)
         }
+        assert m.subject is not None  # a message read back from a stream always has its subject
         subject = (m.headers or {}).get("Rstar-Dlq-Subject") or "rstar." + m.subject.removeprefix("rstar.dlq.")
         headers["Nats-Msg-Id"] = f"replay:{seq}:{uuid.uuid4().hex[:8]}"
         await publish(b, subject, m.data or b"", headers)

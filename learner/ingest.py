@@ -106,7 +106,7 @@ async def _decode(b: Broker, msgs: list[Msg], asm: Reassembler, stats: IngestSta
         carriers = [m]
         try:
             headers, data = m.headers, m.data
-            if is_part(headers):
+            if headers is not None and is_part(headers):
                 whole = asm.add(headers, data, m, now)
                 if whole is None:
                     continue  # more parts to come; this one stays unacked until the set is written

@@ -31,10 +31,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import MethodRecord, Problem, level_key
+
+if TYPE_CHECKING:
+    from learner.evaluate import Method
 
 log = get_logger(__name__)
 
@@ -124,7 +128,7 @@ def eval_config(cfg: Config, policy_dir: Path, ppm_dir: Path | None) -> Config:
     )
 
 
-def round_methods(cfg: Config, with_ppm: bool) -> list[str]:
+def round_methods(cfg: Config, with_ppm: bool) -> list[Method]:
     """The methods a round evaluates: ``learner.eval_methods``, without ``mcts+ppm`` when the
     round has no PPM."""
     return [m for m in cfg.learner.eval_methods if with_ppm or m != "mcts+ppm"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 def base_model(cfg: Config) -> str:
@@ -63,7 +65,7 @@ def round_train_config(cfg: Config, round_no: int):
     )
 
 
-async def _in_thread(learner: Learner, fn, *args):
+async def _in_thread(learner: Learner, fn: Callable[..., T], *args: Any) -> T:
     """Run a trainer in a worker thread; it raises TrainingInterrupted when ``learner.stop`` is set."""
     learner.training = True
     try:
@@ -123,9 +125,9 @@ async def _collect(learner: Learner, row: dict) -> bool:
     if not sel.sft:
         log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
         return False
-    counts["solve_rate"] = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
+    solve_rate = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
     patch |= {
-        "collect": counts,
+        "collect": {**counts, "solve_rate": solve_rate},
         "data": {
             "sft_examples": len(sel.sft),
             "ppm_pairs": len(sel.pairs),
@@ -158,8 +160,10 @@ async def _train_ppm(learner: Learner, row: dict) -> bool:
         pairs = await asyncio.to_thread(data.ppm_pairs, learner.engine, r)
         if not pairs:
             return await _commit(learner, r, "training_ppm", "publishing", {"ppm": {"note": "no pairs: no PPM"}})
-        rep = await _in_thread(learner, train_ppm, pairs, d / "policy", d / "ppm", learner.cfg.train, d / "ppm-work")
-        _write_json(d / "ppm.json", asdict(rep))
+        trained = await _in_thread(
+            learner, train_ppm, pairs, d / "policy", d / "ppm", learner.cfg.train, d / "ppm-work"
+        )
+        _write_json(d / "ppm.json", asdict(trained))
     rep = _read_json(d / "ppm.json")
     return await _commit(
         learner, r, "training_ppm", "publishing", {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")}

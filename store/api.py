@@ -46,7 +46,7 @@ ProblemsHook = Callable[[Sequence[Problem]], Awaitable[None]]
 CONFIG = web.AppKey("config", Config)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", ApiMetrics)
-ON_PROBLEMS = web.AppKey("on_problems", object)  # ProblemsHook | None
+ON_PROBLEMS = web.AppKey[ProblemsHook | None]("on_problems")
 
 
 class NewProblem(msgspec.Struct, forbid_unknown_fields=True):
@@ -224,7 +224,7 @@ async def add_problems(request: web.Request) -> web.Response:
         except InvalidProblemError as e:
             raise ApiError(400, f"problem {i}: {e.reason}", f"body[{i}]") from None
     new = await _db(request, upsert_problems, problems)
-    hook: ProblemsHook | None = request.app[ON_PROBLEMS]
+    hook = request.app[ON_PROBLEMS]
     if hook is not None:
         try:
             await hook(problems)

@@ -137,7 +137,7 @@ def list_trees(
         .offset(offset)
     )
     with engine.connect() as c:
-        total = c.scalar(select(func.count()).select_from(TreeRow).where(*where))
+        total = c.execute(select(func.count()).select_from(TreeRow).where(*where)).scalar_one()
         rows = [_jsonable(r) for r in c.execute(page)]
     return rows, total
 
@@ -194,7 +194,7 @@ def list_checkpoints(engine: Engine, kind: str | None = None, round_no: int | No
 
 def count_trees(engine: Engine, filters: TreeFilter = TreeFilter()) -> int:
     with engine.connect() as c:
-        return c.scalar(select(func.count()).select_from(TreeRow).where(*filters.where()))
+        return c.execute(select(func.count()).select_from(TreeRow).where(*filters.where())).scalar_one()
 
 
 def trajectories(

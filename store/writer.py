@@ -152,7 +152,7 @@ def check_tree(tree: TreeResult) -> list[tuple]:
                 raise InvalidTreeError(
                     tid, f"node {n.idx}: depth {n.depth} but parent {n.parent} has depth {parent.depth}"
                 )
-            paths[n.idx] = f"{paths[n.parent]}.{n.idx}"
+            paths[n.idx] = f"{paths[parent.idx]}.{n.idx}"
         if not (math.isfinite(n.q) and (n.ppm_score is None or math.isfinite(n.ppm_score))):
             raise InvalidTreeError(tid, f"node {n.idx}: q={n.q!r} / ppm_score={n.ppm_score!r} must be finite")
         if not (0 <= n.idx <= _INT32 and 0 <= n.visits <= _INT32 and 0 <= n.gen_tokens <= _INT32):
@@ -241,7 +241,10 @@ def upsert_problems(engine: Engine, problems: Sequence[Problem]) -> int:
 
 
 def _copy_nodes(conn: Connection, rows: list[tuple]) -> None:
-    cursor = conn.connection.driver_connection.cursor()
+    driver = conn.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("COPY needs the psycopg connection under the pool's, and it is closed")
+    cursor = driver.cursor()
     with cursor.copy(f"COPY nodes ({', '.join(NODE_COLUMNS)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
