@@ -39,7 +39,7 @@ class Snapshot:
 class View:
     """Keeps the store engine and a broker connection open between snapshots."""
 
-    def __init__(self, cfg, engine, broker):
+    def __init__(self, cfg, engine, broker) -> None:
         self.cfg, self.engine, self.broker = cfg, engine, broker
         self._trees: list[tuple[float, int]] = []
 

@@ -137,20 +137,20 @@ class Supervisor:
         ]
 
     def stop(self, grace_s: float = 30.0) -> None:
-        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for c in running:
+        running = [(c, c.proc) for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for _, proc in running:
             try:
-                c.proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        for c in running:
+        for c, proc in running:
             try:
-                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0fs: killing it", c.name, grace_s)
                 try:
-                    os.killpg(c.proc.pid, signal.SIGKILL)
+                    os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:  # its whole group exited just now: nothing to kill
                     pass
-                c.proc.wait()
+                proc.wait()

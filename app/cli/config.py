@@ -33,6 +33,8 @@ def shown(key: str, value):
 
 def config_rows(preset: str | None, config: str | None, overrides: list[str] | None) -> list[dict]:
     """One row per field: ``key`` (``section.field``), ``value`` (JSON-able), ``source``, ``doc``."""
+    from pydantic import BaseModel
+
     from app.up import preset_path
     from rstar.config import SECTIONS, Config, ConfigError, config_layers, load_config, value_sources
 
@@ -45,12 +47,12 @@ def config_rows(preset: str | None, config: str | None, overrides: list[str] | N
     dumped = cfg.model_dump(mode="json")
     rows = []
     for name, field in Config.model_fields.items():
-        section = name in SECTIONS
-        for key, doc in (
-            ((f"{name}.{k}", f.description) for k, f in field.annotation.model_fields.items())
-            if section
-            else [(name, field.description)]
-        ):
+        section, sub = name in SECTIONS, field.annotation
+        if section and isinstance(sub, type) and issubclass(sub, BaseModel):  # a section: what SECTIONS holds
+            docs = [(f"{name}.{k}", f.description) for k, f in sub.model_fields.items()]
+        else:
+            docs = [(name, field.description)]
+        for key, doc in docs:
             value = dumped[name][key.split(".", 1)[1]] if section else dumped[name]
             rows.append(
                 {

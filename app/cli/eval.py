@@ -59,8 +59,8 @@ def eval_cmd(
             raise typer.BadParameter(str(e), param_hint="--out") from None
     result = asyncio.run(_eval(cfg, problems, dataset, method, k, as_json, eval_log))
     if as_json:
-        out = {f: getattr(result, f) for f in result.__struct_fields__ if f != "outcomes"}
-        print(json.dumps(out))
+        summary = {f: getattr(result, f) for f in result.__struct_fields__ if f != "outcomes"}
+        print(json.dumps(summary))
         return
     from rich.console import Console
     from rich.table import Table

@@ -83,7 +83,9 @@ def _read_pair(line: str, no: int):
         return Verdict(False, "malformed", None, "", f"line {no}: {e}")
     if pair is None:
         return Verdict(False, "malformed", None, "", f"line {no}: blank line")
-    pair.pred, pair.gold = (x if x is None or isinstance(x, str) else repr(x) for x in (pair.pred, pair.gold))
+    # Numbers written as JSON numbers are graded as the text they print as.
+    pair.pred = pair.pred if pair.pred is None or isinstance(pair.pred, str) else repr(pair.pred)
+    pair.gold = pair.gold if isinstance(pair.gold, str) else repr(pair.gold)
     return pair
 
 
@@ -132,6 +134,7 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
             tmp.unlink(missing_ok=True)
         raise
     if tmp:
+        assert out is not None  # tmp is made only for an out file
         sink.close()
         os.replace(tmp, out)
     stderr.print(

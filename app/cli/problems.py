@@ -68,12 +68,13 @@ def _load(
 
     if (source is None) == (dataset is None):
         raise typer.BadParameter("give a JSONL file or --dataset NAME (one of them)")
-    if dataset is None and not skip_invalid and not Path(source).is_file():
+    if source is not None and not skip_invalid and not Path(source).is_file():  # so dataset is None
         dataset = source  # a built-in name as the argument: the same as --dataset
     if dataset is not None:
         return pool_problems(
             cfg, dataset, limit, split=split, seed=seed, sample=True, include_teacher=include_teacher
         ), []
+    assert source is not None  # exactly one of source and dataset (checked above)
     if split is not None:
         raise ProblemSourceError(f"a problem file has no splits; got split={split!r} for {source}")
     problems, invalid = _read_skipping_invalid(Path(source)) if skip_invalid else (load_problems(source), [])

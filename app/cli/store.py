@@ -136,7 +136,7 @@ def _first_comment(text: str) -> str:
 
 
 def _label(n: dict, full: bool):
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.syntax import Syntax
     from rich.text import Text
 
@@ -154,7 +154,7 @@ def _label(n: dict, full: bool):
     if not full:
         label.append(f"  {_first_comment(n['text'])}", style="italic")
         return label
-    parts = [label, Syntax(n["text"], "python", theme="ansi_dark", word_wrap=True)]
+    parts: list[RenderableType] = [label, Syntax(n["text"], "python", theme="ansi_dark", word_wrap=True)]
     if n["code_output"]:
         parts.append(Text(f"→ {n['code_output']}", style="cyan"))
     return Group(*parts)
@@ -185,7 +185,7 @@ def show_cmd(
         f"best {tree['best_answer']} · gold {tree['gold']}"
     )
     root = Tree(title)
-    branches = {}
+    branches: dict[int, Tree] = {}
     for n in sorted(nodes, key=lambda n: n["depth"]):  # parents before children
         parent = branches.get(n["parent_idx"], root)
         branches[n["idx"]] = parent.add(_label(n, full))
