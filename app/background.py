@@ -79,25 +79,29 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _wait_gone(pid: int, deadline: float) -> None:
+    """Poll until ``pid`` has stopped or ``time.monotonic()`` passes ``deadline``."""
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def stop_detached(run_dir: Path, timeout_s: float = 120.0, force: bool = False) -> dict:
-    """SIGTERM the detached run and wait up to ``timeout_s`` for it; ``force``: then SIGKILL its
-    session. Returns ``{"pid", "stopped", "seconds", "killed"}``; BackgroundError when none runs."""
+    """SIGTERM the detached run and wait up to ``timeout_s`` for it; ``force``: then SIGKILL it and
+    the processes it started. Returns ``{"pid", "stopped", "seconds", "killed"}``; BackgroundError when none runs."""
     pid = running_pid(run_dir)
     if pid is None:
         (run_dir / PID_FILE).unlink(missing_ok=True)
         raise BackgroundError(f"no detached rstar up runs for {run_dir.parent} (no live pid in {run_dir / PID_FILE})")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    while not _gone(pid) and time.monotonic() - t0 < timeout_s:
-        time.sleep(0.2)
+    _wait_gone(pid, t0 + timeout_s)
     killed = False
     if not _gone(pid) and force:
         for victim in [pid, *_children(run_dir)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         killed = True
-        while not _gone(pid) and time.monotonic() - t0 < timeout_s + 10:
-            time.sleep(0.2)
+        _wait_gone(pid, t0 + timeout_s + 10)
     stopped = _gone(pid)
     if stopped:
         (run_dir / PID_FILE).unlink(missing_ok=True)

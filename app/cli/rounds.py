@@ -150,9 +150,10 @@ def levels_tables(rows: list[dict]) -> list:
     ``correct/n`` per level (``–`` where the round has no figure for it)."""
     from learner.round_eval import method_rank
 
+    records = [(r["round"], RoundEval.of(r.get("eval")).records()) for r in rows]
     levels: dict[str, list[str]] = {}
-    for r in rows:
-        for name, recs in RoundEval.of(r.get("eval")).records().items():
+    for _, sets in records:
+        for name, recs in sets.items():
             for rec in recs.values():
                 have = levels.setdefault(name, [])
                 have += [lv for lv in rec.by_level if lv not in have]
@@ -164,8 +165,8 @@ def levels_tables(rows: list[dict]) -> list:
         t = _table(f"held-out {name} by level", "correct / n per curriculum level")
         for col in ("round", "method", *(f"L{lv}" for lv in lvs), "all"):
             t.add_column(col, justify="right", no_wrap=True)
-        for r in rows:
-            recs = RoundEval.of(r.get("eval")).records().get(name, {})
+        for round_no, sets in records:
+            recs = sets.get(name, {})
             for label in sorted(recs, key=lambda lb: (method_rank(lb), lb)):
                 rec = recs[label]
                 if not rec.by_level:
@@ -173,7 +174,7 @@ def levels_tables(rows: list[dict]) -> list:
                 cells = [
                     f"{rec.by_level[lv].correct}/{rec.by_level[lv].n}" if lv in rec.by_level else "–" for lv in lvs
                 ]
-                t.add_row(str(r["round"]), label, *cells, f"{rec.correct}/{rec.n}")
+                t.add_row(str(round_no), label, *cells, f"{rec.correct}/{rec.n}")
         out.append(t)
     return out
 
