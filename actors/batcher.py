@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class _GenReq:
     prompt: str
     params: GenParams
     future: asyncio.Future
+    seed: int | None = None
 
 
 @dataclass
@@ -157,11 +159,15 @@ class ModelWorker:
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()
 
-    async def generate(self, prompt: str, params: GenParams) -> tuple[list[Generation], str]:
-        """``params.n`` continuations of ``prompt`` and the policy version that produced them."""
+    async def generate(self, prompt: str, params: GenParams, seed: int | None = None) -> tuple[list[Generation], str]:
+        """``params.n`` continuations of ``prompt`` and the policy version that produced them.
+
+        With ``seed`` they do not depend on the requests batched with this one (on a backend that
+        seeds prompts one by one: transformers, vLLM on a GPU, an OpenAI-compatible server).
+        """
         self._check_open()
         fut = asyncio.get_running_loop().create_future()
-        self._gen.append(_GenReq(prompt, params, fut))
+        self._gen.append(_GenReq(prompt, params, fut, seed))
         self._wake.set()
         return await fut
 
@@ -261,7 +267,11 @@ class ModelWorker:
         version = self.backend.version  # swaps run in this task, so it cannot change mid-call
         t0 = time.perf_counter()
         try:
-            outs = await self._in_model_thread(self.backend.generate, [r.prompt for r in reqs], params)
+            seeds = [r.seed if r.seed is not None else random.getrandbits(62) for r in reqs]
+            if all(r.seed is None for r in reqs):
+                outs = await self._in_model_thread(self.backend.generate, [r.prompt for r in reqs], params)
+            else:
+                outs = await self._in_model_thread(self.backend.generate, [r.prompt for r in reqs], params, seeds)
         except Exception as e:  # deliver the failure to every waiter, keep serving
             log.exception("backend.generate failed for %d prompts", len(reqs))
             _fail(reqs, e)

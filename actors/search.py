@@ -14,6 +14,7 @@ score or majority (``Tree.best_terminal``) and graded afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -68,6 +69,13 @@ class SearchContext:
             top_p=g.top_p,
             stop=tuple(fmt.STOP),
         )
+
+    def seed(self, problem: Problem, steps: list[str], stream: str = "tree") -> int:
+        """The sampling seed of the expansion after ``steps`` (62 bits): a hash of the search seed,
+        the problem, the round and the steps, so a tree (or a ``stream`` of samples) is the same
+        whatever else the worker batched beside it."""
+        key = "\x1f".join([str(self.search.seed), problem.id, problem.question, str(self.round), stream, *steps])
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 2
 
     async def is_correct(self, answer: str | None, gold: str | None) -> bool | None:
         if gold is None:
@@ -148,7 +156,7 @@ async def _run_candidates(
 async def expand(tree: Tree, idx: int, ctx: SearchContext, use_reference: bool) -> list[int]:
     prefix = tree.steps(idx)
     gens, version = await ctx.worker.generate(
-        ctx.prompt(tree.problem.question, prefix), ctx.params(ctx.search.n_children)
+        ctx.prompt(tree.problem.question, prefix), ctx.params(ctx.search.n_children), ctx.seed(tree.problem, prefix)
     )
     cands = await _run_candidates(ctx, tree.problem, prefix, gens, version, use_reference)
     return tree.expand(idx, cands)
@@ -238,17 +246,20 @@ class Chain:
     tokens: int
 
 
-async def sample_chain(problem: Problem, ctx: SearchContext, temperature: float) -> Chain:
-    """One trajectory, step by step, each step executed; a step that fails ends the chain."""
+async def sample_chain(problem: Problem, ctx: SearchContext, temperature: float, index: int = 0) -> Chain:
+    """One trajectory, step by step, each step executed; a step that fails ends the chain.
+    ``index`` tells the chains of one problem apart (each samples under its own seeds)."""
     async with ctx.worker.client():
-        return await _chain(problem, ctx, temperature)
+        return await _chain(problem, ctx, temperature, index)
 
 
-async def _chain(problem: Problem, ctx: SearchContext, temperature: float) -> Chain:
+async def _chain(problem: Problem, ctx: SearchContext, temperature: float, index: int) -> Chain:
     steps: list[str] = []
     tokens = 0
     for _ in range(ctx.search.max_depth):
-        gens, _ = await ctx.worker.generate(ctx.prompt(problem.question, steps), ctx.params(1, temperature))
+        gens, _ = await ctx.worker.generate(
+            ctx.prompt(problem.question, steps), ctx.params(1, temperature), ctx.seed(problem, steps, f"chain-{index}")
+        )
         tokens += gens[0].tokens
         text = usable_step(gens[0])
         if text is None:
@@ -267,6 +278,6 @@ async def majority_answer(
 ) -> tuple[str | None, list[Chain]]:
     """k sampled chains; the most frequent answer (greedy when k == 1 and temperature 0)."""
     temp = ctx.generation.temperature if temperature is None else temperature
-    chains = await asyncio.gather(*(sample_chain(problem, ctx, temp) for _ in range(k)))
+    chains = await asyncio.gather(*(sample_chain(problem, ctx, temp, i) for i in range(k)))
     votes = Counter(c.answer for c in chains if c.answer is not None)
     return (votes.most_common(1)[0][0] if votes else None), list(chains)

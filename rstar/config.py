@@ -90,7 +90,9 @@ class SearchConfig(Section):
     ppm_init: bool = False
     """PPM-augmented Q initialisation (paper: from round 3)."""
     seed: int = 0
-    """Seed of each tree's random tie-breaks between equally scored children."""
+    """Seed of each tree's random tie-breaks between equally scored children and of its samples:
+    with it, a problem's tree depends on the problem, the round and the models, not on the trees
+    searched beside it (on a backend that seeds each prompt: transformers, vLLM on a GPU)."""
 
 
 class SandboxConfig(Section):

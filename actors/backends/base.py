@@ -25,6 +25,20 @@ class GenParams(msgspec.Struct, frozen=True):
     seed: int | None = None
 
 
+def prompt_seeds(n_prompts: int, params: GenParams, seeds: list[int] | None) -> list[int]:
+    """The seed of each prompt: ``seeds`` as given, else ``params.seed + i`` for prompt ``i``, else
+    drawn from torch's global generator (``torch.manual_seed`` makes those reproducible)."""
+    if seeds is not None:
+        if len(seeds) != n_prompts:
+            raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+        return list(seeds)
+    if params.seed is not None:
+        return [params.seed + i for i in range(n_prompts)]
+    import torch
+
+    return torch.randint(0, 2**62, (n_prompts,)).tolist()
+
+
 class Generation(msgspec.Struct):
     text: str
     """The continuation, cut just before the stop string (the stop string itself is not included)."""
@@ -48,8 +62,12 @@ class Backend(ABC):
     """The policy's HF tokenizer when it runs locally (chat template, PPM text); None if remote."""
 
     @abstractmethod
-    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
-        """``params.n`` continuations for each prompt, in prompt order."""
+    def generate(self, prompts: list[str], params: GenParams, seeds: list[int] | None = None) -> list[list[Generation]]:
+        """``params.n`` continuations for each prompt, in prompt order.
+
+        ``seeds``: one per prompt (see ``prompt_seeds``). A backend that can seed each prompt on
+        its own makes a prompt's samples independent of what else is in the call.
+        """
 
     def load_weights(self, path: str, version: str) -> None:
         """Swap to the weights in ``path`` (a HF model directory) between two generate() calls."""

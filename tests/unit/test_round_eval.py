@@ -202,7 +202,7 @@ class _Backend(Backend):
     name = "scripted"
     version = "v1"
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         script = {
             0: ["# two apples\nx = 2\n", "# two\nx = 2 + 0\n"],
             1: ["# add two more\nanswer = x + 2\n", "# triple\nanswer = x * 3\n"],

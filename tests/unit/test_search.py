@@ -4,6 +4,8 @@ The policy here is a scripted backend (a table of candidate steps by depth) so t
 is known; the tiny random model runs the same path in ``test_search_runs_on_the_tiny_model``.
 """
 
+import random
+
 import pytest
 
 from actors.backends.base import Backend, Generation
@@ -28,7 +30,7 @@ class ScriptedBackend(Backend):
     def __init__(self, script=SCRIPT, version="v1"):
         self.script, self.version, self.calls = script, version, []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         self.calls.append(len(prompts))
         out = []
         for p in prompts:
@@ -94,6 +96,37 @@ async def test_majority_and_greedy_chains():
         answer, chains = await majority_answer(problem(), ctx, 4)
     # Chain i gets candidate 0 at every depth (n=1): x = 2 then answer = x + 2.
     assert answer == "4" and all(ch.answer == "4" for ch in chains) and len(chains) == 4
+
+
+class SeededBackend(ScriptedBackend):
+    """Draws each prompt's candidates with the prompt's seed (a shared generator without one)."""
+
+    shared = random.Random()
+
+    def generate(self, prompts, params, seeds=None):
+        self.calls.append(len(prompts))
+        out = []
+        for i, p in enumerate(prompts):
+            rng = random.Random(seeds[i]) if seeds is not None else self.shared
+            texts = SCRIPT.get(p.split("Solution:")[-1].count(STEP_END), ["# lost\n"])
+            out.append([Generation(text=rng.choice(texts), tokens=5, stopped=True) for _ in range(params.n)])
+        return out
+
+
+async def test_a_tree_is_the_same_alone_or_searched_beside_others():
+    def shape(tree):
+        return [(n.parent, n.text, n.visits) for n in tree.nodes]
+
+    c = cfg(**{"search.n_children": 2, "search.rollouts": 6})
+    (alone,), _ = await run_search([problem(3)], c, SeededBackend(), k=1)
+    backend = SeededBackend()
+    trees, _ = await run_search([problem(i) for i in range(6)], c, backend, k=6)
+    assert max(backend.calls) > 1  # it shared calls with other trees
+    assert shape(next(t for t in trees if t.problem.id == "p3")) == shape(alone)
+    (reseeded,), _ = await run_search(
+        [problem(3)], cfg(**{"search.n_children": 2, "search.rollouts": 6, "search.seed": 1}), SeededBackend(), k=1
+    )
+    assert shape(reseeded) != shape(alone)  # the search seed matters
 
 
 def test_usable_step_rules():
