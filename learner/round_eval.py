@@ -1,9 +1,9 @@
 """The per-round evaluation: held-out problems that training never sees, up to four methods.
 
     sets = eval_sets(cfg)                         # {"synthetic": [...], "svamp": [...]}
-    figures = await evaluate_round(cfg, sets, policy_dir, ppm_dir, round_no=2)
-    figures["sets"]["synthetic"]["greedy"]        # {"n": 30, "correct": 12, "accuracy": 0.4,
-                                                  #  "by_level": {"1": {"n": 5, "correct": 4}, ...}}
+    figures = await evaluate_round(cfg, sets, policy_dir, ppm_dir, round_no=2)   # a Figures
+    figures.sets["synthetic"]["greedy"]           # MethodRecord(accuracy=0.4, n=30, correct=12,
+                                                  #   by_level={"1": LevelCount(5, 4), ...}, ...)
 
 Held-out sets (``learner.eval_*``): the synthetic curriculum's ``heldout`` split (disjoint from
 its train split by construction) at ``eval_levels``, and the held-out part of a real set
@@ -16,12 +16,13 @@ MCTS+PPM@k (PPM-augmented Q, answer by PPM score), both MCTS methods at the same
 The policy is evaluated without few-shot examples: after the bootstrap it writes the step format
 on its own (and that is the prompt it was fine-tuned on).
 
-The record of a set and method (``record``) holds the counts, so a script can recheck it and put
+The record of a set and method (``record``, a ``rstar.schemas.MethodRecord``) holds the counts, so a script can recheck it and put
 an interval on it (``rstar.stats.wilson``): ``n`` problems, ``correct`` answers, ``accuracy`` =
 correct / n (4 decimals), ``by_level`` — the same counts per curriculum level (``problem.meta
 ["level"]``, keys as strings) for the problems that have one, an empty dict for a set without
-levels — and ``correct_ids``, the ids of the problems answered correctly (sorted), so two rounds
-or methods on the same set can be compared problem by problem (``paired_p``). Readers take them
+levels — ``correct_ids``, the ids of the problems answered correctly (sorted), so two rounds
+or methods on the same set can be compared problem by problem (``paired_p``), and ``seconds``,
+the method's wall time. The round's ``Figures`` are stored as ``eval.accuracy``. Readers take them
 typed, through ``rstar.schemas.RoundEval.of(row["eval"]).records()`` (``MethodRecord``), which
 also reads documents stored before these records, whose figures were bare floats (``n`` and
 ``correct`` None).
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.schemas import MethodRecord, Problem, level_key
+from rstar.schemas import Figures, LevelCount, MethodRecord, Problem, level_key
 
 if TYPE_CHECKING:
     from learner.evaluate import Method
@@ -80,9 +81,9 @@ def method_rank(label: str) -> int:
     return next((i for i, m in enumerate(("greedy", "majority@", "mcts@", "mcts+ppm@")) if label.startswith(m)), 4)
 
 
-def record(problems: list[Problem], outcomes) -> dict:
-    """The stored figures of one set and method from its per-problem outcomes (objects with
-    ``problem_id`` and ``correct``, e.g. ``learner.evaluate.ProblemOutcome``)."""
+def record(problems: list[Problem], outcomes, seconds: float | None = None) -> MethodRecord:
+    """The record of one set and method from its per-problem outcomes (objects with
+    ``problem_id`` and ``correct``, e.g. ``learner.evaluate.ProblemOutcome``) and its wall time."""
     level = {p.id: p.meta.get("level") for p in problems}
     by_level: dict[str, dict[str, int]] = {}
     n = correct = 0
@@ -94,13 +95,14 @@ def record(problems: list[Problem], outcomes) -> dict:
             b = by_level.setdefault(str(lv), {"n": 0, "correct": 0})
             b["n"] += 1
             b["correct"] += bool(o.correct)
-    return {
-        "n": n,
-        "correct": correct,
-        "accuracy": round(correct / n, 4) if n else 0.0,
-        "by_level": {k: by_level[k] for k in sorted(by_level, key=level_key)},
-        "correct_ids": sorted(o.problem_id for o in outcomes if o.correct),
-    }
+    return MethodRecord(
+        accuracy=round(correct / n, 4) if n else 0.0,
+        n=n,
+        correct=correct,
+        by_level={k: LevelCount(**by_level[k]) for k in sorted(by_level, key=level_key)},
+        correct_ids=sorted(o.problem_id for o in outcomes if o.correct),
+        seconds=seconds,
+    )
 
 
 def paired_p(a: MethodRecord, b: MethodRecord) -> float | None:
@@ -140,14 +142,15 @@ async def evaluate_round(
     policy_dir: Path,
     ppm_dir: Path | None,
     round_no: int,
-    done: dict | None = None,
+    done: Figures | None = None,
     on_figure=None,
-) -> dict:
-    """``{"sets": {name: {"n": n, label: record, ...}}, "seconds": s}``, a ``record`` per method label
-    (``greedy``, ``majority@k``, ``mcts@k``, ``mcts+ppm@k``).
+) -> Figures:
+    """The round's ``Figures``: per set its ``n`` and a ``record`` per method label (``greedy``,
+    ``majority@k``, ``mcts@k``, ``mcts+ppm@k``), and the evaluation's seconds.
 
-    ``done`` (the same shape) holds figures an interrupted evaluation already stored: those are
-    kept as they are (a bare float from an older document included), not recomputed.
+    ``done`` holds figures an interrupted evaluation already stored: those are kept as they are
+    (read by ``Figures.of``: a bare float from an older document is a record without counts), not
+    recomputed.
     ``await on_figure(figures)`` runs after each new figure, so a caller can store progress
     (``learner.round_stages.evaluate_published`` does).
     """
@@ -156,14 +159,15 @@ async def evaluate_round(
 
     t0 = time.perf_counter()
     lc = cfg.learner
-    prior = float((done or {}).get("seconds", 0.0))
-    out: dict[str, dict] = {name: dict(figs) for name, figs in ((done or {}).get("sets") or {}).items()}
+    prior = done.seconds if done else 0.0
+    out: dict[str, dict[str, MethodRecord | int]] = {
+        name: dict(figs) for name, figs in (done.sets if done else {}).items()
+    }
 
-    def figures() -> dict:
-        return {
-            "sets": out,
-            "seconds": float(f"{prior + time.perf_counter() - t0:.2f}"),
-        }  # the figures of round ``round_no``
+    def figures() -> Figures:  # the figures of round ``round_no`` so far
+        return Figures(
+            {name: dict(figs) for name, figs in out.items()}, float(f"{prior + time.perf_counter() - t0:.2f}")
+        )
 
     todo = [
         (name, m)
@@ -179,7 +183,7 @@ async def evaluate_round(
             problems = sets[name] if method == "greedy" or not lc.eval_sampled_n else sets[name][: lc.eval_sampled_n]
             res = await evaluate(problems, ctx, method, lc.eval_k, dataset=name)
             out.setdefault(name, {})["n"] = len(sets[name])
-            out[name][label] = record(problems, res.outcomes) | {"seconds": res.seconds}
+            out[name][label] = record(problems, res.outcomes, res.seconds)
             log.info("round %d eval: %s %s = %d/%d (%.0fs)", round_no, name, label, res.correct, res.n, res.seconds)
             if on_figure is not None:
                 await on_figure(figures())

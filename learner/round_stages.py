@@ -24,7 +24,7 @@ from learner import data
 from learner.state import Learner, complete, round_dir
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.schemas import Problem, RoundEval
+from rstar.schemas import CollectCounts, DataCounts, Problem, RequeueLeftOut, RoundEval
 from store import learner_tables as lt
 
 if TYPE_CHECKING:
@@ -85,15 +85,16 @@ def _read_json(path: Path) -> dict:
 
 
 async def _commit(
-    learner: Learner, round_no: int, expect: str, to: str, patch: dict, sel=None, nxt: int | None = None, **values
+    learner: Learner, round_no: int, expect: str, to: str, parts: RoundEval, sel=None, nxt: int | None = None, **values
 ) -> bool:
-    """One transaction: the stage's results, the state move, and (publishing) the next round."""
+    """One transaction: the stage's results (its ``parts`` of the round's eval), the state move,
+    and (publishing) the next round."""
 
     def run() -> bool:
         with lt.begin(learner.engine) as conn:
             if sel is not None:
                 data.write_selection(conn, round_no, sel)
-            lt.merge_eval(conn, round_no, patch)
+            lt.merge_eval(conn, round_no, parts)
             moved = lt.advance(conn, round_no, expect, to, **values)
             if moved and nxt is not None:
                 lt.open_round(conn, nxt, learner.cfg.learner.round_quota)
@@ -109,15 +110,15 @@ async def _commit(
 
 async def _collect(learner: Learner, row: dict) -> bool:
     lc, r = learner.cfg.learner, row["round"]
-    patch: dict = {}
+    boot = None
     if r == 0 and lc.teacher != "none":
         from learner.bootstrap import run_bootstrap
 
-        patch["bootstrap"] = (await run_bootstrap(learner.cfg, learner.engine, learner.exclude)).as_dict()
+        boot = (await run_bootstrap(learner.cfg, learner.engine, learner.exclude)).as_dict()
     counts = await asyncio.to_thread(lt.tree_counts, learner.engine, r)
     # A collecting round follows the configured quota (a restart with a new round_quota applies it).
     quota = row["quota"] if r == 0 else lc.round_quota
-    if not patch and not lc.control:  # a control round trains on no actor tree: nothing to wait for
+    if boot is None and not lc.control:  # a control round trains on no actor tree: nothing to wait for
         age = (datetime.now(UTC) - row["started_at"]).total_seconds()
         if counts["trees"] < quota and (age < lc.round_time_limit_s or counts["trees"] == 0):
             return False
@@ -126,16 +127,17 @@ async def _collect(learner: Learner, row: dict) -> bool:
         log.warning("round %d: no correct trajectory to train on yet; collecting on", r)
         return False
     solve_rate = round(counts["solved_problems"] / counts["problems"], 4) if counts["problems"] else 0.0
-    patch |= {
-        "collect": {**counts, "solve_rate": solve_rate},
-        "data": {
-            "sft_examples": len(sel.sft),
-            "ppm_pairs": len(sel.pairs),
-            "problems": sel.problems,
-            "solved_problems": sel.solved_problems,
-        },
-    }
-    return await _commit(learner, r, "collecting", "training_policy", patch, sel=sel, quota=quota)
+    parts = RoundEval(
+        bootstrap=boot,
+        collect=CollectCounts(**counts, solve_rate=solve_rate),
+        data=DataCounts(
+            sft_examples=len(sel.sft),
+            ppm_pairs=len(sel.pairs),
+            problems=sel.problems,
+            solved_problems=sel.solved_problems,
+        ),
+    )
+    return await _commit(learner, r, "collecting", "training_policy", parts, sel=sel, quota=quota)
 
 
 async def _train_policy(learner: Learner, row: dict) -> bool:
@@ -149,7 +151,7 @@ async def _train_policy(learner: Learner, row: dict) -> bool:
             learner, train_sft, examples, start, d / "policy", round_train_config(learner.cfg, r), d / "sft-work"
         )
         _write_json(d / "sft.json", asdict(rep) | {"from": str(start)})
-    return await _commit(learner, r, "training_policy", "training_ppm", {"sft": _read_json(d / "sft.json")})
+    return await _commit(learner, r, "training_policy", "training_ppm", RoundEval(sft=_read_json(d / "sft.json")))
 
 
 async def _train_ppm(learner: Learner, row: dict) -> bool:
@@ -159,15 +161,15 @@ async def _train_ppm(learner: Learner, row: dict) -> bool:
     if not complete(d / "ppm"):
         pairs = await asyncio.to_thread(data.ppm_pairs, learner.engine, r)
         if not pairs:
-            return await _commit(learner, r, "training_ppm", "publishing", {"ppm": {"note": "no pairs: no PPM"}})
+            no_ppm = RoundEval(ppm={"note": "no pairs: no PPM"})
+            return await _commit(learner, r, "training_ppm", "publishing", no_ppm)
         trained = await _in_thread(
             learner, train_ppm, pairs, d / "policy", d / "ppm", learner.cfg.train, d / "ppm-work"
         )
         _write_json(d / "ppm.json", asdict(trained))
     rep = _read_json(d / "ppm.json")
-    return await _commit(
-        learner, r, "training_ppm", "publishing", {"ppm": rep, "ppm_pairwise_acc": rep.get("heldout_accuracy")}
-    )
+    parts = RoundEval(ppm=rep, ppm_pairwise_acc=rep.get("heldout_accuracy"))
+    return await _commit(learner, r, "training_ppm", "publishing", parts)
 
 
 async def evaluate_published(learner: Learner, row: dict) -> None:
@@ -182,10 +184,10 @@ async def evaluate_published(learner: Learner, row: dict) -> None:
     r, d = row["round"], round_dir(learner.cfg, row["round"])
     ppm = d / "ppm" if complete(d / "ppm") else None
 
-    async def store(patch: dict) -> None:
+    async def store(parts: RoundEval, clear: tuple[str, ...] = ()) -> None:
         def run() -> None:
             with lt.begin(learner.engine) as conn:
-                lt.merge_eval(conn, r, patch)
+                lt.merge_eval(conn, r, parts, clear)
 
         await asyncio.to_thread(run)
 
@@ -198,10 +200,10 @@ async def evaluate_published(learner: Learner, row: dict) -> None:
         ppm,
         r,
         done=done,
-        on_figure=lambda figs: store({"accuracy_partial": figs}),
+        on_figure=lambda figs: store(RoundEval(accuracy_partial=figs)),
     )
-    await store({"accuracy": figures, "accuracy_partial": None})
-    log.info("round %d: evaluated in %.0fs", r, figures["seconds"])
+    await store(RoundEval(accuracy=figures), clear=("accuracy_partial",))  # the partial figures are done with
+    log.info("round %d: evaluated in %.0fs", r, figures.seconds)
 
 
 async def requeue_unsolved(cfg: Config, engine: Engine, broker: Broker, round_no: int):
@@ -247,13 +249,16 @@ async def _publish(learner: Learner, row: dict) -> bool:
     )
     requeued = await requeue_unsolved(learner.cfg, learner.engine, learner.broker, r)
     last = bool(lc.max_rounds) and r >= lc.max_rounds
-    left_out = {"requeue_left_out": requeued.counts()} if requeued.held_out or requeued.teacher else {}
+    left_out = RequeueLeftOut(held_out=len(requeued.held_out), teacher=len(requeued.teacher))
     return await _commit(
         learner,
         r,
         row["state"],
         "published",
-        {"requeued": len(requeued.problems), **left_out},
+        RoundEval(
+            requeued=len(requeued.problems),
+            requeue_left_out=left_out if requeued.held_out or requeued.teacher else None,
+        ),
         nxt=None if last else r + 1,
         policy_version=pub.policy.version,
         ppm_version=pub.ppm.version if pub.ppm else None,

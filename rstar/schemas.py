@@ -213,35 +213,111 @@ def method_record(value: Any) -> MethodRecord | None:
     )
 
 
+class RequeueLeftOut(msgspec.Struct, frozen=True):
+    """Problems a round left unsolved that its re-queue left out (``learner.pool``): held-out
+    evaluation problems, and the teacher's unless ``learner.pool_include_teacher``."""
+
+    held_out: int = 0
+    teacher: int = 0
+
+
+class Figures(msgspec.Struct, frozen=True):
+    """A round's held-out figures (``eval.accuracy``; ``eval.accuracy_partial`` while the
+    evaluation runs): per set, ``"n"`` (the set's problems) beside a record per method label,
+    and the evaluation's wall time in seconds."""
+
+    sets: dict[str, dict[str, MethodRecord | int]] = {}
+    seconds: float = 0.0
+
+    @classmethod
+    def of(cls, doc: Any) -> Figures | None:
+        """Stored figures, whichever shape: each record through ``method_record`` (a bare float
+        included; one it cannot read is left out), a set's ``n`` kept when it is an int; None for
+        anything but a dict."""
+        if not isinstance(doc, dict):
+            return None
+        sets: dict[str, dict[str, MethodRecord | int]] = {}
+        stored = doc.get("sets")
+        for name, figs in stored.items() if isinstance(stored, dict) else ():
+            if not isinstance(figs, dict):
+                continue
+            out = sets[str(name)] = {}
+            for label, value in figs.items():
+                if label == "n":
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        out["n"] = value
+                elif (rec := method_record(value)) is not None:
+                    out[str(label)] = rec
+        secs = doc.get("seconds")
+        return cls(sets, float(secs) if isinstance(secs, int | float) and not isinstance(secs, bool) else 0.0)
+
+    def sizes(self) -> dict[str, int | None]:
+        """Problems per set (its ``n``; None when not stored)."""
+        return {name: n if isinstance(n := figs.get("n"), int) else None for name, figs in self.sets.items()}
+
+    def records(self) -> dict[str, dict[str, MethodRecord]]:
+        """``{set: {method label: record}}``; a set without any record is left out."""
+        out = {name: {k: v for k, v in figs.items() if isinstance(v, MethodRecord)} for name, figs in self.sets.items()}
+        return {name: recs for name, recs in out.items() if recs}
+
+
 class RoundEval(msgspec.Struct, frozen=True):
     """A round's ``eval`` document as every reader sees it (``RoundEval.of(row["eval"])``).
 
-    The learner's stages each write their part (``store.learner_tables.merge_eval``): the trees
-    collected, the data selected, the training reports, the PPM's held-out pair accuracy, the
-    held-out figures. A part missing (not written yet) or unreadable is None, keys this version
-    does not know are ignored, so an old or newer document never breaks a reader.
+    A part missing (not written yet) or unreadable is None, keys this version does not know are
+    ignored, so an old or newer document never breaks a reader.
+
+    The learner's stages write through the same struct: each builds a ``RoundEval`` with only its
+    own parts set (the collect and data counts, the training reports, the PPM's held-out pair
+    accuracy, the re-queue, the held-out figures) and ``store.learner_tables.merge_eval`` stores
+    those parts (``parts()``, each checked against its type), leaving every other part as stored.
+    The training reports (``bootstrap``, ``sft``, ``ppm``) stay free-form: they are the trainers'
+    own report files, kept as written, read by people and passed on as checkpoint metrics; the one
+    figure a reader takes from them is a part of its own (``ppm_pairwise_acc``).
     """
 
     collect: CollectCounts | None = None
     data: DataCounts | None = None
     ppm_pairwise_acc: float | None = None
     requeued: int | None = None
+    requeue_left_out: RequeueLeftOut | None = None
     bootstrap: dict[str, Any] | None = None
     sft: dict[str, Any] | None = None
     ppm: dict[str, Any] | None = None
-    accuracy: dict[str, Any] | None = None  # {"sets": {set: {"n": n, label: record}}, "seconds": s}
-    accuracy_partial: dict[str, Any] | None = None  # the figures of an evaluation still running
+    accuracy: Figures | None = None
+    accuracy_partial: Figures | None = None  # the figures of an evaluation still running
 
     @classmethod
     def of(cls, doc: dict[str, Any] | None) -> RoundEval:
-        parts = {}
+        parts: dict[str, Any] = {}
         for name, value in (doc or {}).items():
-            if name in cls.__struct_fields__:
+            if name in _FIGURES:  # read record by record: one damaged record leaves the others
+                parts[name] = Figures.of(value)
+            elif name in cls.__struct_fields__:
                 try:  # each part on its own: one damaged part leaves the others readable
                     parts[name] = msgspec.convert(value, _PART_TYPES[name])
                 except msgspec.ValidationError:
                     continue
         return cls(**parts)
+
+    def parts(self) -> dict[str, Any]:
+        """The parts this record sets (its fields that are not None) as they are stored (JSON
+        builtins). A part not of its declared type raises ``TypeError``: a stage cannot store,
+        say, its data counts as the collect counts."""
+        out = {}
+        for name, typ in _PART_TYPES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:  # of its type (a struct part that struct, not a dict), and stored it reads back as that
+                typed = msgspec.convert(value, typ, strict=True)
+                if isinstance(typed, msgspec.Struct) and not isinstance(value, type(typed)):
+                    raise TypeError(f"got a {type(value).__name__}")
+                out[name] = msgspec.to_builtins(value)
+                msgspec.convert(out[name], typ)
+            except (msgspec.ValidationError, TypeError) as e:
+                raise TypeError(f"RoundEval.{name} must be {typ}: {e}") from None
+        return out
 
     @property
     def evaluated(self) -> bool:
@@ -249,19 +325,14 @@ class RoundEval(msgspec.Struct, frozen=True):
 
     def set_sizes(self) -> dict[str, int | None]:
         """Problems per evaluation set (``n`` of each set)."""
-        sets = (self.accuracy or {}).get("sets") or {}
-        return {name: figs.get("n") for name, figs in sets.items() if isinstance(figs, dict)}
+        return self.accuracy.sizes() if self.accuracy else {}
 
     def records(self) -> dict[str, dict[str, MethodRecord]]:
         """``{set: {method label: record}}`` of the held-out figures; empty before any."""
-        out: dict[str, dict[str, MethodRecord]] = {}
-        for name, figs in ((self.accuracy or {}).get("sets") or {}).items():
-            for label, value in (figs if isinstance(figs, dict) else {}).items():
-                rec = method_record(value) if label != "n" else None
-                if rec is not None:
-                    out.setdefault(name, {})[label] = rec
-        return out
+        return self.accuracy.records() if self.accuracy else {}
 
 
-# Each part's declared type, for converting it on its own (``RoundEval.of``).
+# Each part's declared type, for converting it on its own (``RoundEval.of``) and checking a write
+# (``RoundEval.parts``); the figures are read leniently (``Figures.of``).
 _PART_TYPES: dict[str, Any] = {f.name: f.type for f in msgspec.structs.fields(RoundEval)}
+_FIGURES = ("accuracy", "accuracy_partial")

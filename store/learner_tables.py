@@ -7,8 +7,9 @@
 Guaranteed: ``replace_selection`` swaps a round's training rows as one unit (delete, then insert:
 re-running selection for a round replaces its rows, never adds to them); ``advance`` changes a
 round's state only from the state the caller saw, so a stale caller changes nothing (returns
-False); ``add_checkpoint`` is idempotent on (kind, version) and returns the row's id either way.
-Values are plain dicts and lists; timestamps are aware datetimes in UTC.
+False); ``add_checkpoint`` is idempotent on (kind, version) and returns the row's id either way;
+``merge_eval`` writes a round's evaluation parts typed (``rstar.schemas.RoundEval``).
+Values read are plain dicts and lists; timestamps are aware datetimes in UTC.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 
-from rstar.schemas import Node, Problem
+from rstar.schemas import Node, Problem, RoundEval
 from store.models import CheckpointRow, NodeRow, PpmPairRow, ProblemRow, RoundRow, SftExampleRow, TreeRow
 
 
@@ -81,10 +82,15 @@ def advance(conn: Connection, round_no: int, expect: str, to: str, **values: Any
     return res.rowcount == 1
 
 
-def merge_eval(conn: Connection, round_no: int, patch: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``patch`` into the round's ``eval`` document (top-level keys replaced)."""
+def merge_eval(conn: Connection, round_no: int, parts: RoundEval, clear: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Store the parts ``parts`` sets (``RoundEval.parts``: a part not of its type raises
+    ``TypeError``) in the round's ``eval`` document, each replacing the stored part of its name,
+    and remove the parts named in ``clear``; every other part stays as stored, so one stage never
+    clobbers another's. Returns the document stored."""
+    if unknown := set(clear) - set(RoundEval.__struct_fields__):
+        raise ValueError(f"no such part of a round's eval: {sorted(unknown)}")
     cur = conn.execute(select(RoundRow.eval).where(RoundRow.round == round_no)).scalar_one()
-    doc = {**(cur or {}), **patch}
+    doc = {k: v for k, v in {**(cur or {}), **parts.parts()}.items() if k not in clear}
     conn.execute(update(RoundRow).where(RoundRow.round == round_no).values(eval=doc))
     return doc
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import msgspec
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
@@ -33,7 +34,7 @@ from learner.rounds import step
 from learner.state import make_learner, round_dir
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
-from rstar.schemas import Node, TreeResult
+from rstar.schemas import Figures, LevelCount, MethodRecord, Node, RoundEval, TreeResult
 from store import learner_tables as lt
 from store.db import open_store
 from store.queries import list_checkpoints
@@ -159,22 +160,18 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
             assert "accuracy" not in lt.get_round(engine, 0)["eval"]
             assert lt.unevaluated_round(engine)["round"] == 0
             # An evaluation interrupted after its first figure resumes from it (not recomputed).
-            partial = {
-                "n": 2,
-                "correct": 1,
-                "accuracy": 0.5,
-                "by_level": {"1": {"n": 1, "correct": 1}, "2": {"n": 1, "correct": 0}},
-            }
+            partial = MethodRecord(
+                accuracy=0.5, n=2, correct=1, by_level={"1": LevelCount(1, 1), "2": LevelCount(1, 0)}
+            )
+            figs = Figures({"synthetic": {"n": 2, "greedy": partial}}, seconds=1.0)
             with lt.begin(engine) as conn:
-                lt.merge_eval(
-                    conn, 0, {"accuracy_partial": {"sets": {"synthetic": {"n": 2, "greedy": partial}}, "seconds": 1.0}}
-                )
+                lt.merge_eval(conn, 0, RoundEval(accuracy_partial=figs))
             await evaluate_published(L, lt.get_round(engine, 0))
             assert lt.unevaluated_round(engine) is None
             r0 = lt.get_round(engine, 0)
             syn = r0["eval"]["accuracy"]["sets"]["synthetic"]
-            assert syn["greedy"] == partial
-            assert r0["eval"]["accuracy_partial"] is None and r0["eval"]["accuracy"]["seconds"] > 1.0
+            assert syn["greedy"] == msgspec.to_builtins(partial)  # kept as stored
+            assert "accuracy_partial" not in r0["eval"] and r0["eval"]["accuracy"]["seconds"] > 1.0
             assert r0["state"] == "published" and r0["eval"]["bootstrap"]["stored"] == 6
             assert r0["eval"]["data"] == {"sft_examples": 6, "ppm_pairs": 0, "problems": 6, "solved_problems": 6}
             assert set(syn) == {"n", "greedy", "majority@2", "mcts@2"}  # no PPM in round 0: no MCTS+PPM

@@ -5,6 +5,7 @@ read; a round with a PPM evaluates both MCTS methods; ``mcts`` never scores with
 import contextlib
 import json
 
+import msgspec
 import pytest
 
 from actors.backends.base import Backend, Generation
@@ -24,7 +25,7 @@ from learner.round_eval import (
 )
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
-from rstar.schemas import LevelCount, MethodRecord, Problem, RoundEval, method_record
+from rstar.schemas import Figures, LevelCount, MethodRecord, Problem, RoundEval, method_record
 from rstar.steps import STEP_END
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,19 +41,28 @@ def _outcomes(problems, right):
 def test_record_counts_by_level_and_they_add_up():
     probs = synthetic_problems(12, "heldout", (1, 2, 3), seed=0)  # levels taken in turn: i % 3
     assert [p.meta["level"] for p in probs[:4]] == [1, 2, 3, 1]
-    rec = record(probs, _outcomes(probs, {0, 3, 6, 1}))
-    assert rec["n"] == 12 and rec["correct"] == 4 and rec["accuracy"] == 0.3333
-    assert rec["by_level"] == {"1": {"n": 4, "correct": 3}, "2": {"n": 4, "correct": 1}, "3": {"n": 4, "correct": 0}}
-    assert list(rec["by_level"]) == ["1", "2", "3"]
-    assert sum(b["n"] for b in rec["by_level"].values()) == rec["n"]
-    assert sum(b["correct"] for b in rec["by_level"].values()) == rec["correct"]
-    assert rec["correct_ids"] == sorted(probs[i].id for i in (0, 1, 3, 6))
+    rec = record(probs, _outcomes(probs, {0, 3, 6, 1}), seconds=2.5)
+    assert rec.n == 12 and rec.correct == 4 and rec.accuracy == 0.3333 and rec.seconds == 2.5
+    assert rec.by_level == {"1": LevelCount(4, 3), "2": LevelCount(4, 1), "3": LevelCount(4, 0)}
+    assert list(rec.by_level) == ["1", "2", "3"]
+    assert sum(b.n for b in rec.by_level.values()) == rec.n
+    assert sum(b.correct for b in rec.by_level.values()) == rec.correct
+    assert rec.correct_ids == sorted(probs[i].id for i in (0, 1, 3, 6))
 
 
 def test_record_of_a_set_without_levels_has_no_levels():
     probs = [Problem(id=f"svamp-{i}", source="svamp", question="q", answer="1") for i in range(5)]
     rec = record(probs, _outcomes(probs, {2}))
-    assert rec == {"n": 5, "correct": 1, "accuracy": 0.2, "by_level": {}, "correct_ids": ["svamp-2"]}
+    assert rec == MethodRecord(accuracy=0.2, n=5, correct=1, by_level={}, correct_ids=["svamp-2"])
+    # stored as the record it is, every key present (``by_level`` empty for a set without levels)
+    assert msgspec.to_builtins(rec) == {
+        "accuracy": 0.2,
+        "n": 5,
+        "correct": 1,
+        "by_level": {},
+        "correct_ids": ["svamp-2"],
+        "seconds": None,
+    }
 
 
 def test_method_record_takes_old_floats_and_new_records():
@@ -151,10 +161,10 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     stored = []
 
     async def on_figure(figs):
-        stored.append(json.loads(json.dumps(figs)))  # as the store keeps it
+        stored.append(json.loads(json.dumps(RoundEval(accuracy_partial=figs).parts())))  # as the store keeps it
 
     # An interrupted evaluation stored an old-style float for synthetic greedy: kept, not redone.
-    done = {"sets": {"synthetic": {"n": 4, "greedy": 0.5}}, "seconds": 2.0}
+    done = Figures.of({"sets": {"synthetic": {"n": 4, "greedy": 0.5}}, "seconds": 2.0})
     figs = await evaluate_round(cfg, sets, tmp_path / "policy", tmp_path / "ppm", 1, done=done, on_figure=on_figure)
     assert [(d, m) for d, m, _ in runs] == [
         ("synthetic", "majority"),
@@ -166,9 +176,10 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
         ("svamp", "mcts+ppm"),
     ]
     assert all(ctx == str(tmp_path / "ppm") for _, _, ctx in runs)  # one session, the PPM loaded
-    syn, sv = figs["sets"]["synthetic"], figs["sets"]["svamp"]
-    assert syn["greedy"] == 0.5 and syn["n"] == 4 and figs["seconds"] >= 2.0
-    assert syn["mcts+ppm@2"] == {
+    syn, sv = figs.sets["synthetic"], figs.sets["svamp"]
+    assert syn["greedy"] == MethodRecord(accuracy=0.5) and syn["n"] == 4 and figs.seconds >= 2.0
+    stored_syn = RoundEval(accuracy=figs).parts()["accuracy"]["sets"]["synthetic"]
+    assert stored_syn["mcts+ppm@2"] == {
         "n": 4,
         "correct": 1,
         "accuracy": 0.25,
@@ -177,7 +188,7 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
         "seconds": 0.1,
     }
     assert set(syn) == {"n", "greedy", "majority@2", "mcts@2", "mcts+ppm@2"}
-    assert sv["greedy"] == {
+    assert msgspec.to_builtins(sv["greedy"]) == {
         "n": 3,
         "correct": 2,
         "accuracy": 0.6667,
@@ -185,7 +196,8 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
         "correct_ids": ["s0", "s1"],
         "seconds": 0.1,
     }
-    assert len(stored) == 7 and set(stored[0]["sets"]["synthetic"]) == {"n", "greedy", "majority@2"}
+    first = stored[0]["accuracy_partial"]["sets"]["synthetic"]
+    assert len(stored) == 7 and set(first) == {"n", "greedy", "majority@2"}
 
     # Without a PPM: no MCTS+PPM; a complete `done` is returned without loading anything.
     runs.clear()
@@ -193,7 +205,7 @@ async def test_evaluate_round_stores_records_resumes_and_runs_both_mcts_with_a_p
     assert [m for _, m, _ in runs] == ["greedy", "majority", "mcts"] and runs[0][2] is None
     runs.clear()
     again = await evaluate_round(cfg, {"svamp": sets["svamp"]}, tmp_path / "policy", None, 0, done=figs)
-    assert runs == [] and again["sets"] == figs["sets"]
+    assert runs == [] and again.sets == figs.sets
 
 
 class _Backend(Backend):
@@ -294,5 +306,5 @@ async def test_sampled_methods_run_on_a_level_balanced_prefix(monkeypatch, tmp_p
     )
     figs = await evaluate_round(cfg, eval_sets(cfg), tmp_path / "policy", None, 0)
     assert len(sizes["greedy"]) == 12 and sizes["majority"] == sizes["mcts"] == [1, 2, 3, 4]
-    syn = figs["sets"]["synthetic"]
-    assert syn["n"] == 12 and syn["greedy"]["n"] == 12 and syn["majority@4"]["n"] == 4
+    syn = figs.records()["synthetic"]
+    assert figs.sizes() == {"synthetic": 12} and syn["greedy"].n == 12 and syn["majority@4"].n == 4

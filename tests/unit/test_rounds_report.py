@@ -10,7 +10,15 @@ from app.cli import app
 from app.cli.rounds import accuracy_cell, json_rows, load_rows_json, rounds_markdown
 from app.dashboard import _last_eval
 from app.rounds_plot import accuracy_series, level_series, plot_rounds
-from rstar.schemas import method_record
+from rstar.schemas import (
+    CollectCounts,
+    DataCounts,
+    Figures,
+    LevelCount,
+    MethodRecord,
+    RoundEval,
+    method_record,
+)
 
 
 def _rec(correct, n, by_level=None):
@@ -148,14 +156,64 @@ def test_load_rows_json(tmp_path):
 
 
 def _store_with_rounds(url, rows):
+    """A store with ``rows``' eval documents as they are (written by older versions: bare floats)."""
+    from sqlalchemy import update
+
     from store import learner_tables as lt
     from store.db import open_store
+    from store.models import RoundRow
 
     engine = open_store(url)
     with lt.begin(engine) as conn:
         for r in rows:
             lt.open_round(conn, r["round"], 10)
-            lt.merge_eval(conn, r["round"], r["eval"])
+            conn.execute(update(RoundRow).where(RoundRow.round == r["round"]).values(eval=r["eval"]))
+    engine.dispose()
+
+
+def test_stages_write_typed_parts_that_merge_and_read_back_as_before(tmp_path):
+    from store import learner_tables as lt
+    from store.db import open_store
+    from store.queries import list_rounds
+
+    engine = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    greedy = MethodRecord(accuracy=0.2, n=30, correct=6, by_level={"1": LevelCount(15, 5), "2": LevelCount(15, 1)})
+    partial = Figures({"synthetic": {"n": 30, "greedy": greedy}}, seconds=2.0)
+    done = Figures({"synthetic": {"n": 30, "greedy": greedy, "mcts@4": method_record(_rec(12, 30))}}, seconds=5.0)
+    with lt.begin(engine) as conn:
+        lt.open_round(conn, 1, 10)
+        lt.merge_eval(conn, 1, RoundEval(collect=CollectCounts(trees=10, solve_rate=0.4), data=DataCounts(4, 2)))
+        lt.merge_eval(conn, 1, RoundEval(ppm_pairwise_acc=0.75))
+        lt.merge_eval(conn, 1, RoundEval(accuracy_partial=partial))
+        doc = lt.merge_eval(conn, 1, RoundEval(accuracy=done, requeued=3), clear=("accuracy_partial",))
+        # A part of the wrong type fails, and stores nothing: another stage's counts, a bare
+        # dict where a struct belongs, a string where a figure belongs; so does an unknown part.
+        for wrong in (
+            RoundEval(collect=DataCounts(4, 2)),
+            RoundEval(data=CollectCounts()),
+            RoundEval(accuracy={"sets": {}, "seconds": 1.0}),
+            RoundEval(accuracy=Figures({"synthetic": {"greedy": DataCounts()}})),
+            RoundEval(ppm_pairwise_acc="0.5"),
+        ):
+            with pytest.raises(TypeError, match=r"RoundEval\.\w+ must be"):
+                lt.merge_eval(conn, 1, wrong)
+        with pytest.raises(ValueError, match="no such part"):
+            lt.merge_eval(conn, 1, RoundEval(requeued=1), clear=("acuracy_partial",))
+    assert lt.get_round(engine, 1)["eval"] == doc  # no part clobbered another, nothing wrong stored
+    assert set(doc) == {"collect", "data", "ppm_pairwise_acc", "accuracy", "requeued"}
+    assert doc["collect"] == {"trees": 10, "solved_trees": 0, "problems": 0, "solved_problems": 0, "solve_rate": 0.4}
+    assert doc["data"] == {"sft_examples": 4, "ppm_pairs": 2, "problems": 0, "solved_problems": 0}
+    assert doc["accuracy"]["sets"]["synthetic"]["n"] == 30 and doc["accuracy"]["seconds"] == 5.0
+    assert doc["accuracy"]["sets"]["synthetic"]["greedy"]["by_level"] == {
+        "1": {"n": 15, "correct": 5},
+        "2": {"n": 15, "correct": 1},
+    }
+    assert RoundEval.of(doc).records()["synthetic"] == done.records()["synthetic"]
+    # `rstar rounds --json` gives the same rows as for the same figures stored the old way (NEW1's)
+    (row,) = json_rows(list_rounds(engine))
+    old = json_rows([NEW1])[0]["accuracy"]["synthetic"]
+    assert row["accuracy"]["synthetic"] == {"greedy": old["greedy"], "mcts@4": old["mcts@4"]}
+    assert "| 1 | collecting | 10 | 40.0% | 4 | 2 | 75.0% |" in rounds_markdown([row])
     engine.dispose()
 
 
