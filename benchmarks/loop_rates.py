@@ -68,7 +68,7 @@ def round_rates(engine) -> dict:
                 "sft_s": sft,
                 "ppm_s": ppm,
                 "collect_s": None if wall is None else round(wall - sum(x or 0 for x in (sft, ppm, boot)), 1),
-                "eval_s": (ev.accuracy or {}).get("seconds"),
+                "eval_s": ev.accuracy.seconds if ev.accuracy else None,
                 "eval_methods_s": methods,
                 "trees": n,
                 # a bootstrap round's trees are the teacher's demonstrations, stored, not searched

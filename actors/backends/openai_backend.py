@@ -71,7 +71,7 @@ class OpenAIBackend(Backend):
         if self._loop.is_closed():
             raise BackendError("openai backend is closed")
         seeded = seeds is not None or params.seed is not None
-        per_prompt = prompt_seeds(len(prompts), params, seeds) if seeded else [None] * len(prompts)
+        per_prompt: list[int | None] = [*prompt_seeds(len(prompts), params, seeds)] if seeded else [None] * len(prompts)
         return asyncio.run_coroutine_threadsafe(self._generate(prompts, params, per_prompt), self._loop).result()
 
     def close(self) -> None:
