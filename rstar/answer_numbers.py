@@ -219,6 +219,7 @@ _UNIT_SYMBOLS = {
 }
 _UNIT = re.compile(r"[a-z][a-z./^0-9²³]*(?:\s+[a-z][a-z./^0-9²³]*)*", re.I)
 MAX_DIGITS = 4000  # a value with more digits is left to math-verify (and its deadline)
+MAX_NESTING = 64  # brackets, fractions and exponents nested deeper are left to math-verify too
 
 
 def _is_unit(rest: str, spaced: bool) -> bool:
@@ -246,7 +247,7 @@ def _double(mantissa: str, exponent: str | None) -> bool:
 
 def _power(base: str, exponent: str) -> Fraction | None:
     b, e = int(base), int(exponent)
-    if b > 1 and abs(e) * math.log10(b) > MAX_DIGITS:
+    if b > 1 and abs(e) > MAX_DIGITS / math.log10(b):  # not abs(e) * log: e may be past any float
         return None
     return Fraction(b) ** e if b or e >= 0 else None
 
@@ -289,9 +290,11 @@ _TOKEN = re.compile(r"\s*(\\frac|\\cdot|\\times|\d*\.\d+|\d+\.?|[-+*/^(){}×])")
 class _Arithmetic:
     """Exact value of a rational arithmetic expression: numbers, ``+ - * / ^``, ``\\cdot``,
     ``\\times``, ``\\frac{}{}``, brackets, integer powers (``\\frac{1}{2^{99}}``, ``0.1+0.2``).
-    Raises ValueError for anything else, ZeroDivisionError for a division by zero."""
+    Raises ValueError for anything else (nesting past ``MAX_NESTING`` included: the parser
+    recurses), ZeroDivisionError for a division by zero."""
 
     def __init__(self, s: str) -> None:
+        self.depth = 0
         self.tokens, pos = [], 0
         while pos < len(s.rstrip()):
             m = _TOKEN.match(s, pos)
@@ -331,16 +334,22 @@ class _Arithmetic:
         return v
 
     def signed(self) -> Fraction:
-        if self.peek() in ("-", "+"):
-            return -self.signed() if self.take() == "-" else self.signed()
+        negative = False
+        while self.peek() in ("-", "+"):  # a loop, not recursion: "------1" is one level
+            negative ^= self.take() == "-"
+        self.depth += 1  # every bracket, \frac and exponent passes here
+        if self.depth > MAX_NESTING:
+            raise ValueError("nested too deeply")
         base = self.atom()
-        if self.peek() != "^":
-            return base
-        self.take()
-        exp = self.signed()
-        if exp.denominator != 1 or (abs(base) not in (0, 1) and abs(exp) * _digits(base) > MAX_DIGITS):
-            raise ValueError("not a small integer power")
-        return base ** int(exp)
+        if self.peek() == "^":
+            self.take()
+            exp = self.signed()
+            # Compared as exact fractions: abs(exp) * digits could be past any float.
+            if exp.denominator != 1 or (abs(base) not in (0, 1) and abs(exp) > MAX_DIGITS / _digits(base)):
+                raise ValueError("not a small integer power")
+            base = base ** int(exp)
+        self.depth -= 1
+        return -base if negative else base
 
     def atom(self) -> Fraction:
         t = self.take()
