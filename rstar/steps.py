@@ -60,12 +60,16 @@ def has_code(step: str) -> bool:
 
 
 def parse_steps(text: str) -> list[str]:
-    """Split text made of delimited steps into canonical steps (a trailing partial step is kept)."""
-    parts = text.replace("\r\n", "\n").split(STEP_END)
+    """Split text made of delimited steps into canonical steps (a trailing partial step is kept).
+
+    Never raises: a part with nothing but blank lines and code fences is no step and is dropped.
+    """
     steps = []
-    for part in parts:
-        if part.strip():
+    for part in text.replace("\r\n", "\n").split(STEP_END):
+        try:
             steps.append(normalize_step(part))
+        except StepFormatError:
+            continue
     return steps
 
 
