@@ -410,11 +410,18 @@ class ConfigError(ValueError):
 
 def _parse_value(raw: str, text: bool = False) -> Any:
     """A TOML value when ``raw`` parses as one, else ``raw``; for a text field (``text``) a
-    parsed non-string (``123456``, ``42``) stays the string it was written as."""
+    parsed non-string (``123456``, ``42``) stays the string it was written as. ``raw`` must be
+    one value whole: ``1\nx = 2`` is not the value 1 (it stays the string, which the field's
+    type then refuses)."""
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        doc = tomllib.loads(f"v = {raw}")
+    # ValueError: TOML errors, and integers past Python's 4,300-digit limit;
+    # RecursionError: arrays or tables nested past the stack (tomllib has no depth limit).
+    except (ValueError, RecursionError):
         return raw
+    if list(doc) != ["v"]:
+        return raw
+    value = doc["v"]
     return raw if text and not isinstance(value, str) else value
 
 
@@ -448,11 +455,15 @@ def _read_file(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        if p.suffix == ".json":  # a resolved config saved by dump_config
-            return json.loads(p.read_text())
-        return tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        text = p.read_text(encoding="utf-8")
+        tree = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)  # .json: saved by dump_config
+    # OSError: unreadable; ValueError: not UTF-8, not TOML/JSON, an integer past 4,300 digits;
+    # RecursionError: nested past the stack.
+    except (OSError, ValueError, RecursionError) as e:
         raise ConfigError(f"{p}: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: not a table of settings but a JSON {type(tree).__name__}")
+    return tree
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
