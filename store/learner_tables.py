@@ -213,42 +213,27 @@ def replace_selection(conn: Connection, round_no: int, sft: list[dict[str, Any]]
 
 def sft_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
     """The round's SFT rows with each tree's question, in id order."""
-    q = (
-        select(
-            SftExampleRow.id,
-            SftExampleRow.tree_id,
-            SftExampleRow.leaf_idx,
-            SftExampleRow.text,
-            SftExampleRow.avg_q,
-            ProblemRow.question,
-        )
-        .join(TreeRow, TreeRow.id == SftExampleRow.tree_id)
-        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-        .where(SftExampleRow.round == round_no)
-        .order_by(SftExampleRow.id)
-    )
-    with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(q)]
+    t = SftExampleRow
+    return _round_rows(engine, t, round_no, t.id, t.tree_id, t.leaf_idx, t.text, t.avg_q)
 
 
 def pair_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
     """The round's PPM pair rows with each tree's question, in id order."""
+    t = PpmPairRow
+    cols = (t.id, t.tree_id, t.pos_idx, t.neg_idx, t.prompt, t.pos_text, t.neg_text, t.kind)
+    return _round_rows(engine, t, round_no, *cols)
+
+
+def _round_rows(
+    engine: Engine, table: type[SftExampleRow] | type[PpmPairRow], round_no: int, *cols: Any
+) -> list[dict[str, Any]]:
+    """``cols`` of ``table``'s rows of round ``round_no`` and each one's tree's question, in id order."""
     q = (
-        select(
-            PpmPairRow.id,
-            PpmPairRow.tree_id,
-            PpmPairRow.pos_idx,
-            PpmPairRow.neg_idx,
-            PpmPairRow.prompt,
-            PpmPairRow.pos_text,
-            PpmPairRow.neg_text,
-            PpmPairRow.kind,
-            ProblemRow.question,
-        )
-        .join(TreeRow, TreeRow.id == PpmPairRow.tree_id)
+        select(*cols, ProblemRow.question)
+        .join(TreeRow, TreeRow.id == table.tree_id)
         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
-        .where(PpmPairRow.round == round_no)
-        .order_by(PpmPairRow.id)
+        .where(table.round == round_no)
+        .order_by(table.id)
     )
     with engine.connect() as c:
         return [dict(r._mapping) for r in c.execute(q)]
