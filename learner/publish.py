@@ -69,23 +69,14 @@ async def publish_pair(
     def rows() -> None:
         with lt.begin(engine) as conn:
             pid = lt.add_checkpoint(
-                conn,
-                round_no=round_no,
-                kind="policy",
-                version=policy.version,
-                object=policy.object,
-                sha256=policy.sha256,
-                metrics=policy_metrics or {},
-                base=base,
+                conn, policy, round_no=round_no, kind="policy", metrics=policy_metrics or {}, base=base
             )
             if ppm is not None:
                 lt.add_checkpoint(
                     conn,
+                    ppm,
                     round_no=round_no,
                     kind="ppm",
-                    version=ppm.version,
-                    object=ppm.object,
-                    sha256=ppm.sha256,
                     metrics=ppm_metrics or {},
                     parent_id=pid,
                     base=policy.version,

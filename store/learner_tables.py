@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, case, delete, func, insert, select, update
 
-from rstar.schemas import Node, Problem, RoundEval
+from rstar.schemas import ModelRef, Node, Problem, RoundEval
 from store.models import CheckpointRow, NodeRow, PpmPairRow, ProblemRow, RoundRow, SftExampleRow, TreeRow
 
 
@@ -242,19 +242,17 @@ def _round_rows(
 # --- checkpoints --------------------------------------------------------------------------------
 def add_checkpoint(
     conn: Connection,
+    ref: ModelRef,
     *,
     round_no: int,
     kind: str,
-    version: str,
-    object: str,
-    sha256: str,
     metrics: dict[str, Any],
     parent_id: int | None = None,
     base: str | None = None,
 ) -> int:
-    """Record a published model (idempotent on kind+version); returns its row id."""
+    """Record the published model ``ref`` (idempotent on kind+version); returns its row id."""
     found = conn.execute(
-        select(CheckpointRow.id).where(CheckpointRow.kind == kind, CheckpointRow.version == version)
+        select(CheckpointRow.id).where(CheckpointRow.kind == kind, CheckpointRow.version == ref.version)
     ).scalar_one_or_none()
     if found is not None:
         return found
@@ -263,9 +261,9 @@ def add_checkpoint(
         .values(
             round=round_no,
             kind=kind,
-            version=version,
-            object=object,
-            sha256=sha256,
+            version=ref.version,
+            object=ref.object,
+            sha256=ref.sha256,
             metrics=metrics,
             parent_id=parent_id,
             base=base,
