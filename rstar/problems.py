@@ -291,7 +291,9 @@ def read_problems_jsonl(path: str | Path, invalid: list[ProblemFileError] | None
         raise ProblemFileError(path, 0, f"cannot read: {e}") from None
     out: list[Problem] = []
     first_line: dict[str, int] = {}
-    for no, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: splitlines() would also cut at U+2028, U+0085 and other characters
+    # that JSON strings may hold unescaped (msgspec writes them so).
+    for no, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

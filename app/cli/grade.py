@@ -99,7 +99,9 @@ def _grade_file(path: Path, out: Path | None, timeout_s: float) -> int:
     from rstar.grading import Verdict, verify
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" only: splitlines() also cuts at U+2028 and U+0085, which JSON strings hold.
+        text = path.read_text(encoding="utf-8")
+        lines = text.removesuffix("\n").split("\n") if text else []
     except (OSError, UnicodeDecodeError) as e:
         raise typer.BadParameter(f"cannot read {path}: {e}", param_hint="--file") from None
     tmp = out.with_name(f".{out.name}.tmp") if out else None

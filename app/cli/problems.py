@@ -37,7 +37,7 @@ def _read_skipping_invalid(path: Path) -> tuple[list, list[str]]:
     """
     from rstar.problems import ProblemFileError, read_problems_jsonl
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = Path(path).read_text(encoding="utf-8").split("\n")  # as read_problems_jsonl: not splitlines()
     invalid: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp) / Path(path).name
