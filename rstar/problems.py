@@ -78,7 +78,9 @@ def _number(x: float | int | str) -> str:
     if isinstance(x, str):
         x = x.strip()
         return x.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", x) else x
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
+    if isinstance(x, int):  # not through float: an integer of 400 digits is past any float
+        return str(x)
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def _make(source: str, question: str, answer: str | None, meta: dict) -> Problem:
