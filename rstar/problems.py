@@ -204,7 +204,7 @@ def _synthetic_levels(name: str) -> tuple[int, ...]:
     try:
         if "-" in spec:
             lo, hi = (int(x) for x in spec.split("-"))
-            levels = tuple(range(lo, hi + 1))
+            levels = tuple(range(lo, hi + 1)) if lo in LEVELS and hi in LEVELS else ()  # 1-10**12: no huge range
         else:
             levels = tuple(int(x) for x in spec.split(","))
     except ValueError:
