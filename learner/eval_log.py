@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from learner.evaluate import EvalResult, ProblemOutcome
+from learner.evaluate import EvalResult, ProblemOutcome, eval_result
 from rstar.config import Config
 from rstar.log import get_logger
 
@@ -114,18 +114,8 @@ class EvalLog:
         for line in self.done.values():
             wall, tokens = per_segment.get(line.segment, (0.0, 0))
             per_segment[line.segment] = (max(wall, line.wall_s), max(tokens, line.gen_tokens))
-        n_correct = sum(line.correct for line in lines)
         outcomes = [
             ProblemOutcome(problem_id=x.problem_id, answer=x.answer, gold=x.gold, correct=x.correct) for x in lines
         ]
-        return EvalResult(
-            dataset=dataset,
-            method=method,
-            k=1 if method == "greedy" else k,
-            n=len(lines),
-            correct=n_correct,
-            accuracy=round(n_correct / len(lines), 4) if lines else 0.0,
-            seconds=round(sum(w for w, _ in per_segment.values()), 2),
-            gen_tokens=sum(t for _, t in per_segment.values()),
-            outcomes=outcomes,
-        )
+        seconds = sum(w for w, _ in per_segment.values())
+        return eval_result(dataset, method, k, outcomes, seconds, sum(t for _, t in per_segment.values()))

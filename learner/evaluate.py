@@ -50,6 +50,24 @@ class EvalResult(msgspec.Struct):
     outcomes: list[ProblemOutcome] = []
 
 
+def eval_result(
+    dataset: str, method: str, k: int, outcomes: list[ProblemOutcome], seconds: float, gen_tokens: int
+) -> EvalResult:
+    """The totals of ``outcomes`` (``k`` is 1 for greedy, which samples once)."""
+    n_correct = sum(o.correct for o in outcomes)
+    return EvalResult(
+        dataset=dataset,
+        method=method,
+        k=1 if method == "greedy" else k,
+        n=len(outcomes),
+        correct=n_correct,
+        accuracy=round(n_correct / len(outcomes), 4) if outcomes else 0.0,
+        seconds=round(seconds, 2),
+        gen_tokens=gen_tokens,
+        outcomes=outcomes,
+    )
+
+
 def method_context(ctx: SearchContext, method: Method) -> SearchContext:
     """The context ``method`` searches with: for ``mcts`` one that never scores with the PPM
     (``ppm_init`` off), for ``mcts+ppm`` one that does (``ppm_init`` on); else ``ctx`` itself."""
@@ -101,15 +119,6 @@ async def evaluate(
         return out
 
     outcomes = await asyncio.gather(*(one(p) for p in problems))
-    n_correct = sum(o.correct for o in outcomes)
-    return EvalResult(
-        dataset=dataset,
-        method=method,
-        k=1 if method == "greedy" else k,
-        n=len(outcomes),
-        correct=n_correct,
-        accuracy=round(n_correct / len(outcomes), 4) if outcomes else 0.0,
-        seconds=round(time.perf_counter() - t0, 2),
-        gen_tokens=ctx.worker.stats.gen_tokens - tokens0,
-        outcomes=list(outcomes),
+    return eval_result(
+        dataset, method, k, list(outcomes), time.perf_counter() - t0, ctx.worker.stats.gen_tokens - tokens0
     )
