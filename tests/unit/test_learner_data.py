@@ -6,6 +6,7 @@ import time
 
 import pytest
 from sqlalchemy import select
+from tree_helpers import PAPER, walk
 
 from learner.data import ppm_pairs, select_round, sft_examples, write_selection
 from rstar.config import TrainConfig
@@ -32,17 +33,14 @@ def text(idx: int, terminal: bool) -> str:
 
 def tree(tid: str, p: Problem, spec, round: int = 1, texts: dict[int, str] | None = None) -> TreeResult:
     """spec: (idx, parent, q[, terminal, correct]) per node; root first."""
-    depth = {None: -1}
     nodes = []
-    for idx, parent, q, *rest in spec:
-        depth[idx] = depth[parent] + 1
-        terminal, correct = rest if rest else (False, None)
+    for idx, parent, depth, q, terminal, correct in walk(spec):
         t = "" if parent is None else (texts or {}).get(idx, text(idx, terminal))
         nodes.append(
             Node(
                 idx=idx,
                 parent=parent,
-                depth=depth[idx],
+                depth=depth,
                 q=q,
                 visits=1,
                 text=t,
@@ -67,23 +65,6 @@ def tree(tid: str, p: Problem, spec, round: int = 1, texts: dict[int, str] | Non
     )
 
 
-# The tree of tests/unit/test_selection.py: SFT picks leaves 7 (avg .95) and 4 (.9).
-PAPER = [
-    (0, None, 0),
-    (1, 0, 0.8),
-    (2, 0, 0.5),
-    (3, 0, 0.9),
-    (4, 1, 1, True, True),
-    (5, 1, -1, True, False),
-    (6, 2, 1, True, True),
-    (7, 3, 1, True, True),
-    (8, 0, -0.9),
-    (9, 8, -1, True, False),
-    (10, 0, -0.2),
-    (11, 10, -1, True, False),
-    (12, 0, -0.5),
-    (13, 12, -1, True, False),
-]
 LINEAR = [(0, None, 0), (1, 0, 0.96), (2, 1, 1, True, True)]  # avg .98: the best of problem A
 DEEP = [(0, None, 0), (1, 0, 0.5), (2, 1, 0.9), (3, 2, 1, True, True), (4, 1, -0.8), (5, 4, -1, True, False)]
 UNSOLVED = [(0, None, 0), (1, 0, -1), (2, 1, -1, True, False)]

@@ -1,43 +1,17 @@
 """Training-data selection picks exactly the paper's examples on a hand-built tree."""
 
+from tree_helpers import PAPER, walk
+
 from learner.selection import select_final_pairs, select_ppm_pairs, select_sft, select_step_pairs, trajectories
 from rstar.schemas import Node
 
 
 def build():
-    """
-    0 (root)
-    ├─ 1 q=.8 ─ 4 q=1  T correct
-    │         └ 5 q=-1 T wrong
-    ├─ 2 q=.5 ─ 6 q=1  T correct
-    ├─ 3 q=.9 ─ 7 q=1  T correct   (highest q positive)
-    ├─ 8 q=-.9 ─ 9 q=-1 T wrong     (lowest q negative)
-    ├─ 10 q=-.2 ─ 11 q=-1 T wrong
-    └─ 12 q=-.5 ─ 13 q=-1 T wrong
-    """
-    spec = [
-        (0, None, 0),
-        (1, 0, 0.8),
-        (2, 0, 0.5),
-        (3, 0, 0.9),
-        (4, 1, 1, True, True),
-        (5, 1, -1, True, False),
-        (6, 2, 1, True, True),
-        (7, 3, 1, True, True),
-        (8, 0, -0.9),
-        (9, 8, -1, True, False),
-        (10, 0, -0.2),
-        (11, 10, -1, True, False),
-        (12, 0, -0.5),
-        (13, 12, -1, True, False),
+    """The paper's example tree (``tree_helpers.PAPER``, drawn there)."""
+    return [
+        Node(idx=idx, parent=parent, depth=depth, q=q, terminal=terminal, correct=correct)
+        for idx, parent, depth, q, terminal, correct in walk(PAPER)
     ]
-    depth = {None: -1}
-    nodes = []
-    for idx, parent, q, *rest in spec:
-        depth[idx] = depth[parent] + 1
-        terminal, correct = rest if rest else (False, None)
-        nodes.append(Node(idx=idx, parent=parent, depth=depth[idx], q=q, terminal=terminal, correct=correct))
-    return nodes
 
 
 def test_trajectories_and_average_q():
