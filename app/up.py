@@ -13,8 +13,9 @@ What it does, in order:
    (``app.supervisor``; logs in ``<data_dir>/run/logs``), restarting any that dies;
 6. shows a dashboard until Ctrl-C, ``--duration`` or ``--rounds`` says stop (``--rounds N``: round N
    published, evaluated and reported served by an actor's heartbeat, or ``SERVE_GRACE_S`` after
-   it was out, with a warning), then stops the children (SIGTERM, grace period, SIGKILL) and the
-   server.
+   it was out, with a warning), then stops the children (SIGTERM; SIGKILL for one still running
+   after its own stop bound + 10 s) and the server: on SIGTERM, ``rstar up`` exits within
+   ``rstar.stopping.up_stop_bound_s`` (max(actor.grace_s + 30 s, learner.stop_timeout_s) + 30 s).
 
 Running it again resumes: the store holds the rounds and trees, the broker the queue and the
 model pointer, the learner continues the round it was in, actors load the current pointer.
@@ -32,7 +33,7 @@ from pathlib import Path
 from app.supervisor import Supervisor, rstar_argv
 from rstar.config import Config, dump_config
 from rstar.log import get_logger
-from rstar.stopping import run_until_signal
+from rstar.stopping import child_stop_wait_s, run_until_signal, up_stop_bound_s
 
 log = get_logger(__name__)
 
@@ -188,9 +189,9 @@ def run_up(cfg: Config, opts: UpOptions, config_file: str | None, overrides: lis
         # Children run in their own sessions (Ctrl-C does not reach them): once one is started,
         # any failure, even starting the next, must still stop it.
         try:
-            run_until_signal(lambda stop: _watch(cfg, engine, sup, opts, stop, start_children))
+            run_until_signal(lambda stop: _watch(cfg, engine, sup, opts, stop, start_children), up_stop_bound_s(cfg))
         finally:
             log.info("stopping %d processes…", len(sup.children))
-            sup.stop(grace_s=60.0)
+            sup.stop(grace_s=child_stop_wait_s(cfg))  # each child bounds its own stop: see rstar.stopping
             engine.dispose()
     log.info("stopped; run `rstar up` again to resume (logs: %s)", run_dir / "logs")

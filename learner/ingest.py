@@ -40,7 +40,7 @@ from broker.streams import INGEST_CONSUMER, TREES_STREAM
 from rstar.config import Config
 from rstar.log import get_logger
 from rstar.schemas import SchemaError, TreeResult
-from rstar.stopping import run_until_signal
+from rstar.stopping import learner_stop_bound_s, run_until_signal
 from store.writer import upsert_trees
 
 log = get_logger(__name__)
@@ -274,6 +274,6 @@ def serve(cfg: Config, batch_size: int = 256) -> IngestStats:
 
     log.info("ingest: consuming %s into %s", TREES_STREAM, engine.url.render_as_string(hide_password=True))
     try:
-        return run_until_signal(lambda stop: run_ingest(cfg, engine, stop, batch_size))
+        return run_until_signal(lambda stop: run_ingest(cfg, engine, stop, batch_size), learner_stop_bound_s(cfg))
     finally:
         engine.dispose()

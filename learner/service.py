@@ -10,7 +10,8 @@ error fails the process (a supervisor restarts it; all state is in the store and
 it continues where it was). SIGINT/SIGTERM set one stop event: ingest finishes the batch it is
 writing, a training stage finishes its optimizer step and saves its resumable state, evaluation
 and publishing are cancelled (redone on restart); then the connection is drained and the process
-exits 0.
+exits 0, within ``learner.stop_timeout_s`` of the signal whatever the load (else it is ended
+with exit code 124 and resumes from its last saved state: ``rstar.stopping``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.stopping import run_until_signal
+from rstar.stopping import learner_stop_bound_s, run_until_signal
 
 log = get_logger(__name__)
 
@@ -61,4 +62,4 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
 
 def serve(cfg: Config, exit_when_done: bool = False, progress: bool = False) -> None:
     """The process: signal handlers, then ``run_learner`` until SIGINT/SIGTERM."""
-    run_until_signal(lambda stop: run_learner(cfg, stop, exit_when_done, progress))
+    run_until_signal(lambda stop: run_learner(cfg, stop, exit_when_done, progress), learner_stop_bound_s(cfg))

@@ -299,6 +299,10 @@ class LearnerConfig(Section):
     """Last round to train; 0 = no limit. After publishing it the learner only ingests."""
     poll_s: float = Field(5.0, gt=0)
     """How often the controller checks a collecting round's tree count."""
+    stop_timeout_s: float = Field(60.0, gt=0)
+    """On SIGTERM, how long the learner may take to stop (training finishes its optimizer step
+    and saves its state, ingest commits its batch) before the process is ended anyway: training
+    then resumes from its last periodic save (``train.save_every``). ``rstar.stopping``."""
     ppm_init_from_round: int = Field(3, ge=1)
     """First round searched PPM-augmented (paper: 3). The pointer for a round below it carries
     no PPM; actors enable ``search.ppm_init`` exactly when the pointer carries one."""
@@ -356,7 +360,8 @@ class ActorConfig(Section):
     heartbeat_s: float = Field(10.0, gt=0)
     """Seconds between heartbeats (keep well under ``broker.heartbeat_ttl_s``)."""
     grace_s: float = Field(30.0, ge=0)
-    """On SIGTERM, how long in-flight trees may run on before their problems are returned (nak)."""
+    """On SIGTERM, how long in-flight trees may run on before their problems are returned (nak).
+    The process exits within ``grace_s`` + 30 s of SIGTERM whatever the load (``rstar.stopping``)."""
     checkpoint_dir: Path | None = None
     """Where downloaded checkpoints are cached, one directory per version; None =
     ``data_dir/checkpoints``. Only the serving pair and the one being loaded are kept."""

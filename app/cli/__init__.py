@@ -90,7 +90,29 @@ _register_all()
 
 
 def main() -> None:
+    """Run the command; one that ran a service (``rstar.stopping``) ends with ``exit_now``: its
+    leftover threads are not joined nor the interpreter torn down, so a stop stays bounded."""
+    import sys
+    import traceback
+
     from app.supervisor import exit_with_parent
+    from rstar import stopping
 
     exit_with_parent()
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    except BaseException:
+        if not stopping.served():
+            raise
+        traceback.print_exc()
+        code = 1
+    else:  # pragma: no cover - typer's standalone mode always ends in SystemExit
+        code = 0
+    if not stopping.served():
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    stopping.exit_now(code or 0)

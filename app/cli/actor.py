@@ -18,7 +18,7 @@ def actor(
     """Search problems from PROBLEMS until SIGINT/SIGTERM, then finish or return in-flight ones."""
     import os
 
-    from rstar.stopping import run_until_signal
+    from rstar.stopping import actor_stop_bound_s, run_until_signal
 
     cfg = get_config(config, overrides)
     if cfg.actor.nice:
@@ -29,7 +29,7 @@ def actor(
     if actor_id:
         cfg.actor.id = actor_id
 
-    report = run_until_signal(lambda stop: run_actor(cfg, stop))
+    report = run_until_signal(lambda stop: run_actor(cfg, stop), deadline_s=actor_stop_bound_s(cfg))
     summary = {
         "actor_id": report.actor_id,
         "published": report.published,
