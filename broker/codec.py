@@ -105,6 +105,8 @@ def unwrap(headers: Mapping[str, str] | None, data: bytes, max_bytes: int) -> by
         raise CodecError(f"payload decompresses to more than the limit of {max_bytes} bytes")
     if not d.eof:
         raise CodecError("truncated zlib payload")
+    if d.unused_data:
+        raise CodecError(f"{len(d.unused_data)} bytes after the end of the zlib payload")
     return out
 
 

@@ -183,6 +183,8 @@ def check_tree(tree: TreeResult) -> list[tuple]:
         _name(tid, "node policy/ppm version", v)
     if not (0 <= tree.round <= _INT32 and 0 <= tree.rollouts <= _INT32):
         raise InvalidTreeError(tid, f"round={tree.round} / rollouts={tree.rollouts} must be 0..2**31-1")
+    _time(tid, "started_at", tree.started_at)
+    _time(tid, "finished_at", tree.finished_at)
     return rows
 
 
