@@ -29,7 +29,8 @@ for every call — each runs in a fresh child forked from a clean worker, see
   ``os.fork`` and for ``ctypes`` calling ``fork()``), no signal to anything outside the child's
   PID namespace, no network (an empty network namespace: even 127.0.0.1 is unreachable);
 - a read-only view of the Python installation and system libraries only, a fresh scratch dir as
-  cwd (removed after the call), no /proc, no /etc, no home or repository files;
+  cwd (removed after the call, however deep its tree), no /proc, no /dev/shm, no /etc, no home
+  or repository files;
 - an environment of a few fixed variables: nothing of the caller's environment is visible;
 - no System V IPC (zero limits in a private IPC namespace): nothing outlives the call;
 - at most ``max_output_chars`` of stdout/stderr per step (more fails the call: ``output_limit``).

@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -172,12 +171,42 @@ def _reap(pid: int) -> None:
 
 
 def _remove(path: str) -> None:
-    def retry(func, p, _exc):  # the code may have made a dir unreadable: reopen it, try again
-        os.chmod(os.path.dirname(p), 0o700)
-        os.chmod(p, 0o700) if os.path.isdir(p) else None
-        func(p)
+    """Remove a scratch tree of any depth: iterative, one dir fd open at a time, no recursion.
 
-    shutil.rmtree(path, onerror=retry)
+    The code may have made dirs unreadable (reopened after a chmod) or nested them thousands
+    deep (paths past PATH_MAX: everything is relative to a dir fd).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    names: list[str] = []  # the path from ``path`` down to the current dir
+    cur = os.open(path, flags)
+    try:
+        while True:
+            sub = None
+            with os.scandir(cur) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=cur)
+            if sub is not None:
+                try:
+                    down = os.open(sub, flags, dir_fd=cur)
+                except PermissionError:
+                    os.chmod(sub, 0o700, dir_fd=cur, follow_symlinks=False)
+                    down = os.open(sub, flags, dir_fd=cur)
+                os.close(cur)
+                cur, sub = down, None
+                names.append(entry.name)
+                continue
+            if not names:
+                break
+            up = os.open("..", flags, dir_fd=cur)
+            os.close(cur)
+            cur = up
+            os.rmdir(names.pop(), dir_fd=cur)
+    finally:
+        os.close(cur)
+    os.rmdir(path)
 
 
 class _Server:
@@ -208,7 +237,10 @@ class _Server:
         os.close(child.out_r)
         if not child.reaped:
             _reap(child.pid)
-        _remove(child.scratch)
+        try:
+            _remove(child.scratch)
+        except OSError as e:  # never fatal: the tmpfs is capped, the next call has its own dir
+            print(f"sandbox worker: cannot remove {child.scratch}: {e!r}", file=sys.stderr)
 
     def serve(self) -> None:
         """One job per frame; a spare child is forked after each reply, off the critical path."""
@@ -282,7 +314,10 @@ def main() -> int:
         _Server(cfg, scratch_root, uid, procfd).serve()
     finally:
         if not active["filesystem"]:
-            shutil.rmtree(scratch_root, ignore_errors=True)
+            try:
+                _remove(scratch_root)
+            except OSError:
+                pass
     return 0
 
 

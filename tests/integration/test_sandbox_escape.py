@@ -236,3 +236,39 @@ async def test_close_leaves_no_process_behind():
     await asyncio.sleep(0.2)
     for pid in pids + inner:
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+# --- An attacker who has read the code (issue 17, section 4) -----------------------------------
+# Each test below failed on the pool before that section's fixes, unless marked as a technique
+# the suite had not tried (kept to stay contained).
+
+
+async def test_a_deep_directory_tree_does_not_kill_a_worker(pool):
+    restarts = pool.gauges()["sandbox/worker_restarts"]
+    code = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\nos.chmod('.', 0)\nanswer = 1\n"
+    results = await asyncio.gather(*(pool.run([code]) for _ in range(2)))  # both workers
+    assert all(r.ok for r in results), results
+    ok = await asyncio.gather(*(pool.run(["answer = 6*7\n"]) for _ in range(4)))
+    assert [r.answer for r in ok] == ["42"] * 4
+    assert pool.gauges()["sandbox/worker_restarts"] == restarts
+
+
+async def test_fd_exhaustion_stays_in_the_call(pool):
+    # technique not tried before (passes on the old pool too)
+    r = await contained(pool, "fs = [open('/dev/null') for _ in range(10_000)]\n", "exception")
+    assert "Too many open files" in r.error
+
+
+async def test_inode_exhaustion_stays_in_the_call():
+    # technique not tried before (passes on the old pool too)
+    pool = await start_pool(CFG.model_copy(update={"workers": 1, "timeout_s": 30.0, "cpu_s": 30}))
+    try:
+        code = "import os\nfor i in range(100_000):\n    os.close(os.open(str(i), os.O_CREAT | os.O_WRONLY))\n"
+        r = await pool.run([code])
+        fresh = await pool.run(
+            ["import os\nos.close(os.open('f', os.O_CREAT | os.O_WRONLY))\nanswer = os.listdir('.')\n"]
+        )
+    finally:
+        await pool.close()
+    assert not r.ok and r.error_kind == "forbidden" and "No space left on device" in r.error, r
+    assert fresh.ok and fresh.answer == "['f']", fresh
