@@ -9,6 +9,7 @@ slow part (model conversion on first use, weights, the sandbox workers), so prog
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,10 +50,16 @@ async def setup_search(
     from actors.backends import setup_backend
     from actors.sandbox import SandboxPool
 
+    # Off the event loop (seconds, on a loaded CPU): the loop keeps serving — heartbeats, ingest,
+    # a stop signal — and a stop cancels the wait (the load itself is left to finish or be dropped
+    # at exit, ``rstar.stopping``). vLLM builds its engine where it is called: the caller's thread.
     if backend is None:
         with timed(log, f"loading policy {cfg.model.policy} ({cfg.model.backend})"):
-            backend = setup_backend(cfg)
-    scorer = setup_scorer(cfg)
+            if cfg.model.backend == "vllm":
+                backend = setup_backend(cfg)
+            else:
+                backend = await asyncio.to_thread(setup_backend, cfg)
+    scorer = await asyncio.to_thread(setup_scorer, cfg) if cfg.model.ppm else None
     tokenizer = getattr(backend, "tokenizer", None)
     async with (
         SandboxPool(cfg.sandbox) as sandbox,

@@ -26,7 +26,9 @@ in-flight trees finish for ``actor.grace_s``, naks the rest and any problem deli
 started (all available to other actors at once), deletes the heartbeat and drains the connection.
 A background task (watcher, heartbeat) or the model worker dying fails the actor (exit != 0); its
 problems are nak'ed on the way out. ``kill -9`` loses nothing: unacked problems come back after
-``broker.problems_ack_wait_s``.
+``broker.problems_ack_wait_s``. The process (``rstar actor``) exits within ``actor.grace_s`` + 30 s
+of SIGTERM on any load, typically ``grace_s`` + 1-3 s; past that bound, or on a second signal, it
+is ended like ``kill -9`` (``rstar.stopping``).
 Not guaranteed: a problem is searched only once (a redelivery after a crash searches it again).
 """
 
@@ -254,7 +256,19 @@ async def run_actor(
     report.actor_id = actor_id
     cache_dir = cfg.actor.checkpoint_dir or cfg.data_dir / "checkpoints"
     async with open_broker(cfg, f"rstar-actor-{actor_id}") as b, contextlib.AsyncExitStack() as stack:
-        ctx, pair, refused = await _start_search(stack, b, cfg, actor_id, cache_dir)
+        # A stop while the models load (seconds to minutes on a loaded CPU) ends the start: the
+        # actor holds no problem yet.
+        starting = asyncio.create_task(_start_search(stack, b, cfg, actor_id, cache_dir), name="actor-start")
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("actor %s stopped while loading its models", actor_id)
+            return report
+        ctx, pair, refused = starting.result()
         watcher = ModelWatcher(b, cfg, ctx.worker, pair, cache_dir, refused, on_swap=lambda p: follow_pointer(ctx, p))
         report.swaps, report.model_stats = watcher.events, ctx.worker.stats
         actor = Actor(b, cfg, ctx, watcher, report)
@@ -270,8 +284,8 @@ async def run_actor(
             if ready is not None:
                 ready.set()
             await _serve(actor, sub, stop, bg)
-            await actor.drain()
-            await actor.return_unstarted(sub)
+            # Side by side: the grace of the trees in flight and the wait for late deliveries.
+            await asyncio.gather(actor.drain(), actor.return_unstarted(sub))
         finally:
             for t in bg:
                 t.cancel()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from stop_helpers import stop_wait_s
 
 pytestmark = pytest.mark.slow
 
@@ -98,8 +99,13 @@ def test_detach_then_down(tmp_path, nats_server):
     }
     up = [sys.executable, "-m", "app", "up", "--detach", "--actors", "0", "--dataset", "synthetic:1", "--limit", "3"]
 
-    def run(*cmd):
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    from rstar.config import load_config
+    from rstar.stopping import up_stop_bound_s
+
+    stop_s = stop_wait_s(up_stop_bound_s(load_config(env=env)))  # what rstar up documents, and slack
+
+    def run(*cmd, timeout: float = 120):
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
 
     res = run(*up)
     assert res.returncode == 0 and "runs in the background" in res.stdout, res.stderr
@@ -112,7 +118,7 @@ def test_detach_then_down(tmp_path, nats_server):
     while not (run_dir / "logs" / "learner.log").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _children(run_dir), "the learner and the API should run under the detached rstar up"
-    down = run(sys.executable, "-m", "app", "down", "--timeout", "90")
+    down = run(sys.executable, "-m", "app", "down", "--timeout", str(stop_s), timeout=stop_s + 30)
     assert down.returncode == 0 and f"(pid {pid}) stopped" in down.stdout, down.stdout + down.stderr
     assert running_pid(run_dir) is None and _children(run_dir) == []
     assert "stopping" in (run_dir / "up.log").read_text()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stop_helpers import exit_note, stop_wait_s
 
 from actors.heartbeat import read_fleet
 from actors.ppm import ppm_from_policy, save_ppm
@@ -28,14 +29,15 @@ from broker.checkpoints import put_checkpoint, set_pointer
 from broker.client import open_broker
 from broker.codec import decode_tree
 from broker.problems import add_problems, fetch_problems, problems_subscription
-from broker.streams import TREES_STREAM, TREES_SUBJECT
+from broker.streams import ACTORS_CONSUMER, PROBLEMS_STREAM, TREES_STREAM, TREES_SUBJECT
 from rstar.checkpoints import save_model_dir, write_manifest
 from rstar.config import load_config
 from rstar.models import load_tokenizer
 from rstar.schemas import ModelPointer, ModelRef, Problem, problem_id
 from rstar.steps import STEP_END, build_prompt, normalize_step
+from rstar.stopping import actor_stop_bound_s
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a hang guard: the waits inside are the checks
 ROOT = Path(__file__).resolve().parents[2]
 RSTAR = Path(sys.executable).parent / "rstar"
 STEPS = ["# Add the two numbers.\nx = 2 + 3\n", "# The sum is the answer.\nanswer = x\n"]
@@ -199,6 +201,19 @@ class Proc:
         return self.err.read_text()  # JSON lines
 
 
+async def _none_held(b) -> bool:
+    return (await b.js.consumer_info(PROBLEMS_STREAM, ACTORS_CONSUMER)).num_ack_pending == 0
+
+
+async def _queued(b, n: int, within_s: float = 60.0) -> list:
+    """The ``n`` problems expected back in the queue (fetched until all came or ``within_s``)."""
+    sub, got = await problems_subscription(b), []
+    deadline = time.monotonic() + within_s
+    while len(got) < n and time.monotonic() < deadline:
+        got += await fetch_problems(b, sub, n - len(got), timeout=2)
+    return got
+
+
 async def _fleet(b) -> dict:
     return {h.actor_id: h for h in await read_fleet(b)}
 
@@ -253,14 +268,18 @@ async def test_fleet_survives_sigkill_two_swaps_a_bad_pointer_and_sigterm(nats_s
             for p in procs:
                 p.p.send_signal(signal.SIGTERM)
             returned = 0
+            wait_s = stop_wait_s(actor_stop_bound_s(cfg))  # the documented bound, not a guess
             for p in procs:
-                assert p.p.wait(60) == 0, p.log()[-3000:]
+                code = p.p.wait(wait_s)
+                assert code == 0, f"{p.name}: exit {code} {exit_note(code)}: {p.log()[-3000:]}"
                 returned += json.loads(p.out.read_text().strip().splitlines()[-1])["returned"]
-            # What they held is available again at once (delivery >= 2), long before ack_wait (4 s).
-            t0 = time.monotonic()
-            back = await fetch_problems(b, await problems_subscription(b), N, timeout=1.5)
-            back_s = time.monotonic() - t0
+            # What they held was returned (nak) and is in the queue again. A pull request the
+            # server fills after the client has gone (a moment's race) holds its problem until
+            # ack_wait: nothing is lost, it only comes back later.
+            held_s = cfg.broker.problems_ack_wait_s + 3
+            await _until(lambda: _none_held(b), held_s, "no problem held after the stop", every=0.2)
             trees = await _trees(b)
+            back = await _queued(b, N - len({t.problem.id for t in trees}))
             assert not await read_fleet(b)  # clean exits removed their heartbeats at once
     finally:
         for p in procs:
@@ -273,7 +292,7 @@ async def test_fleet_survives_sigkill_two_swaps_a_bad_pointer_and_sigterm(nats_s
     assert max(per_problem.values()) == 1, per_problem.most_common(3)
     assert {p.id for p in _problems(0, 24)} <= set(per_problem) <= {p.id for p in _problems(0, N)}
     assert set(per_problem) | {p.id for p, _ in back} == {p.id for p in _problems(0, N)}
-    assert returned >= 1 and back_s < 2.0
+    assert returned >= 1
     assert sum(m.metadata.num_delivered >= 2 for _, m in back) >= returned
     # Provenance: the tree names the pair it started on; nodes were made by that pair or a newer one.
     assert {t.actor_id for t in trees} >= {"B", "C"}

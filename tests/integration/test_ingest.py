@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from sqlalchemy import create_engine, text
+from stop_helpers import exit_note, stop_wait_s
 
 from broker.client import open_broker, publish, publish_tree
 from broker.codec import ENCODING, encode_tree
@@ -29,6 +30,7 @@ from broker.streams import DLQ_STREAM, INGEST_CONSUMER, TREES_STREAM, TREES_SUBJ
 from learner.ingest import IngestStats, run_ingest
 from rstar.config import load_config
 from rstar.schemas import Node, TreeResult, encode
+from rstar.stopping import learner_stop_bound_s
 from store.db import open_store
 from store.sample_trees import sample_tree
 from store.scratch import scratch_postgres
@@ -149,9 +151,9 @@ def _alive(proc: subprocess.Popen, tmp_path: Path, tag: str) -> None:
 
 def _stop(proc: subprocess.Popen, tmp_path: Path, tag: str) -> dict:
     proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(30)
+    rc = proc.wait(stop_wait_s(learner_stop_bound_s(load_config(env={}))))  # rstar ingest: the learner's bound
     err = (tmp_path / f"ingest-{tag}.err").read_text()
-    assert rc == 0, err[-3000:]
+    assert rc == 0, f"exit {rc} {exit_note(rc)}: {err[-3000:]}"
     return json.loads((tmp_path / f"ingest-{tag}.out").read_text().strip().splitlines()[-1])
 
 

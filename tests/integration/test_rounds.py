@@ -25,6 +25,7 @@ import msgspec
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from stop_helpers import exit_note, stop_wait_s
 
 from broker.checkpoints import fetch_checkpoint, get_pointer
 from broker.client import open_broker, publish_tree
@@ -35,6 +36,7 @@ from learner.state import make_learner, round_dir
 from rstar.config import load_config
 from rstar.curriculum import synthetic_problems
 from rstar.schemas import Figures, LevelCount, MethodRecord, Node, RoundEval, TreeResult
+from rstar.stopping import learner_stop_bound_s
 from store import learner_tables as lt
 from store.db import open_store
 from store.queries import list_checkpoints
@@ -277,10 +279,12 @@ async def test_learner_process_sigterm_restart_ingest_and_exit(nats_server, tmp_
     proc = _learner(args, "--exit-when-done")
     try:
         await _wait_round(engine, 1, "collecting", proc)
+        bound = learner_stop_bound_s(load_config(overrides=args, env={}))
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() - t0 < 15
+        code = proc.wait(timeout=stop_wait_s(bound))
+        assert code == 0, f"exit {code} {exit_note(code)}: {proc.stderr.read().decode()[-3000:]}"
+        assert time.monotonic() - t0 <= bound
         proc.stderr.close()
 
         proc = _learner(args, "--exit-when-done")
@@ -289,7 +293,8 @@ async def test_learner_process_sigterm_restart_ingest_and_exit(nats_server, tmp_
             for t in searched_trees():
                 await publish_tree(b, t)
         await _wait_round(engine, 1, "published", proc)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]  # max_rounds=1: done
+        # max_rounds=1: done once round 1 is evaluated (a model load, a few problems), then it exits
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-3000:]
         r1 = lt.get_round(engine, 1)
         assert r1["eval"]["collect"]["trees"] == 3 and lt.last_round(engine)["round"] == 1
     finally:
@@ -319,7 +324,7 @@ async def test_stop_mid_training_saves_and_the_next_controller_resumes_it(nats_s
             assert not task.done() and time.monotonic() < deadline, "no training state saved"
             await asyncio.sleep(0.05)
         stop.set()
-        await asyncio.wait_for(task, 30)  # returns once the trainer saved at its next step
+        await asyncio.wait_for(task, learner_stop_bound_s(cfg))  # the trainer saves at its next step
         assert lt.get_round(engine, 0)["state"] == "training_policy"
         assert (work / LATEST).exists() and not (round_dir(cfg, 0) / "policy").exists()
 
@@ -330,7 +335,7 @@ async def test_stop_mid_training_saves_and_the_next_controller_resumes_it(nats_s
                 assert not task.done() and time.monotonic() < deadline + 120, "policy training did not finish"
                 await asyncio.sleep(0.1)
             stop.set()
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, learner_stop_bound_s(cfg))
         assert lt.get_round(engine, 0)["eval"]["sft"]["resumed_from_step"] >= 4
     finally:
         engine.dispose()
