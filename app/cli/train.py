@@ -24,9 +24,12 @@ OutOpt = typer.Option(None, "--out", help="Model directory to write (default: th
 JsonOpt = typer.Option(False, "--json", help="Print the report as JSON.")
 
 
-def _setup(config, overrides, round_no: int, reselect: bool):
+def _setup(config, overrides, round_no: int, reselect: bool, read, what: str):
+    """The config, the round's rows ``read(engine, round_no)`` (selected from the store first when
+    the round has none, or with ``reselect``) and the round's directory."""
     from learner import data
     from learner.round_eval import eval_ids, eval_sets
+    from learner.state import round_dir
     from store import learner_tables as lt
     from store.db import open_store
 
@@ -36,7 +39,15 @@ def _setup(config, overrides, round_no: int, reselect: bool):
         sel = data.round_selection(engine, cfg, round_no, eval_ids(eval_sets(cfg)))
         with lt.begin(engine) as conn:
             data.write_selection(conn, round_no, sel)
-    return cfg, engine
+    rows = read(engine, round_no)
+    if not rows:
+        raise typer.BadParameter(f"round {round_no} has no {what} in the store", param_hint="--round")
+    return cfg, rows, round_dir(cfg, round_no)
+
+
+def _work_dir(round_d: Path, out: Path | None, name: str) -> Path:
+    """The resumable work dir: ``name`` in the round's dir, or ``OUT-work`` beside ``--out``."""
+    return round_d / name if out is None else out.with_name(out.name + "-work")
 
 
 def _report(rep, as_json: bool, title: str) -> None:
@@ -67,13 +78,8 @@ def sft(
     from learner import data
     from learner.round_stages import round_train_config, start_model
     from learner.sft import train_sft
-    from learner.state import round_dir
 
-    cfg, engine = _setup(config, overrides, round_no, reselect)
-    examples = data.sft_examples(engine, round_no)
-    if not examples:
-        raise typer.BadParameter(f"round {round_no} has no SFT examples in the store", param_hint="--round")
-    d = round_dir(cfg, round_no)
+    cfg, examples, d = _setup(config, overrides, round_no, reselect, data.sft_examples, "SFT examples")
     try:
         start = start_model(cfg, round_no)
     except RuntimeError as e:
@@ -83,7 +89,7 @@ def sft(
         start,
         out or d / "policy",
         round_train_config(cfg, round_no),
-        d / "sft-work" if out is None else out.with_name(out.name + "-work"),
+        _work_dir(d, out, "sft-work"),
         progress=not as_json,
     )
     _report(rep, as_json, f"SFT round {round_no}")
@@ -100,19 +106,14 @@ def ppm(
     """Train the PPM on the round's preference pairs, from the round's policy."""
     from learner import data
     from learner.ppm_train import train_ppm
-    from learner.state import round_dir
 
-    cfg, engine = _setup(config, overrides, round_no, False)
-    pairs = data.ppm_pairs(engine, round_no)
-    if not pairs:
-        raise typer.BadParameter(f"round {round_no} has no PPM pairs in the store", param_hint="--round")
-    d = round_dir(cfg, round_no)
+    cfg, pairs, d = _setup(config, overrides, round_no, False, data.ppm_pairs, "PPM pairs")
     rep = train_ppm(
         pairs,
         policy or d / "policy",
         out or d / "ppm",
         cfg.train,
-        d / "ppm-work" if out is None else out.with_name(out.name + "-work"),
+        _work_dir(d, out, "ppm-work"),
         progress=not as_json,
     )
     _report(rep, as_json, f"PPM round {round_no}")

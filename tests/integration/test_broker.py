@@ -35,13 +35,6 @@ from rstar.schemas import Node, Problem, TreeResult, problem_id
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = start_server(tmp_path / "nats")
-    yield srv
-    srv.stop()
-
-
 def _cfg(url: str, *extra: str):
     return load_config(overrides=[f'broker.url="{url}"', *extra], env={})
 
@@ -77,8 +70,8 @@ def _big_tree(mb: float, tree_id: str = "big-1") -> TreeResult:
     )
 
 
-async def test_ensure_broker_creates_the_layout_and_is_idempotent(server):
-    cfg = _cfg(server.url)
+async def test_ensure_broker_creates_the_layout_and_is_idempotent(nats_server):
+    cfg = _cfg(nats_server.url)
     async with open_broker(cfg, "t1") as b:
         problems = await b.js.stream_info(PROBLEMS_STREAM)
         assert problems.config.retention == api.RetentionPolicy.WORK_QUEUE
@@ -99,15 +92,15 @@ async def test_ensure_broker_creates_the_layout_and_is_idempotent(server):
         [msg] = await sub.fetch(1, timeout=2)
         await msg.ack_sync()
     # Again, with a new ack_wait: the consumer is updated in place and keeps its ack floor.
-    async with open_broker(_cfg(server.url, "broker.trees_ack_wait_s=7"), "t2") as b:
+    async with open_broker(_cfg(nats_server.url, "broker.trees_ack_wait_s=7"), "t2") as b:
         ingest = await b.js.consumer_info(TREES_STREAM, INGEST_CONSUMER)
         assert ingest.config.ack_wait == 7 and ingest.ack_floor.stream_seq == 1 and ingest.num_pending == 0
         assert (await b.js.stream_info(TREES_STREAM)).state.messages == 1
 
 
-async def test_problems_are_queued_once_even_after_the_dedup_window(server):
+async def test_problems_are_queued_once_even_after_the_dedup_window(nats_server):
     ps = _problems(50)
-    async with open_broker(_cfg(server.url, "broker.dedup_window_s=1"), "t") as b:
+    async with open_broker(_cfg(nats_server.url, "broker.dedup_window_s=1"), "t") as b:
         first = await add_problems(b, ps + ps[:5])  # repeats inside one input count as duplicates
         assert (first.published, first.duplicates) == (50, 5)
         await asyncio.sleep(1.5)  # past the stream's dedup window: only the KV guard remains
@@ -119,8 +112,8 @@ async def test_problems_are_queued_once_even_after_the_dedup_window(server):
         assert (await b.js.stream_info(PROBLEMS_STREAM)).state.messages == 51
 
 
-async def test_fetch_problems_dead_letters_bad_ones(server):
-    async with open_broker(_cfg(server.url), "t") as b:
+async def test_fetch_problems_dead_letters_bad_ones(nats_server):
+    async with open_broker(_cfg(nats_server.url), "t") as b:
         await add_problems(b, _problems(3))
         await publish(b, PROBLEMS_SUBJECT, b'{"id": 1, "oops": true}', {"Nats-Msg-Id": "bad-1"})
         sub = await problems_subscription(b)
@@ -137,9 +130,9 @@ async def test_fetch_problems_dead_letters_bad_ones(server):
         assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
-async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(server):
+async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(nats_server):
     """No learner runs while the problem is given up on: the stored advisory waits for the next."""
-    cfg = _cfg(server.url, "broker.problems_max_deliver=2", "broker.problems_ack_wait_s=0.5")
+    cfg = _cfg(nats_server.url, "broker.problems_max_deliver=2", "broker.problems_ack_wait_s=0.5")
     async with open_broker(cfg, "t") as b:
         doomed, fine = _problems(2)
         await add_problems(b, [doomed, fine])
@@ -185,9 +178,9 @@ async def test_a_problem_no_actor_finishes_goes_to_the_dlq_and_replays(server):
         assert await watcher == 1
 
 
-async def test_a_tree_of_megabytes_is_chunked_under_max_payload_and_reassembles(server):
+async def test_a_tree_of_megabytes_is_chunked_under_max_payload_and_reassembles(nats_server):
     tree = _big_tree(4.0)
-    async with open_broker(_cfg(server.url), "t") as b:
+    async with open_broker(_cfg(nats_server.url), "t") as b:
         assert b.max_payload == 1024 * 1024
         acks = await publish_tree(b, tree)
         assert len(acks) >= 3
@@ -202,17 +195,17 @@ async def test_a_tree_of_megabytes_is_chunked_under_max_payload_and_reassembles(
         assert decode_tree(whole.headers, whole.payload) == tree
 
 
-async def test_publish_retries_across_a_server_restart(server, tmp_path):
-    cfg = _cfg(server.url, "broker.publish_timeout_s=0.5")
+async def test_publish_retries_across_a_server_restart(nats_server, tmp_path):
+    cfg = _cfg(nats_server.url, "broker.publish_timeout_s=0.5")
     restarted = None
     try:
         async with open_broker(cfg, "t") as b:
             await publish_tree(b, _big_tree(0.01, "before"))
-            server.kill()  # crash, not a clean stop
+            nats_server.kill()  # crash, not a clean stop
             pending = asyncio.create_task(publish_tree(b, _big_tree(0.01, "during")))
             await asyncio.sleep(1.0)
             assert not pending.done()
-            restarted = await asyncio.to_thread(start_server, server.store_dir, server.port)
+            restarted = await asyncio.to_thread(start_server, nats_server.store_dir, nats_server.port)
             await asyncio.wait_for(pending, 30)
             info = await b.js.stream_info(TREES_STREAM)
             assert info.state.messages == 2  # the stream and its first tree survived the crash
