@@ -10,7 +10,11 @@ configured, i.e. writes are disabled). ``/openapi.json`` describes them all; ``/
 Prometheus text from the app's own registry; ``/health`` checks the database; ``/`` is the explorer.
 
 Guaranteed: user input never causes a 500 — bad query parameters and bodies get 400, unknown ids
-404, each with a JSON body ``{"error": …, "param": …}``. Database calls run in worker threads
+404, each with a JSON body ``{"error": …, "param": …}``. A body that is not JSON (cut short, not
+UTF-8, nested past ``msgspec``'s depth) is told "body is not valid JSON"; JSON of the wrong shape is
+told what was expected, naming the field. A body over ``MAX_BODY_BYTES`` is a 413, a question over
+``MAX_QUESTION_CHARS`` (or an answer, a source, a meta over theirs) a 400 naming the problem; either
+way the whole request is refused and nothing of it is written. Database calls run in worker threads
 (``asyncio.to_thread``) on the sync engine shared with the CLI, so the event loop never blocks.
 ``on_problems`` (the broker's publish hook) is awaited after the problems are committed; if it
 fails the request answers 502 and the problems stay stored (posting them again is harmless).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -30,17 +35,26 @@ from sqlalchemy import Engine, text
 
 from rstar.config import Config
 from rstar.log import get_logger
+from rstar.problems import _number
 from rstar.schemas import Problem, problem_id
 from store import queries
 from store.db import current_revision, open_store
 from store.metrics import CONTENT_TYPE_LATEST, ApiMetrics
-from store.openapi import openapi_spec
+from store.openapi import (
+    DEFAULT_SOURCE,
+    MAX_ANSWER_CHARS,
+    MAX_BODY_BYTES,
+    MAX_META_BYTES,
+    MAX_PROBLEMS_PER_POST,
+    MAX_QUESTION_CHARS,
+    MAX_SOURCE_CHARS,
+    openapi_spec,
+)
 from store.writer import InvalidProblemError, check_problem, upsert_problems
 
 log = get_logger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-MAX_PROBLEMS_PER_POST = 10_000
 
 ProblemsHook = Callable[[Sequence[Problem]], Awaitable[None]]
 CONFIG = web.AppKey("config", Config)
@@ -50,11 +64,12 @@ ON_PROBLEMS = web.AppKey[ProblemsHook | None]("on_problems")
 
 
 class NewProblem(msgspec.Struct, forbid_unknown_fields=True):
-    """A problem as posted: ``rstar.schemas.Problem`` without ``id`` (computed) and ``schema``."""
+    """A problem as posted: ``rstar.schemas.Problem`` without ``id`` (computed) and ``schema``;
+    a numeric answer is stored as text, as problem files' are (``43.0`` -> ``"43"``)."""
 
-    source: str
     question: str
-    answer: str | None = None
+    source: str = DEFAULT_SOURCE
+    answer: str | int | float | None = None
     meta: dict = {}
 
 
@@ -77,17 +92,18 @@ def _error_response(status: int, message: str, param: str | None = None, headers
 _INT32 = 2**31 - 1
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # not int()'s "1_000", " 1" or other scripts' digits
+
+
 def _int(request: web.Request, name: str, default: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {raw[:40]!r}", name) from None
-    if not -_INT32 <= value <= _INT32:  # the database's integer columns are 32-bit
-        raise ApiError(400, f"{name}={value} is out of range", name)
-    return value
+    if not _INTEGER.fullmatch(raw):
+        raise ApiError(400, f"{name} must be an integer, got {raw[:40]!r}", name)
+    if len(raw) > 11 or not -_INT32 <= int(raw) <= _INT32:  # the database's integer columns are 32-bit
+        raise ApiError(400, f"{name}={raw[:40]} is out of range", name)
+    return int(raw)
 
 
 def _str(value: str | None, name: str) -> str | None:
@@ -202,27 +218,70 @@ def _authorize(request: web.Request) -> None:
         raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def add_problems(request: web.Request) -> web.Response:
-    _authorize(request)
+_TOO_DEEP = "body is nested too deeply to read (over about 1,000 levels)"
+
+
+def _decode_problems(body: bytes) -> list[NewProblem]:
+    """The posted list, or a 400 that says whether the body is not JSON or JSON of the wrong shape."""
+    if not body.strip():
+        raise ApiError(400, "body is empty: send a JSON list of problems", "body")
     try:
-        posted = msgspec.json.decode(await request.read(), type=list[NewProblem])
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise ApiError(400, f"body must be a JSON list of problems: {e}", "body") from None
-    if not 1 <= len(posted) <= MAX_PROBLEMS_PER_POST:
-        raise ApiError(400, f"post 1 to {MAX_PROBLEMS_PER_POST} problems, got {len(posted)}", "body")
-    problems = []
-    for i, p in enumerate(posted):
-        if not p.question.strip() or not 0 < len(p.source) <= 100:
-            raise ApiError(400, f"problem {i}: question must not be empty, source 1..100 characters", f"body[{i}]")
-        problems.append(
-            Problem(
-                id=problem_id(p.source, p.question), source=p.source, question=p.question, answer=p.answer, meta=p.meta
-            )
+        return msgspec.json.decode(body, type=list[NewProblem])
+    except msgspec.ValidationError as e:
+        wrong_shape = e
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"body is not valid JSON: {e}", "body") from None
+    except RecursionError:  # msgspec's depth limit, about 1,000 levels
+        raise ApiError(400, _TOO_DEEP, "body") from None
+    try:  # a typed decode stops at the first wrong field: is the rest JSON at all?
+        msgspec.json.decode(body)
+    except msgspec.ValidationError:  # JSON, with a number past 64 bits or a double
+        pass
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"body is not valid JSON: {e}", "body") from None
+    except RecursionError:
+        raise ApiError(400, _TOO_DEEP, "body") from None
+    raise ApiError(400, f"body must be a JSON list of problems: {wrong_shape}", "body")
+
+
+def _new_problem(i: int, p: NewProblem) -> Problem:
+    """The Problem to store, or a 400 naming ``body[i]`` and what is wrong with it."""
+    answer = p.answer if p.answer is None or isinstance(p.answer, str) else _number(p.answer)
+    if not p.question.strip():
+        reason = "question is empty"
+    elif len(p.question) > MAX_QUESTION_CHARS:
+        reason = f"question is {len(p.question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}"
+    elif not 0 < len(p.source) <= MAX_SOURCE_CHARS or "\x00" in p.source:
+        reason = f"source must be 1 to {MAX_SOURCE_CHARS} characters without NUL, got {p.source[:40]!r}"
+    elif answer is not None and len(answer) > MAX_ANSWER_CHARS:
+        reason = f"answer is {len(answer):,} characters, over the limit of {MAX_ANSWER_CHARS:,}"
+    elif len(msgspec.json.encode(p.meta)) > MAX_META_BYTES:
+        reason = f"meta is over the limit of {MAX_META_BYTES:,} bytes as JSON"
+    else:
+        problem = Problem(
+            id=problem_id(p.source, p.question), source=p.source, question=p.question, answer=answer, meta=p.meta
         )
         try:
-            check_problem(problems[-1])
+            check_problem(problem)
+            return problem
         except InvalidProblemError as e:
-            raise ApiError(400, f"problem {i}: {e.reason}", f"body[{i}]") from None
+            reason = e.reason
+    raise ApiError(400, f"problem {i}: {reason} (nothing of this request was stored)", f"body[{i}]")
+
+
+async def add_problems(request: web.Request) -> web.Response:
+    _authorize(request)
+    too_large = f"body is over the limit of {MAX_BODY_BYTES:,} bytes: post the problems in several requests"
+    if (request.content_length or 0) > MAX_BODY_BYTES:  # refuse before reading it
+        raise ApiError(413, too_large, "body")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # no or a false Content-Length: stopped at the limit
+        raise ApiError(413, too_large, "body") from None
+    posted = _decode_problems(body)
+    if not 1 <= len(posted) <= MAX_PROBLEMS_PER_POST:
+        raise ApiError(400, f"post 1 to {MAX_PROBLEMS_PER_POST} problems, got {len(posted)}", "body")
+    problems = [_new_problem(i, p) for i, p in enumerate(posted)]
     new = await _db(request, upsert_problems, problems)
     hook = request.app[ON_PROBLEMS]
     if hook is not None:
@@ -254,7 +313,7 @@ async def index(request: web.Request) -> web.FileResponse:
 def create_app(cfg: Config, engine: Engine | None = None, on_problems: ProblemsHook | None = None) -> web.Application:
     """The API app. Without ``engine`` it opens (and migrates) ``cfg.store_url`` at startup and
     disposes the engine at cleanup; a given engine stays the caller's to dispose."""
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = cfg
     app[METRICS] = ApiMetrics(refresh_s=cfg.api.metrics_refresh_s)
     app[ON_PROBLEMS] = on_problems

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+# What ``POST /api/problems`` accepts; ``store/api.py`` enforces these, this document states them.
+MAX_PROBLEMS_PER_POST = 10_000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_QUESTION_CHARS = 100_000
+MAX_ANSWER_CHARS = 10_000
+MAX_SOURCE_CHARS = 100  # the problem id, source + "-" + 16 hex digits, must fit the 128 of its column
+MAX_META_BYTES = 64 * 1024  # meta as JSON
+DEFAULT_SOURCE = "api"
+_INT32 = 2**31 - 1
+_NO_NUL = "^[^\\u0000]*$"
+
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
@@ -24,8 +35,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+_NAME = {"type": "string", "maxLength": 256, "pattern": _NO_NUL}  # ids as query and path parameters
+_ROUND = {"type": "integer", "minimum": -_INT32, "maximum": _INT32}  # the database's 32-bit integers
+
+
 def _path_id(description: str) -> dict[str, Any]:
-    return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+    return {"name": "id", "in": "path", "required": True, "schema": _NAME, "description": description}
 
 
 _OBJ = {"type": "object", "additionalProperties": True}
@@ -104,13 +119,39 @@ _SCHEMAS: dict[str, Any] = {
     },
     "NewProblem": {
         "type": "object",
-        "required": ["source", "question"],
+        "description": (
+            "A problem to add; its id is computed from source and question. "
+            'Example: {"question": "What is 2 + 3?", "answer": "5"}.'
+        ),
+        "required": ["question"],
         "additionalProperties": False,
         "properties": {
-            "source": {"type": "string", "minLength": 1},
-            "question": {"type": "string", "minLength": 1},
-            "answer": {"type": ["string", "null"]},
-            "meta": _OBJ,
+            "question": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_QUESTION_CHARS,
+                "pattern": "\\S",
+                "description": "not only whitespace (NUL is stored as U+FFFD)",
+            },
+            "source": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_SOURCE_CHARS,
+                "pattern": _NO_NUL,
+                "default": DEFAULT_SOURCE,
+                "description": "where the problem comes from; the id is source-<hash>",
+            },
+            "answer": {
+                "type": ["string", "number", "null"],
+                "maxLength": MAX_ANSWER_CHARS,
+                "description": "the reference answer; a number is stored as text (43.0 as 43)",
+            },
+            "meta": {
+                "type": "object",
+                "additionalProperties": True,
+                "default": {},
+                "description": f"any JSON object, at most {MAX_META_BYTES:,} bytes as JSON, no NUL character in it",
+            },
         },
     },
     "Round": {
@@ -148,7 +189,7 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
     """The document; ``max_limit`` is the largest page size ``/api/trees`` accepts."""
     page = [
         _query("limit", {"type": "integer", "minimum": 1, "maximum": max_limit, "default": 50}, "page size"),
-        _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "rows to skip"),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": _INT32, "default": 0}, "rows to skip"),
     ]
     paths: dict[str, Any] = {
         "/health": {
@@ -185,9 +226,9 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
             "get": {
                 "summary": "Trees, newest first, filtered and paginated",
                 "parameters": [
-                    _query("round", {"type": "integer"}, "only this round"),
+                    _query("round", _ROUND, "only this round"),
                     _query("solved", {"type": "boolean"}, "only solved (true) or unsolved (false) trees"),
-                    _query("problem", {"type": "string"}, "only trees of this problem id"),
+                    _query("problem", _NAME, "only trees of this problem id"),
                     _query("source", {"type": "string", "enum": ["search", "teacher"]}, "only this source"),
                     *page,
                 ],
@@ -232,11 +273,24 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
         "/api/problems": {
             "post": {
                 "summary": "Add problems (ids computed from source + question); needs the API token",
+                "description": (
+                    f"A JSON list of 1 to {MAX_PROBLEMS_PER_POST:,} problems, at most {MAX_BODY_BYTES:,} bytes "
+                    "(413 beyond). All or nothing: one refused problem (400, param body[i]) refuses the request "
+                    "and nothing of it is stored. A body that is not JSON is told so; JSON of the wrong shape "
+                    "is told which field. Problems already stored (same id) are kept as they are."
+                ),
                 "security": [{"bearer": []}],
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/json": {"schema": {"type": "array", "items": _ref("NewProblem"), "minItems": 1}}
+                        "application/json": {
+                            "schema": {
+                                "type": "array",
+                                "items": _ref("NewProblem"),
+                                "minItems": 1,
+                                "maxItems": MAX_PROBLEMS_PER_POST,
+                            }
+                        }
                     },
                 },
                 "responses": {
@@ -264,7 +318,7 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
                 "summary": "Checkpoints, oldest first",
                 "parameters": [
                     _query("kind", {"type": "string", "enum": ["policy", "ppm"]}, "only this kind"),
-                    _query("round", {"type": "integer"}, "only this round"),
+                    _query("round", _ROUND, "only this round"),
                 ],
                 "responses": {"200": _json(_ITEMS(_ref("Checkpoint"))), "400": _ERROR},
             }

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from rstar.config import load_config
 from rstar.schemas import problem_id
-from store.api import WEB_DIR, create_app
+from store.api import MAX_BODY_BYTES, MAX_QUESTION_CHARS, WEB_DIR, create_app
 from store.db import open_store
 from store.models import CheckpointRow, RoundRow
 from store.queries import stats
@@ -26,6 +26,7 @@ from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import upsert_trees
 
 TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -171,6 +172,10 @@ async def test_read_endpoints(client, filled):
         ("/api/trees/%00", 400, "id"),
         ("/api/checkpoints?kind=optimizer", 400, "kind"),
         ("/api/checkpoints?round=x", 400, "round"),
+        ("/api/trees?limit=%EF%BC%91%EF%BC%92", 400, "limit"),  # fullwidth digits: int() took them
+        ("/api/trees?round=1_000", 400, "round"),  # int() took the underscore and the spaces
+        ("/api/trees?round=%20+1", 400, "round"),
+        ("/api/trees?offset=" + "9" * 5000, 400, "offset"),
     ],
 )
 async def test_bad_input_gets_a_json_error_never_a_500(client, path, status, param):
@@ -211,7 +216,7 @@ async def test_posting_problems_needs_the_token(client, filled):
         b"not json",
         b"{}",
         b"[]",
-        b'[{"question": "no source"}]',
+        b'[{"source": "no question"}]',
         b'[{"source": "s", "question": "q", "extra": 1}]',
         b'[{"source": "s", "question": "   "}]',
         b'[{"source": "s", "question": 5}]',
@@ -222,6 +227,85 @@ async def test_bad_problem_bodies_are_400(client, body):
     r = await client.post("/api/problems", data=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status == 400, await r.text()
     assert (await r.json())["param"].startswith("body")
+
+
+async def test_a_problem_without_a_source_gets_the_default_and_a_numeric_answer_is_text(client):
+    q = f"A new user's question {random.random()}: what is 2 + 3?"
+    r = await client.post("/api/problems", json=[{"question": q, "answer": 5.0}], headers=AUTH)
+    assert r.status == 200, await r.text()
+    assert (await r.json())["ids"] == [problem_id("api", q)]
+    stored = await (await client.get(f"/api/problems/{problem_id('api', q)}")).json()
+    assert (stored["source"], stored["answer"]) == ("api", "5")
+    spec = await (await client.get("/openapi.json")).json()
+    new_problem = spec["components"]["schemas"]["NewProblem"]
+    assert new_problem["required"] == ["question"] and new_problem["properties"]["source"]["default"] == "api"
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        (b'[{"source": "s", "question": "q"}', "body is not valid JSON"),  # cut short
+        (b'[{"source": 5, "question": "q"', "body is not valid JSON"),  # a wrong type before the cut
+        (b'[{"question": "q", "answer": "\xff"}]', "body is not valid JSON"),  # not UTF-8
+        (b"", "body is empty"),
+        (b'{"question": "q"}', "body must be a JSON list of problems"),
+        (b'[{"question": 5}]', "body must be a JSON list of problems"),
+        (b'[{"question": "q", "answer": true}]', "body must be a JSON list of problems"),
+        (b'[{"question": "q", "meta": {"x": 1e400}}]', "body must be a JSON list of problems"),
+        # found by tests/fuzz/test_fuzz_api.py: msgspec's RecursionError was a 500
+        (b'[{"question": "q", "meta": ' + b"[" * 5000 + b"]" * 5000 + b"}]", "body is nested too deeply"),
+    ],
+)
+async def test_malformed_json_and_the_wrong_shape_are_told_apart(client, filled, body, says):
+    before = stats(filled[0])["problems"]
+    r = await client.post("/api/problems", data=body, headers=AUTH)
+    assert r.status == 400 and r.content_type == "application/json", await r.text()
+    error = (await r.json())["error"]
+    assert error.startswith(says) and ("not valid JSON" in error) == (says == "body is not valid JSON")
+    assert stats(filled[0])["problems"] == before
+
+
+async def _chunks(total: int):
+    for _ in range(total // 65536):
+        yield b"x" * 65536
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_oversized_body_is_a_json_413_and_nothing_is_stored(client, filled, chunked):
+    before = stats(filled[0])["problems"]
+    size = MAX_BODY_BYTES + 65536
+    body = _chunks(size) if chunked else b'[{"question": "' + b"x" * size + b'"}]'
+    r = await client.post("/api/problems", data=body, headers=AUTH)
+    assert r.status == 413 and r.content_type == "application/json"
+    assert (await r.json()) == {
+        "error": f"body is over the limit of {MAX_BODY_BYTES:,} bytes: post the problems in several requests",
+        "param": "body",
+    }
+    assert stats(filled[0])["problems"] == before
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"question": "x" * (MAX_QUESTION_CHARS + 1)}, "question is 100,001 characters, over the limit of 100,000"),
+        ({"question": "q", "answer": "7" * 10_001}, "answer is 10,001 characters"),
+        ({"question": "q", "meta": {"notes": "n" * 70_000}}, "meta is over the limit of 65,536 bytes"),
+        ({"question": "q", "source": "s" * 101}, "source must be 1 to 100 characters"),
+        ({"question": "q", "source": "a\x00b"}, "source must be 1 to 100 characters without NUL"),
+        ({"question": " \n\t"}, "question is empty"),
+    ],
+)
+async def test_one_oversized_problem_refuses_the_request_and_nothing_of_it_is_stored(client, filled, bad, says):
+    good = {"source": "oversize-test", "question": f"Fine question {random.random()}"}
+    before = stats(filled[0])["problems"]
+    r = await client.post("/api/problems", json=[good, bad], headers=AUTH)
+    assert r.status == 400, await r.text()
+    body = await r.json()
+    assert (
+        body["param"] == "body[1]" and says in body["error"] and "nothing of this request was stored" in body["error"]
+    )
+    assert (await client.get(f"/api/problems/{problem_id(good['source'], good['question'])}")).status == 404
+    assert stats(filled[0])["problems"] == before
 
 
 async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
