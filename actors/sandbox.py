@@ -24,15 +24,22 @@ for every call — each runs in a fresh child forked from a clean worker, see
 - never in the caller's interpreter; nothing a call does changes another call or the pool;
 - wall-clock limit ``timeout_s`` (the child is killed), CPU limit ``cpu_s`` (RLIMIT_CPU),
   address space ``memory_mb`` above the interpreter's (RLIMIT_AS), files up to ``file_mb``
-  (RLIMIT_FSIZE) in a private size-capped tmpfs;
+  (RLIMIT_FSIZE) in a private size-capped tmpfs, no memfd (pages outside those limits);
 - no process or thread creation (RLIMIT_NPROC = 1 under a uid that is not 0; holds for
   ``os.fork`` and for ``ctypes`` calling ``fork()``), no signal to anything outside the child's
-  PID namespace, no network (an empty network namespace: even 127.0.0.1 is unreachable);
+  PID namespace, no network (an empty network namespace: even 127.0.0.1 is unreachable, so
+  are the local NATS and PostgreSQL), no socket family but AF_UNIX/AF_INET/AF_INET6 (AF_VSOCK's
+  port space is the host's);
 - a read-only view of the Python installation and system libraries only, a fresh scratch dir as
   cwd (removed after the call, however deep its tree), no /proc, no /dev/shm, no /etc, no home
   or repository files;
 - an environment of a few fixed variables: nothing of the caller's environment is visible;
-- no System V IPC (zero limits in a private IPC namespace): nothing outlives the call;
+- no System V IPC and no POSIX message queues (zero limits in a private IPC namespace, and
+  ``mq_*`` refused), no kernel keyrings (per uid, not namespaced: refused): nothing outlives the
+  call;
+- a seccomp filter (``sandbox_jail``: a deny-list) refuses namespace and mount changes,
+  ``ptrace`` and reading other processes, ``bpf``, ``userfaultfd``, ``perf_event_open``,
+  ``io_uring``, module loading and the like with EPERM; another syscall ABI kills the child;
 - at most ``max_output_chars`` of stdout/stderr per step (more fails the call: ``output_limit``).
 
 A failure is an ``ExecResult`` with ``ok=False`` and ``error_kind`` one of ``exception``,
@@ -40,10 +47,11 @@ A failure is an ``ExecResult`` with ``ok=False`` and ``error_kind`` one of ``exc
 bad input (``StepFormatError``, ``ValueError``) or a pool that is closed or cannot replace its
 workers (``SandboxError``). A worker that hangs or dies is killed and replaced in the background.
 
-Not guaranteed: this is not a defence against kernel exploits (no seccomp filter, shared kernel);
-code may spend its CPU/time budget, read the (read-only) Python installation, and forge its own
-result (never another call's); the cache may differ from a full re-run for a prefix whose calls
-into an allow-listed module change that module's hidden state (see ``sandbox_snapshot``).
+Not guaranteed: this is not a defence against kernel exploits (a shared kernel; the seccomp
+filter is a deny-list, so the common syscalls stay reachable); code may spend its CPU/time
+budget, read the (read-only) Python installation, and forge its own result (never another
+call's); the cache may differ from a full re-run for a prefix whose calls into an allow-listed
+module change that module's hidden state (see ``sandbox_snapshot``).
 ``isolation = "weak"`` (for machines where the actor is not root or lacks CAP_SYS_ADMIN, e.g. a
 default Docker container) keeps only the mechanisms that work and logs the ones missing.
 

@@ -1,7 +1,9 @@
-"""Kernel confinement for sandbox workers: namespaces, a read-only root, another uid, rlimits.
+"""Kernel confinement for sandbox workers: namespaces, a read-only root, a syscall filter, another
+uid, rlimits.
 
 Runs inside the worker process (``actors/sandbox_worker.py``), which Python starts with ``-I -S``,
-so this module uses the standard library and ``ctypes`` only. Linux only.
+so this module uses the standard library, ``ctypes`` and ``pyseccomp`` (a ctypes binding of the
+system's libseccomp) only. Linux only.
 
 ``enter_jail`` is called once per worker, as root:
 
@@ -9,11 +11,39 @@ so this module uses the standard library and ``ctypes`` only. Linux only.
   a network namespace holding only a loopback device that is down (every connect fails,
   127.0.0.1 included), a PID namespace for the processes that run code (they cannot name, signal
   or ptrace anything outside it, and all of them die with the worker), and an IPC namespace whose
-  System V limits are zero (no shared memory segment can outlive a call or dodge RLIMIT_AS).
+  System V limits and POSIX message queue limit are zero (no shared memory segment or queue can
+  outlive a call or dodge RLIMIT_AS).
 - a new root on a size-capped tmpfs holding read-only, nosuid, nodev bind mounts of the system
   library dirs and the Python installation only (no /proc, no /etc, no home or repository dirs),
   ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/scratch`` (the per-call scratch dirs);
   the worker then ``chroot``\\ s into it.
+
+``seccomp_filter`` is loaded once per worker, after the jail is built and before the first child
+is forked: children inherit it and cannot remove it. It is a *deny-list*: every syscall is
+allowed except whole classes that reach kernel state outside the worker's namespaces or widen
+the kernel's attack surface, which fail with EPERM:
+
+- per-uid keyrings (``add_key``, ``request_key``, ``keyctl``: not namespaced, they outlive the
+  pool), POSIX message queues (``mq_*``), ``memfd_create``/``memfd_secret`` (pages outside
+  RLIMIT_AS and the scratch tmpfs's cap);
+- sockets of any family but AF_UNIX, AF_INET, AF_INET6 (AF_VSOCK's port space is the host's;
+  netlink, packet, AF_ALG are kernel surface), for ``socket`` and ``socketpair``;
+- changing namespaces or mounts (``unshare``, ``setns``, ``clone`` with a CLONE_NEW* flag,
+  ``mount`` and the new mount API, ``pivot_root``, ``chroot``); ``clone3`` fails with ENOSYS,
+  so that libc falls back to ``clone``, whose flags the filter can read;
+- reading or driving other processes (``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``,
+  ``pidfd_getfd``), and the kernel's exploit surface (``bpf``, ``userfaultfd``,
+  ``perf_event_open``, ``io_uring_*``, whose operations bypass seccomp, module and kexec
+  loading, ``open_by_handle_at``, ``iopl``/``ioperm``, …).
+
+Why a deny-list rather than an allow-list: the children run CPython, numpy's and sympy's C code
+and whatever ``ctypes`` calls; the syscalls these need vary with the library version, libc and
+code path, and an allow-list missing one breaks legitimate programs with errors that look like
+their own bugs. Everything the deny-list leaves open already happens inside the jail (own mount
+table and read-only root, empty network, own PID and IPC namespaces, unprivileged uid, rlimits),
+so the filter only has to close the kernel facilities those namespaces do not cover. Syscalls of
+another ABI (i386 ``int 0x80``) kill the process: libseccomp's filter refuses foreign
+architectures.
 
 ``confine_child`` is called in each forked child before the code runs: rlimits (CPU seconds,
 address space, file size, open files, no core dumps, RLIMIT_NPROC = 1), then a switch to an
@@ -25,7 +55,8 @@ from ``ctypes`` alike.
 When a mechanism is not available (not root, no CAP_SYS_ADMIN as in a default Docker container)
 ``enter_jail`` raises ``JailError`` under ``strict``; otherwise it skips it and reports which
 mechanisms are active, so the caller can log what is missing. Not a defence against kernel
-exploits: there is no seccomp filter, and the code shares the kernel with the host.
+exploits: the code shares the kernel with the host, and the deny-list leaves its common
+syscalls reachable.
 """
 
 from __future__ import annotations
@@ -45,10 +76,33 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 ROOT = "/tmp"  # mount point of the new root's tmpfs (shadows /tmp in the worker's namespace only)
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
-MECHANISMS = ("user", "nproc", "network", "filesystem", "pid", "ipc")
+MECHANISMS = ("user", "nproc", "network", "filesystem", "pid", "ipc", "seccomp")
 # Per IPC namespace: no System V shared memory, queues or semaphores (they outlive a process,
 # escape RLIMIT_AS and would let one call leave state for the next).
-IPC_LIMITS = {"shmmax": "0", "shmall": "0", "shmmni": "0", "msgmni": "0", "sem": "0 0 0 0"}
+IPC_LIMITS = {
+    "kernel/shmmax": "0",
+    "kernel/shmall": "0",
+    "kernel/shmmni": "0",
+    "kernel/msgmni": "0",
+    "kernel/sem": "0 0 0 0",
+    "fs/mqueue/queues_max": "0",  # POSIX queues (root is exempt; the children are not root)
+}
+# The seccomp deny-list (module doc): syscalls that fail with EPERM whatever their arguments.
+DENIED_SYSCALLS = (
+    "add_key request_key keyctl "
+    "mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr "
+    "memfd_create memfd_secret "
+    "unshare setns mount umount2 pivot_root chroot fsopen fsconfig fsmount fspick move_mount "
+    "open_tree mount_setattr "
+    "ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd "
+    "bpf userfaultfd perf_event_open io_uring_setup io_uring_enter io_uring_register "
+    "init_module finit_module delete_module kexec_load kexec_file_load reboot swapon swapoff "
+    "acct quotactl quotactl_fd syslog open_by_handle_at name_to_handle_at lookup_dcookie "
+    "iopl ioperm vhangup settimeofday clock_settime adjtimex clock_adjtime sethostname "
+    "setdomainname fanotify_init uselib nfsservctl personality"
+).split()
+SOCKET_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6: every other family is refused
+CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -121,14 +175,15 @@ def _build_root(binds: list[str], scratch_mb: int) -> None:
     os.mkdir(ROOT + "/scratch", 0o711)
 
 
-def enter_jail(binds: list[str], scratch_mb: int, strict: bool) -> dict[str, bool]:
+def enter_jail(binds: list[str], scratch_mb: int, strict: bool, seccomp: bool) -> dict[str, bool]:
     """Confine this process as far as possible; return which mechanisms are active.
 
-    Afterwards the caller must fork once (``CLONE_NEWPID`` applies to children) and run code only
-    in children that call ``confine_child``. Raises ``JailError`` under ``strict`` when any
-    mechanism is missing.
+    Afterwards the caller must fork once (``CLONE_NEWPID`` applies to children), load the filter
+    it built (``seccomp``: ``build_filter`` gave one) and run code only in children that call
+    ``confine_child``. Raises ``JailError`` under ``strict`` when any mechanism is missing.
     """
     active = dict.fromkeys(MECHANISMS, False)
+    active["seccomp"] = seccomp
     # As root, confine_child switches to an unprivileged uid; any uid but 0 is bound by
     # RLIMIT_NPROC, so the process limit holds either way.
     active["user"] = os.geteuid() == 0
@@ -137,7 +192,7 @@ def enter_jail(binds: list[str], scratch_mb: int, strict: bool) -> dict[str, boo
         _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
         active["network"] = active["pid"] = True
         for name, value in IPC_LIMITS.items():
-            with open(f"/proc/sys/kernel/{name}", "w") as f:
+            with open(f"/proc/sys/{name}", "w") as f:
                 f.write(value)
         active["ipc"] = True
         _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
@@ -157,6 +212,39 @@ def enter_jail(binds: list[str], scratch_mb: int, strict: bool) -> dict[str, boo
     if strict and missing:
         raise JailError(1, f"sandbox isolation incomplete, missing: {', '.join(missing)}")
     return active
+
+
+def build_filter(strict: bool):
+    """The seccomp deny-list (module doc), built but not loaded; None where libseccomp is missing
+    (raises JailError under ``strict``). Built before the chroot: libseccomp is found then."""
+    try:
+        import pyseccomp as sc
+    except (ImportError, RuntimeError) as e:  # RuntimeError: pyseccomp found no libseccomp
+        if strict:
+            raise JailError(1, f"sandbox isolation unavailable (no seccomp: {e})") from None
+        return None
+    f = sc.SyscallFilter(sc.ALLOW)
+    eperm = sc.ERRNO(1)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(eperm, name)
+        except (OSError, RuntimeError, ValueError):  # unknown to this libseccomp or kernel
+            pass
+    f.add_rule(sc.ERRNO(38), "clone3")  # ENOSYS: libc falls back to clone(), filtered below
+    for flag in CLONE_NAMESPACES:
+        f.add_rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    allowed = set(SOCKET_FAMILIES)
+    for call in ("socket", "socketpair"):
+        f.add_rule(eperm, call, sc.Arg(0, sc.GT, max(allowed)))  # also any high bit set
+        for family in range(max(allowed)):
+            if family not in allowed:
+                f.add_rule(eperm, call, sc.Arg(0, sc.EQ, family))
+    return f
+
+
+def load_filter(f) -> None:
+    """Install a filter from ``build_filter`` in this process and every child it forks."""
+    f.load()
 
 
 def die_with_parent() -> None:

@@ -1,7 +1,7 @@
 """Sandbox worker process: confines itself once, then runs each call in a fresh forked child.
 
 Started by ``actors.sandbox.SandboxPool`` as ``python -I -S -B actors/sandbox_worker.py`` with a
-minimal environment and its own session; standard library only. It talks to the pool over
+minimal environment and its own session; standard library (and ``pyseccomp``) only. It talks to the pool over
 stdin/stdout in frames (4-byte big-endian length + payload):
 
     pool → worker   hello (JSON config), then one job (JSON) per call
@@ -10,7 +10,7 @@ stdin/stdout in frames (4-byte big-endian length + payload):
                     and the child's own result (JSON bytes, possibly empty)
 
 The worker never runs model code itself. It keeps one *spare* child forked and confined ahead
-of time (``sandbox_jail.confine_child``), waiting on a pipe, so a call does not wait for a fork.
+of time (``sandbox_jail.confine_child``, under the worker's seccomp filter), waiting on a pipe, so a call does not wait for a fork.
 Per job it first imports the allow-listed modules the program names (sympy is then loaded once,
 before forking, rather than in every child; a spare forked without it is replaced), hands the
 job to the spare, which runs the steps (``sandbox_exec.run_job``), reads its result until EOF or
@@ -292,7 +292,8 @@ def main() -> int:
                 __import__(name)
         procfd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
         binds = list(sandbox_jail.SYSTEM_DIRS) + sys.path
-        active = sandbox_jail.enter_jail(binds, cfg["scratch_mb"], cfg["strict"])
+        syscalls = sandbox_jail.build_filter(cfg["strict"])
+        active = sandbox_jail.enter_jail(binds, cfg["scratch_mb"], cfg["strict"], syscalls is not None)
     except (ImportError, OSError) as e:  # JailError is an OSError
         write_frame(1, json.dumps({"error": str(e)}).encode())
         return 1
@@ -304,6 +305,12 @@ def main() -> int:
             os.close(1)
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         sandbox_jail.die_with_parent()
+    if syscalls is not None:
+        try:  # every child forked from here on inherits the filter
+            sandbox_jail.load_filter(syscalls)
+        except OSError as e:
+            write_frame(1, json.dumps({"error": f"sandbox isolation unavailable (seccomp: {e})"}).encode())
+            return 1
     scratch_root = "/scratch"
     if not active["filesystem"]:
         scratch_root = tempfile.mkdtemp(prefix="rstar-sbx-")

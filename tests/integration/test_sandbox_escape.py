@@ -272,3 +272,103 @@ async def test_inode_exhaustion_stays_in_the_call():
         await pool.close()
     assert not r.ok and r.error_kind == "forbidden" and "No space left on device" in r.error, r
     assert fresh.ok and fresh.answer == "['f']", fresh
+
+
+async def fresh_pool(**update) -> SandboxPool:
+    return await start_pool(CFG.model_copy(update={"workers": 1, **update}))
+
+
+# Kernel facilities outside the jail's namespaces: shut by the seccomp filter (EPERM).
+
+SYSCALL = LIBC + "libc.syscall.restype = ctypes.c_long\n"
+
+
+async def errnos(pool: SandboxPool, calls: list[str]) -> list:
+    code = SYSCALL + f"answer = [(c, ctypes.get_errno()) for c in [{', '.join(calls)}]]\n"
+    r = await pool.run([code])
+    assert r.ok, r
+    return eval(r.answer)
+
+
+async def test_keyrings_are_shut(pool):
+    add = "libc.syscall(248, b'user', b'k', b'secret', 6, -4)"  # add_key to the user keyring
+    calls = [add, "libc.syscall(249, b'user', b'k', None, 0)", "libc.syscall(250, 0, -4, 0)"]
+    assert await errnos(pool, calls) == [(-1, 1)] * 3
+
+
+async def test_keys_do_not_outlive_a_call():
+    pool = await fresh_pool()
+    try:
+        await pool.run([SYSCALL + "libc.syscall(248, b'user', b'k', b'secret', 6, -4)\n"])
+        found = await errnos(pool, ["libc.syscall(250, 10, -4, b'user', b'k', 0)"])  # KEYCTL_SEARCH
+    finally:
+        await pool.close()
+    assert found[0][0] == -1, found
+
+
+async def test_posix_message_queues_are_shut():
+    pool = await fresh_pool()
+    try:
+        made = await errnos(pool, ["libc.syscall(240, b'q', 0o102, 0o600, None)"])  # mq_open O_CREAT
+        again = await errnos(pool, ["libc.syscall(240, b'q', 0o2, 0, None)"])  # the next call opens it?
+    finally:
+        await pool.close()
+    assert made == [(-1, 1)] and again[0][0] == -1, (made, again)
+
+
+async def test_memfd_is_refused(pool):
+    await contained(pool, "import os\nfd = os.memfd_create('m')\nos.ftruncate(fd, 2**30)\n", "forbidden")
+    assert await errnos(pool, ["libc.syscall(319, b'm', 0)", "libc.syscall(447, 0)"]) == [(-1, 1)] * 2
+
+
+async def test_memfd_pages_cannot_escape_the_memory_limit(pool):
+    # 20 memfds of 15 MB (each under file_mb): 300 MB of host memory, more than memory_mb
+    code = SYSCALL + (
+        "import os\nchunk, fds = b'x' * 2**20, []\n"
+        "for _ in range(20):\n"
+        "    fds.append(libc.syscall(319, b'm', 0))\n"
+        "    for _ in range(15):\n"
+        "        os.write(fds[-1], chunk)\n"
+    )
+    r = await contained(pool, code, "exception")  # the write to fd -1 fails: no memfd
+    assert "Bad file descriptor" in r.error
+
+
+async def test_socket_families_outside_the_network_namespace_are_refused(pool):
+    families = [40, 16, 17, 38, 0, 3, "ctypes.c_long(2**32 + 40)"]  # AF_VSOCK, netlink, packet, AF_ALG, …
+    calls = [f"libc.syscall(41, {f}, 1, 0)" for f in families] + ["libc.syscall(53, 40, 1, 0, None)"]
+    assert await errnos(pool, calls) == [(-1, 1)] * (len(families) + 1)
+    r = await pool.run([LIBC + "answer = [libc.socket(f, 1, 0) >= 0 for f in (1, 2, 10)]\n"])
+    assert r.ok and r.answer == "[True, True, True]"  # AF_UNIX, AF_INET, AF_INET6 remain
+
+
+async def test_vsock_cannot_bind_in_the_hosts_port_space(pool):
+    code = LIBC + (
+        "import struct\nfd = libc.socket(40, 1, 0)\n"
+        "addr = struct.pack('<HHII4x', 40, 0, 45678, 0xFFFFFFFF)\n"
+        "answer = (fd, libc.bind(fd, addr, len(addr)))\n"
+    )
+    r = await pool.run([code])
+    assert r.ok and r.answer == "(-1, -1)", r
+
+
+async def test_namespaces_mounts_and_tracing_are_refused(pool):
+    calls = [
+        "libc.syscall(272, 0x04000000)",  # unshare(CLONE_NEWUTS)
+        "libc.syscall(308, 0, 0)",  # setns
+        "libc.syscall(165, b'none', b'/scratch', b'tmpfs', 0, None)",  # mount
+        "libc.syscall(101, 0, 0, 0, 0)",  # ptrace(PTRACE_TRACEME)
+        "libc.syscall(101, 16, 1, 0, 0)",  # ptrace(PTRACE_ATTACH, the worker)
+        "libc.syscall(310, 1, None, 0, None, 0, 0)",  # process_vm_readv
+        "libc.syscall(321, 0, None, 0)",  # bpf
+        "libc.syscall(323, 1)",  # userfaultfd(UFFD_USER_MODE_ONLY)
+        "libc.syscall(298, None, 0, -1, -1, 0)",  # perf_event_open
+        "libc.syscall(425, 1, ctypes.create_string_buffer(120))",  # io_uring_setup
+    ]
+    assert await errnos(pool, calls) == [(-1, 1)] * len(calls)
+    assert await errnos(pool, ["libc.syscall(435, None, 0)"]) == [(-1, 38)]  # clone3: ENOSYS
+
+
+async def test_another_syscall_abi_kills_the_child(pool):
+    # x32 numbering of memfd_create: a foreign ABI is refused by the filter, whatever the call
+    await contained(pool, SYSCALL + "libc.syscall(0x40000000 | 319, b'm', 0)\n", "crash")
