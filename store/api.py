@@ -14,7 +14,10 @@ Guaranteed: user input never causes a 500 — bad query parameters and bodies ge
 UTF-8, nested past ``msgspec``'s depth) is told "body is not valid JSON"; JSON of the wrong shape is
 told what was expected, naming the field. A body over ``MAX_BODY_BYTES`` is a 413, a question over
 ``MAX_QUESTION_CHARS`` (or an answer, a source, a meta over theirs) a 400 naming the problem; either
-way the whole request is refused and nothing of it is written. Database calls run in worker threads
+way the whole request is refused and nothing of it is written. The one error that is not JSON:
+a request aiohttp's HTTP parser cannot read (a request line or a header over 8,190 bytes, over
+128 headers, not HTTP) gets the parser's plain-text 400 before it reaches this app; no request the
+OpenAPI document allows comes near those limits. Database calls run in worker threads
 (``asyncio.to_thread``) on the sync engine shared with the CLI, so the event loop never blocks.
 ``on_problems`` (the broker's publish hook) is awaited after the problems are committed; if it
 fails the request answers 502 and the problems stay stored (posting them again is harmless).
@@ -101,7 +104,7 @@ def _int(request: web.Request, name: str, default: int | None = None) -> int | N
         return default
     if not _INTEGER.fullmatch(raw):
         raise ApiError(400, f"{name} must be an integer, got {raw[:40]!r}", name)
-    if len(raw) > 11 or not -_INT32 <= int(raw) <= _INT32:  # the database's integer columns are 32-bit
+    if len(raw.lstrip("+-").lstrip("0")) > 10 or not -_INT32 <= int(raw) <= _INT32:  # 32-bit columns
         raise ApiError(400, f"{name}={raw[:40]} is out of range", name)
     return int(raw)
 
@@ -335,8 +338,10 @@ def create_app(cfg: Config, engine: Engine | None = None, on_problems: ProblemsH
     app.router.add_static("/static/", WEB_DIR)
     app.router.add_get("/api/stats", stats)
     app.router.add_get("/api/trees", trees)
-    app.router.add_get("/api/trees/{id}", tree)
-    app.router.add_get("/api/problems/{id}", problem)
+    # Ids may hold any character: aiohttp's default {id} pattern, [^{}/]+, made ids with braces
+    # unreachable (a "/" arrives as %2F, which the pattern still sees encoded).
+    app.router.add_get("/api/trees/{id:[^/]+}", tree)
+    app.router.add_get("/api/problems/{id:[^/]+}", problem)
     app.router.add_post("/api/problems", add_problems)
     app.router.add_get("/api/rounds", rounds)
     app.router.add_get("/api/checkpoints", checkpoints)

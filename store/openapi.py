@@ -40,7 +40,8 @@ _ROUND = {"type": "integer", "minimum": -_INT32, "maximum": _INT32}  # the datab
 
 
 def _path_id(description: str) -> dict[str, Any]:
-    return {"name": "id", "in": "path", "required": True, "schema": _NAME, "description": description}
+    schema = {**_NAME, "minLength": 1}
+    return {"name": "id", "in": "path", "required": True, "schema": schema, "description": description}
 
 
 _OBJ = {"type": "object", "additionalProperties": True}
@@ -227,7 +228,9 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
                 "summary": "Trees, newest first, filtered and paginated",
                 "parameters": [
                     _query("round", _ROUND, "only this round"),
-                    _query("solved", {"type": "boolean"}, "only solved (true) or unsolved (false) trees"),
+                    _query(
+                        "solved", {"type": "boolean"}, "only solved (true) or unsolved (false) trees; 1/0, yes/no too"
+                    ),
                     _query("problem", _NAME, "only trees of this problem id"),
                     _query("source", {"type": "string", "enum": ["search", "teacher"]}, "only this source"),
                     *page,
