@@ -130,6 +130,8 @@ def repeating(s: str) -> str:
 
     def exact(m: re.Match) -> str:
         whole, fixed, period = m[1] or "0", m[2], m[3] or m[4]
+        if len(whole) + len(fixed) + len(period) > MAX_DIGITS:
+            return m[0]  # left as written (bignum work stays short)
         value = Fraction(int(whole)) + Fraction(int(fixed or "0"), 10 ** len(fixed))
         value += Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
         return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
@@ -141,6 +143,8 @@ def mixed(s: str) -> str:
     """``2\\frac{3}{4}`` → ``\\frac{11}{4}``: an integer written before a fraction is a mixed number."""
 
     def improper(m: re.Match) -> str:
+        if max(len(m[1]) + len(m[3]), len(m[2])) > MAX_DIGITS:
+            return m[0]  # left as written (bignum work stays short)
         whole, num, den = int(m[1]), int(m[2]), int(m[3])
         return f"\\frac{{{whole * den + num}}}{{{den}}}"
 
@@ -219,6 +223,7 @@ _UNIT_SYMBOLS = {
 }
 _UNIT = re.compile(r"[a-z][a-z./^0-9²³]*(?:\s+[a-z][a-z./^0-9²³]*)*", re.I)
 MAX_DIGITS = 4000  # a value with more digits is left to math-verify (and its deadline)
+_LONG_DIGITS = re.compile(rf"\d{{{MAX_DIGITS + 1}}}")
 MAX_NESTING = 64  # brackets, fractions and exponents nested deeper are left to math-verify too
 
 
@@ -255,6 +260,8 @@ def _power(base: str, exponent: str) -> Fraction | None:
 def number(s: str) -> Num | None:
     """One plain number, with optional sign, currency and unit words; None for anything else."""
     s = s.strip()
+    if _LONG_DIGITS.search(s):  # past MAX_DIGITS (and Python's int-from-str limit): math-verify's
+        return None
     m = _VALUE.fullmatch(s)
     if not m:
         return None
