@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from actors.backends import kv_cache as kv
 from actors.backends import shared_prefix as sp
 from rstar.log import get_logger
-from rstar.models import ModelError, load_tokenizer, pick_device
+from rstar.models import ModelError, load_tokenizer, one_build_at_a_time, pick_device
 from rstar.steps import build_prompt
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class PPM(torch.nn.Module):
         return torch.tanh(self.reward(input_ids, attention_mask))
 
 
+@one_build_at_a_time
 def ppm_from_policy(policy_dir: str | Path, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> PPM:
     """A fresh PPM on the policy's backbone; the head starts tiny, so every score starts near 0."""
     from transformers import AutoModel
@@ -122,6 +123,7 @@ def save_ppm(ppm: PPM, out_dir: str | Path, tokenizer) -> Path:
     return out_dir
 
 
+@one_build_at_a_time
 def load_ppm(path: str | Path, device: str = "auto", dtype: str = "float32"):
     """``(PPM, tokenizer)`` from a directory written by ``save_ppm``; the PPM is in eval mode."""
     from transformers import AutoModel

@@ -32,15 +32,17 @@ async def run_learner(cfg: Config, stop: asyncio.Event, exit_when_done: bool = F
     from learner.ingest import ingest_loop
     from learner.rounds import run_controller
     from learner.state import make_learner
+    from rstar.models import import_model_libs
     from store.db import open_store
 
     engine = await asyncio.to_thread(open_store, cfg.store_url)
     try:
         async with open_broker(cfg, "rstar-learner") as b:
-            L = await asyncio.to_thread(make_learner, cfg, engine, b, progress)
+            learner = await asyncio.to_thread(make_learner, cfg, engine, b, progress)
+            await asyncio.to_thread(import_model_libs)  # before the threads that train and evaluate
             tasks = [
                 asyncio.create_task(ingest_loop(b, engine, stop), name="learner-ingest"),
-                asyncio.create_task(run_controller(L, stop, exit_when_done), name="learner-rounds"),
+                asyncio.create_task(run_controller(learner, stop, exit_when_done), name="learner-rounds"),
                 asyncio.create_task(watch_exhausted_problems(b, stop), name="learner-dlq"),
             ]
             log.info(

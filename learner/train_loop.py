@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rstar.log import get_logger
+from rstar.models import one_build_at_a_time
 
 if TYPE_CHECKING:
     import torch
@@ -113,6 +114,7 @@ def run_batches(spec: LoopSpec, n: int, lengths: list[int] | None = None) -> lis
     return batch_order(n, spec.epochs, spec.batch_size, spec.seed, spec.steps * spec.grad_accum, lengths)
 
 
+@one_build_at_a_time
 def apply_lora(model, r: int, alpha: int, task_type: str | None):
     """LoRA adapters on every linear layer (peft); merged back by ``merge_lora`` before saving."""
     from peft import LoraConfig, get_peft_model

@@ -19,12 +19,14 @@ bit-exact to the original fp16 weights (Q4_1 is lossy; this is the model we have
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +104,28 @@ def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
     return path
 
 
+_BUILDING = threading.RLock()
+
+
+def one_build_at_a_time(fn):
+    """Run ``fn`` (it builds or loads models) while no other thread of the process does.
+
+    transformers builds a model on the meta device and then fills in its weights, with global
+    state while it does, and resolves its lazy imports on first use; neither is thread-safe. Two
+    threads loading at once (the learner evaluates one round while it trains the next) met
+    "Cannot copy out of meta tensor" and "cannot import name 'AutoTokenizer'". Loads are seconds;
+    serialising them costs nothing a round would notice.
+    """
+
+    @functools.wraps(fn)
+    def serialised(*args, **kwargs):
+        with _BUILDING:
+            return fn(*args, **kwargs)
+
+    return serialised
+
+
+@one_build_at_a_time
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise ``gguf`` into an fp32 safetensors HF directory at ``target`` (atomically)."""
     import torch
@@ -154,6 +178,24 @@ def pick_device(spec: str = "auto"):
     return device
 
 
+@one_build_at_a_time
+def import_model_libs() -> None:
+    """Import torch, transformers' model classes and its training helpers, on the calling thread.
+
+    transformers' lazy module is not safe to resolve from two threads at once (a thread can meet
+    the other's half-initialised submodule): a service calls this once, before it starts threads
+    that load or train models.
+    """
+    import torch  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        get_cosine_schedule_with_warmup,
+    )
+
+
+@one_build_at_a_time
 def load_tokenizer(path: str | Path):
     """The tokenizer of a model dir, with a pad token and left padding (for batched generation)."""
     from transformers import AutoTokenizer
@@ -168,6 +210,7 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+@one_build_at_a_time
 def load_causal_lm(path: str | Path, device: str = "auto", dtype: str = "float32"):
     """A causal LM from a model dir, on ``device``, in eval mode."""
     import torch

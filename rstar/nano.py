@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rstar.log import get_logger, timed
+from rstar.models import one_build_at_a_time
 
 log = get_logger(__name__)
 
@@ -103,6 +104,7 @@ def train_tokenizer(spec: NanoSpec, texts: list[str]):
     return fast
 
 
+@one_build_at_a_time
 def init_model(spec: NanoSpec, vocab_size: int, eos_id: int):
     """A randomly initialised ``LlamaForCausalLM`` of ``spec``'s shape (seeded)."""
     import torch
