@@ -17,11 +17,23 @@ could prove the snapshot faithful (``sandbox_snapshot``) and the prefix took at 
 ``snapshot_min_ms`` to run; a later call then runs only the steps after it. A prefix that failed
 deterministically answers every program that starts with it without running anything.
 
+The child's result is data to validate, never a fact: the code runs in the child's process and
+can write anything to its result pipe. The pool bounds every record (output to
+``max_output_chars``, errors to 500 characters, snapshots to ``snapshot_kb`` of base64) and
+files what it caches only under a program that contains every step that could have written it.
+For that a call of n steps runs in two stages (``sandbox_worker``): the child runs steps up to
+n-1 and writes its record of them (snapshot or failure) *before* step n is sent to it, so that
+record is filed under ``program(steps[:n-1])``, and the rest under ``program(steps[:n])``. A
+forged failure or snapshot, even a snapshot whose unpickling runs code, thus only answers
+programs that run the forging step themselves: it is that code's own result, never a sibling's.
+
 Guaranteed, with ``isolation = "strict"`` (the default; the pool refuses to start without it),
 for every call — each runs in a fresh child forked from a clean worker, see
 ``actors/sandbox_worker.py`` and ``actors/sandbox_jail.py``:
 
-- never in the caller's interpreter; nothing a call does changes another call or the pool;
+- never in the caller's interpreter; nothing a call does changes another call or the pool, and
+  nothing of a call (program, output, result) reaches a later one: the worker keeps a call's
+  bytes only in buffers it zeroes afterwards and forks each child from a clean frame;
 - wall-clock limit ``timeout_s`` (the child is killed), CPU limit ``cpu_s`` (RLIMIT_CPU),
   address space ``memory_mb`` above the interpreter's (RLIMIT_AS), files up to ``file_mb``
   (RLIMIT_FSIZE) in a private size-capped tmpfs, no memfd (pages outside those limits);
@@ -40,7 +52,9 @@ for every call — each runs in a fresh child forked from a clean worker, see
 - a seccomp filter (``sandbox_jail``: a deny-list) refuses namespace and mount changes,
   ``ptrace`` and reading other processes, ``bpf``, ``userfaultfd``, ``perf_event_open``,
   ``io_uring``, module loading and the like with EPERM; another syscall ABI kills the child;
-- at most ``max_output_chars`` of stdout/stderr per step (more fails the call: ``output_limit``).
+- at most ``max_output_chars`` of stdout and of stderr reach the caller: a last step that
+  printed more, or a result claiming more, fails with ``output_limit`` (the pool enforces it on
+  what it reads; the child's own cap can be lifted by the code, and only spares its memory).
 
 A failure is an ``ExecResult`` with ``ok=False`` and ``error_kind`` one of ``exception``,
 ``timeout``, ``memory``, ``crash``, ``output_limit``, ``forbidden``; ``run`` raises only for
@@ -49,9 +63,11 @@ workers (``SandboxError``). A worker that hangs or dies is killed and replaced i
 
 Not guaranteed: this is not a defence against kernel exploits (a shared kernel; the seccomp
 filter is a deny-list, so the common syscalls stay reachable); code may spend its CPU/time
-budget, read the (read-only) Python installation, and forge its own result (never another
-call's); the cache may differ from a full re-run for a prefix whose calls into an allow-listed
-module change that module's hidden state (see ``sandbox_snapshot``).
+budget, read the (read-only) Python installation, see which allow-listed modules earlier calls
+made its worker import, and forge its own result (its answer, output, failure or snapshot, which
+answer only programs that contain its code); the cache may differ from a full re-run for a
+prefix whose calls into an allow-listed module change that module's hidden state (see
+``sandbox_snapshot``).
 ``isolation = "weak"`` (for machines where the actor is not root or lacks CAP_SYS_ADMIN, e.g. a
 default Docker container) keeps only the mechanisms that work and logs the ones missing.
 
@@ -62,6 +78,7 @@ test_sandbox_escape.py`` (hostile code); figures: ``python benchmarks/sandbox.py
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import struct
@@ -102,11 +119,12 @@ class SandboxError(RuntimeError):
     """The pool cannot serve: closed, not started, or its workers cannot be (re)started."""
 
 
-class _Header(msgspec.Struct):
+class _Header(msgspec.Struct):  # written by the worker: how the child ended
     status: Literal["exit", "signal", "timeout", "oversize"]
     duration: float
     code: int | None = None
     signal: int | None = None
+    staged: bool = False  # the child's stage-1 record (all steps but the last) came complete
 
 
 class _ChildResult(msgspec.Struct):  # written by the confined child: validated, never trusted
@@ -133,8 +151,8 @@ class _Worker:
             raise ValueError("a sandbox worker needs its stdin and stdout as pipes")
         self.proc, self.stdin, self.stdout = proc, proc.stdin, proc.stdout
 
-    async def send(self, payload: bytes) -> None:
-        self.stdin.write(struct.pack(">I", len(payload)) + payload)
+    async def send(self, *payloads: bytes) -> None:
+        self.stdin.write(b"".join(struct.pack(">I", len(p)) + p for p in payloads))
         await self.stdin.drain()
 
     async def recv(self) -> bytes:
@@ -307,26 +325,33 @@ class SandboxPool:
         if isinstance(entry, Failure):
             return _failure(entry, n, 0.0)
         want = [i for i in (n - 1, n) if i > start and self.cfg.cache_entries and keys[i - 1] not in self._cache]
+        # Two stages when steps before the last run: the child's record of them is complete before
+        # the last step reaches it, so that record speaks for program(steps[:n-1]) only.
+        stages = [norm[start : n - 1], norm[n - 1 :]] if n - 1 > start else [norm[start:]]
+        head = msgspec.json.encode({"imports": [m for m in self.cfg.modules if m in text], "stages": len(stages)})
         job = msgspec.json.encode(
             {
-                "steps": norm[start:],
+                "steps": stages[0],
                 "start": start,
+                "last": n,
+                "stages": len(stages),
                 "snapshot": entry.data if entry else None,
                 "snapshot_cost_ms": entry.cost_ms if entry else 0.0,
                 "want": want,
-                "imports": [m for m in self.cfg.modules if m in text],
             }
         )
-        reply = await self._exchange(job)
-        return reply if isinstance(reply, ExecResult) else self._interpret(*reply, keys, want)
+        frames = [head, job] + [msgspec.json.encode({"steps": s}) for s in stages[1:]]
+        reply = await self._exchange(frames)
+        return reply if isinstance(reply, ExecResult) else self._interpret(*reply, keys, start, want)
 
-    async def _exchange(self, job: bytes, retry: bool = True) -> tuple[_Header, bytes] | ExecResult:
-        """Send one job to an idle worker and read its two reply frames."""
+    async def _exchange(self, frames: list[bytes], retry: bool = True) -> tuple[_Header, bytes, bytes] | ExecResult:
+        """Send one call to an idle worker and read its three reply frames."""
         worker = await self._acquire()
         try:
-            await worker.send(job)
+            await worker.send(*frames)
             head = await asyncio.wait_for(worker.recv(), self.cfg.timeout_s + self.cfg.grace_s)
-            body = await asyncio.wait_for(worker.recv(), self.cfg.grace_s)
+            first = await asyncio.wait_for(worker.recv(), self.cfg.grace_s)
+            rest = await asyncio.wait_for(worker.recv(), self.cfg.grace_s)
             header = msgspec.json.decode(head, type=_Header)
         except TimeoutError:
             self._replace(worker, "did not answer in time")
@@ -341,16 +366,31 @@ class SandboxPool:
             # the call deserves a second try on a fresh one.
             self._replace(worker, f"failed ({e!r})")
             if retry:
-                return await self._exchange(job, retry=False)
+                return await self._exchange(frames, retry=False)
             return ExecResult(False, error="sandbox worker died", error_kind="crash")
         except BaseException:  # cancelled mid-call: its reply would reach the next caller
             self._replace(worker, "was abandoned by a cancelled call")
             raise
         self._idle.put_nowait(worker)
-        return header, body
+        return header, first, rest
 
-    def _interpret(self, header: _Header, body: bytes, keys: list[bytes], want: list[int]) -> ExecResult:
+    def _interpret(
+        self, header: _Header, first: bytes, rest: bytes, keys: list[bytes], start: int, want: list[int]
+    ) -> ExecResult:
+        """The call's result from what the worker saw and what the child wrote.
+
+        The child's records are claims of the code that ran, validated and bounded here
+        (``_record``), and each is filed only under the program whose code fixed it: the stage-1
+        record under ``keys[n-2]``, the rest under ``keys[n-1]``. A cached failure or snapshot
+        thus only ever answers programs that contain every step that could have forged it.
+        """
         n, took = len(keys), header.duration
+        if header.staged:
+            early = self._record(first, start + 1, n - 1, n - 1 in want)
+            if isinstance(early, _Claim):
+                self._file(keys[n - 2], early, n - 1)
+                if isinstance(early.entry, Failure):
+                    return _failure(early.entry, n, took)
         if header.status == "timeout":
             return ExecResult(
                 False, error=f"timed out after {self.cfg.timeout_s}s", error_kind="timeout", duration_s=took
@@ -365,25 +405,60 @@ class SandboxPool:
             )
         if header.status == "oversize":
             return ExecResult(False, error="result too large", error_kind="crash", duration_s=took)
-        try:
-            child = msgspec.json.decode(body, type=_ChildResult)
-        except msgspec.DecodeError:
-            error = (
-                f"exited with status {header.code} without a result" if not body else "ended with an unreadable result"
-            )
+        claim = self._record(rest, n if header.staged else start + 1, n, n in want)
+        if not isinstance(claim, _Claim):
+            error = f"exited with status {header.code} without a result" if not rest else claim
             return ExecResult(False, error=error, error_kind="crash", duration_s=took)
-        self._stats["steps_run"] += child.steps_run
+        self._file(keys[n - 1], claim, n)
+        if isinstance(claim.entry, Failure):
+            return _failure(claim.entry, n, took)
+        return ExecResult(True, stdout=claim.stdout, stderr=claim.stderr, answer=claim.answer, duration_s=took)
+
+    def _record(self, data: bytes, lo: int, hi: int, snap: bool) -> _Claim | str:
+        """One framed record of the child for steps ``lo..hi``, bounded; an error message if unreadable."""
+        if len(data) < 4 or struct.unpack_from(">I", data)[0] != len(data) - 4:
+            return "ended with an unreadable result"
+        try:
+            child = msgspec.json.decode(data[4:], type=_ChildResult)
+        except msgspec.DecodeError:
+            return "ended with an unreadable result"
+        cap = self.cfg.max_output_chars
+        self._stats["steps_run"] += min(max(child.steps_run, 0), hi - lo + 1)
+        out, err, answer = child.stdout[:cap], child.stderr[:cap], child.answer
+        if child.ok and max(len(child.stdout), len(child.stderr), len(answer or "")) > cap:
+            error = f"output limit of {cap} characters exceeded"  # the code lifted the child's own cap
+            child = msgspec.structs.replace(child, ok=False, error=error, error_kind="output_limit", failed_step=hi)
         if not child.ok:
-            step = child.failed_step if child.failed_step and 1 <= child.failed_step <= n else n
-            failure = Failure(step, child.error or "failed", child.error_kind or "crash", child.stdout, child.stderr)
-            if failure.error_kind in CACHEABLE_FAILURES:
-                self._cache.put(keys[step - 1], failure)
-            return _failure(failure, n, took)
-        limit = (self.cfg.snapshot_kb << 10) * 4 // 3 + 4  # base64 of the largest allowed pickle
-        for idx, snap in child.snapshots.items():
-            if idx.isdigit() and int(idx) in want and len(snap.data) <= limit:
-                self._cache.put(keys[int(idx) - 1], snap)
-        return ExecResult(True, stdout=child.stdout, stderr=child.stderr, answer=child.answer, duration_s=took)
+            step = child.failed_step if child.failed_step is not None and lo <= child.failed_step <= hi else hi
+            kind = child.error_kind or "crash"
+            return _Claim(Failure(step, (child.error or "failed")[:500], kind, out, err))
+        found = child.snapshots.get(str(hi)) if snap else None
+        return _Claim(_valid_snapshot(found, self.cfg.snapshot_kb << 10), out, err, answer)
+
+    def _file(self, key: bytes, claim: _Claim, n: int) -> None:
+        entry = claim.entry
+        if isinstance(entry, Snapshot) or (isinstance(entry, Failure) and entry.error_kind in CACHEABLE_FAILURES):
+            self._cache.put(key, entry)
+
+
+class _Claim:
+    """A validated record: a failure, or success with the snapshot it carried (if sound)."""
+
+    def __init__(self, entry: Failure | Snapshot | None, stdout: str = "", stderr: str = "", answer: str | None = None):
+        self.entry, self.stdout, self.stderr, self.answer = entry, stdout, stderr, answer
+
+
+def _valid_snapshot(snap: Snapshot | None, max_bytes: int) -> Snapshot | None:
+    """A snapshot whose data is base64 of at most ``max_bytes`` and whose cost is a sane figure."""
+    if snap is None or len(snap.data) > max_bytes * 4 // 3 + 4:
+        return None
+    try:
+        base64.b64decode(snap.data, validate=True)
+    except ValueError:
+        return None
+    if not 0.0 <= snap.cost_ms <= 1e9:
+        return None
+    return snap
 
 
 def _signal_name(number: int | None) -> str:

@@ -10,6 +10,10 @@ re-executes d steps. The pool keeps, per prefix ``program(steps[:k])``, either
   operation, too much output), so every program starting with it fails the same way without
   running. Timeouts, memory and crashes are not cached: they depend on the machine's load.
 
+Entries come from the sandbox child, which the code controls: the pool validates them and files
+each only under a program containing every step that could have written it (``actors/
+sandbox.py``), so an entry answers only programs that would run that code themselves.
+
 Keys are a 128-bit BLAKE2b of the program text, so two step splits of the same code share an
 entry. The cache is a plain LRU bounded by entry count; with snapshots capped in size
 (``SandboxConfig.snapshot_kb``) that bounds its memory. It lives in the pool's process, so any

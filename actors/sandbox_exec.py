@@ -11,8 +11,14 @@ security: an audit hook turns process creation, signals, sockets and writes outs
 dir into a ``Forbidden`` error with a clear message before the kernel would refuse them anyway
 (``ctypes`` skips the hook and meets the kernel).
 
+A job comes in one or two stages (``job["stages"]``): with two, every step but the last runs
+first, their record (a snapshot of the state after them, or their failure) goes to the worker
+through ``next_stage``, which returns the last step only then (see ``actors/sandbox_worker.py``).
 Snapshots for the ancestor cache are taken by ``sandbox_snapshot`` after the steps the pool
 asked for, when its rules say they are faithful.
+
+Nothing here is trusted by the pool: the code runs in this process and can rewrite any of it,
+the output cap included (``Capture.limit``); the pool validates and bounds every record.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import sandbox_snapshot  # sibling module: this file runs inside the sandbox worker only
 
@@ -115,8 +122,8 @@ def format_answer(value) -> str:
     return str(value)  # int, Fraction ("3/4"), sympy and anything else
 
 
-def run_job(job: dict, scratch: str, limits: dict) -> dict:
-    """Run ``job["steps"]`` (numbered from ``job["start"] + 1``) and report the outcome."""
+def run_job(job: dict, scratch: str, limits: dict, next_stage: Callable[[dict], list[str]]) -> dict:
+    """Run ``job["steps"]`` (numbered from ``job["start"] + 1``), in stages, and report the outcome."""
     modules, want = set(limits["modules"]), set(job["want"])
     out, err = Capture(limits["max_output_chars"]), Capture(limits["max_output_chars"])
     sys.stdout, sys.stderr = out, err
@@ -125,50 +132,48 @@ def run_job(job: dict, scratch: str, limits: dict) -> dict:
     if job["snapshot"]:
         ns.update(sandbox_snapshot.restore(job["snapshot"]))
     before = sandbox_snapshot.process_state() if want else None
-    snaps, safe, n, last = {}, True, job["start"], job["start"] + len(job["steps"])
+    safe, n, last, steps = True, job["start"], job["last"], job["steps"]
     cost_ms = job["snapshot_cost_ms"]  # what re-running the steps up to n would take
-    for text in job["steps"]:
-        n += 1
-        t0 = time.process_time()  # CPU time: what re-running costs, whatever the machine's load
-        try:
-            if want:  # parse once: the tree serves the safety check and the compiler
-                tree = compile(text, f"<step {n}>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-                assert isinstance(tree, ast.Module)  # "exec" mode always parses to a Module
-                safe = safe and sandbox_snapshot.safe_step(tree, modules)
-                code = compile(tree, f"<step {n}>", "exec", dont_inherit=True)
-            else:
-                code = compile(text, f"<step {n}>", "exec", dont_inherit=True)
-            exec(code, ns)
-        except BaseException as e:  # the code's own failure, reported, never re-raised
-            kind, message = classify(e, limits["memory_mb"])
-            del e
-            stdout, stderr = out.take(), err.take()
-            ns.clear()  # frees a memory bomb's allocations before the result is built
-            return {
-                "ok": False,
-                "failed_step": n,
-                "error": message,
-                "error_kind": kind,
-                "stdout": stdout,
-                "stderr": stderr,
-                "steps_run": n - job["start"],
-            }
-        cost_ms += (time.process_time() - t0) * 1e3
-        # A snapshot costs about a millisecond (pickling, page copies in this forked child):
-        # worth it only for a prefix that costs more than that to re-run.
-        if n in want and safe and cost_ms >= limits["snapshot_min_ms"]:
-            data = sandbox_snapshot.snapshot(ns, before, scratch, modules, limits["snapshot_bytes"])
-            if data is not None:
-                snaps[str(n)] = {"data": data, "cost_ms": cost_ms}
-        if n < last:
-            out.take(), err.take()
+    snaps: dict = {}
+    first = n
+    for stage in range(job["stages"]):
+        if stage:  # the record of the steps so far, then the last step
+            steps = next_stage({"ok": True, "snapshots": snaps, "steps_run": n - first})
+            snaps, first = {}, n
+        for text in steps:
+            n += 1
+            t0 = time.process_time()  # CPU time: what re-running costs, whatever the machine's load
+            try:
+                if want:  # parse once: the tree serves the safety check and the compiler
+                    tree = compile(text, f"<step {n}>", "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+                    assert isinstance(tree, ast.Module)  # "exec" mode always parses to a Module
+                    safe = safe and sandbox_snapshot.safe_step(tree, modules)
+                    code = compile(tree, f"<step {n}>", "exec", dont_inherit=True)
+                else:
+                    code = compile(text, f"<step {n}>", "exec", dont_inherit=True)
+                exec(code, ns)
+            except BaseException as e:  # the code's own failure, reported, never re-raised
+                kind, message = classify(e, limits["memory_mb"])
+                del e
+                stdout, stderr = out.take(), err.take()
+                ns.clear()  # frees a memory bomb's allocations before the result is built
+                return _failed(n, message, kind, stdout, stderr, n - first)
+            cost_ms += (time.process_time() - t0) * 1e3
+            # A snapshot costs about a millisecond (pickling, page copies in this forked child):
+            # worth it only for a prefix that costs more than that to re-run.
+            if n in want and safe and cost_ms >= limits["snapshot_min_ms"]:
+                data = sandbox_snapshot.snapshot(ns, before, scratch, modules, limits["snapshot_bytes"])
+                if data is not None:
+                    snaps[str(n)] = {"data": data, "cost_ms": cost_ms}
+            if n < last:
+                out.take(), err.take()
     result = {
         "ok": True,
         "stdout": out.take(),
         "stderr": err.take(),
         "answer": None,
         "snapshots": snaps,
-        "steps_run": n - job["start"],
+        "steps_run": n - first,
     }
     if "answer" in ns:
         try:
@@ -177,13 +182,17 @@ def run_job(job: dict, scratch: str, limits: dict) -> dict:
                 raise OutputLimit(f"output limit of {limits['max_output_chars']} characters exceeded by the answer")
         except BaseException as e:  # e.g. an int too long to print
             kind, message = classify(e, limits["memory_mb"])
-            return {
-                "ok": False,
-                "failed_step": n,
-                "error": f"answer: {message}",
-                "error_kind": kind,
-                "stdout": result["stdout"],
-                "stderr": result["stderr"],
-                "steps_run": result["steps_run"],
-            }
+            return _failed(n, f"answer: {message}", kind, result["stdout"], result["stderr"], n - first)
     return result
+
+
+def _failed(step: int, error: str, kind: str, stdout: str, stderr: str, steps_run: int) -> dict:
+    return {
+        "ok": False,
+        "failed_step": step,
+        "error": error,
+        "error_kind": kind,
+        "stdout": stdout,
+        "stderr": stderr,
+        "steps_run": steps_run,
+    }

@@ -1,25 +1,37 @@
 """Sandbox worker process: confines itself once, then runs each call in a fresh forked child.
 
 Started by ``actors.sandbox.SandboxPool`` as ``python -I -S -B actors/sandbox_worker.py`` with a
-minimal environment and its own session; standard library (and ``pyseccomp``) only. It talks to the pool over
-stdin/stdout in frames (4-byte big-endian length + payload):
+minimal environment and its own session; standard library (and ``pyseccomp``) only. It talks to
+the pool over stdin/stdout in frames (4-byte big-endian length + payload):
 
-    pool → worker   hello (JSON config), then one job (JSON) per call
-    worker → pool   hello reply (JSON: isolation report, or {"error": …}), then per job two
-                    frames: a header written by the worker (JSON: how the child ended, duration)
-                    and the child's own result (JSON bytes, possibly empty)
+    pool → worker   hello (JSON config), then per call a head (JSON: ``imports``, ``stages``)
+                    and ``stages`` job frames (JSON, 1 or 2), which the worker passes on unread
+    worker → pool   hello reply (JSON: isolation report, or {"error": …}), then per call three
+                    frames: a header written by the worker (JSON: how the child ended, duration,
+                    ``staged``), the child's stage-1 record (empty unless ``staged``) and the
+                    rest of what the child wrote (bytes, possibly empty)
 
 The worker never runs model code itself. It keeps one *spare* child forked and confined ahead
-of time (``sandbox_jail.confine_child``, under the worker's seccomp filter), waiting on a pipe, so a call does not wait for a fork.
-Per job it first imports the allow-listed modules the program names (sympy is then loaded once,
-before forking, rather than in every child; a spare forked without it is replaced), hands the
-job to the spare, which runs the steps (``sandbox_exec.run_job``), reads its result until EOF or
-the wall-clock deadline (then kills it), replies, reaps the child, removes its scratch dir and
-forks the next spare. Every child thus starts from the same clean state: nothing one call does
-(rebinding ``math.pi``, leaking memory, crashing) reaches another.
+of time (``sandbox_jail.confine_child``, under the worker's seccomp filter), waiting on a pipe,
+so a call does not wait for a fork. Per call it first imports the allow-listed modules the
+program names (sympy is then loaded once, before forking, rather than in every child; a spare
+forked without it is replaced) and hands the first job frame to the spare, which runs the steps
+(``sandbox_exec.run_job``). A call of two stages (every step but the last, then the last) gets
+its second frame only once the child has written a complete stage-1 record: what that record
+says was fixed before the last step's code existed in the child, so the pool can file it under
+the program without its last step (see ``actors/sandbox.py``). The worker reads the child's
+output until EOF or the wall-clock deadline (then kills it) or a size cap, replies, reaps the
+child, removes its scratch dir and forks the next spare.
 
-Guarantees and limits: see ``actors/sandbox.py``. The child's result is trusted only as far as
-the code that produced it: code can forge its own result, never another call's.
+A fresh state per call: every child starts from the worker's clean state, and the worker keeps
+nothing of a call in memory a later child could read. Job and result bytes live only in two
+buffers allocated once and zeroed after each call (never in Python strings or bytes, whose
+freed memory keeps its contents), the spare is forked from a frame that holds nothing of the
+call before, and the worker never parses a job or a result. Nothing one call does (rebinding
+``math.pi``, leaking memory, crashing, walking the stack into the worker's loop) reaches another.
+What a child can see of earlier calls: which allow-listed modules the worker has imported.
+
+Guarantees and limits: see ``actors/sandbox.py``.
 """
 
 from __future__ import annotations
@@ -66,7 +78,7 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -92,8 +104,14 @@ class _Spare:
         self.reaped = False  # once collected, its pid may be reused: never signal it again
 
 
+def _emit(fd: int, record: dict) -> None:
+    """Write one framed JSON record (lone surrogates, e.g. print("\\ud800"), escaped)."""
+    record = {k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v for k, v in record.items()}
+    write_frame(fd, json.dumps(record, ensure_ascii=False).encode())
+
+
 def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: int | None, base_as: int) -> None:
-    """Body of the forked child: confine, wait for the job, run it, write the result, exit."""
+    """Body of the forked child: confine, wait for the job, run it stage by stage, write records."""
     code = 0
     try:
         for fd in (0, 1, 2):
@@ -108,60 +126,23 @@ def _child(cfg: dict, job_r: int, out_w: int, scratch: str, devnull: int, uid: i
         frame = read_frame(job_r)
         if frame is None:  # the worker discarded this spare
             os._exit(0)
-        os.close(job_r)
-        result = sandbox_exec.run_job(json.loads(frame), scratch, cfg)
+
+        def next_stage(record: dict) -> list[str]:
+            _emit(out_w, record)
+            more = read_frame(job_r)
+            if more is None:
+                raise EOFError("the worker sent no next stage")
+            return json.loads(more)["steps"]
+
+        result = sandbox_exec.run_job(json.loads(frame), scratch, cfg, next_stage)
     except BaseException as e:  # a sandbox bug, not the code's failure: say so in the result
         code = 70
-        result = {
-            "ok": False,
-            "error": f"sandbox internal error: {e!r}"[:500],
-            "error_kind": "crash",
-            "stdout": "",
-            "stderr": "",
-            "steps_run": 0,
-        }
-    # Lone surrogates (print("\ud800")) are not valid UTF-8: escape them rather than fail.
-    result = {k: v.encode("utf-8", "backslashreplace").decode() if isinstance(v, str) else v for k, v in result.items()}
+        result = {"ok": False, "error": f"sandbox internal error: {e!r}"[:500], "error_kind": "crash"}
     try:
-        write_all(out_w, json.dumps(result, ensure_ascii=False).encode())
+        _emit(out_w, result)
         os.close(out_w)  # EOF tells the worker the result is complete
     finally:
         os._exit(code)
-
-
-def _wait(pid: int, r: int, deadline: float, cap: int) -> tuple[dict, bytes]:
-    """Read the child's result until EOF; stop at the deadline or past ``cap`` bytes.
-
-    Returns as soon as a non-empty result is complete, without waiting for the child's exit
-    (which the caller reaps off the critical path); an empty one waits for the exit status.
-    """
-    pidfd = os.pidfd_open(pid)
-    buf, reading, exited = bytearray(), True, False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return {"status": "timeout"}, b""
-            ready = select.select([pidfd, r] if reading else [pidfd], [], [], remaining)[0]
-            exited = exited or pidfd in ready
-            # Once the child has exited its pipe holds the rest of the output, then EOF.
-            while reading and (r in ready or exited):
-                chunk = os.read(r, 1 << 16)
-                reading = bool(chunk)
-                buf += chunk
-                if len(buf) > cap:
-                    return {"status": "oversize"}, b""
-                if not exited:
-                    break
-            if not reading and buf:
-                return {"status": "exit"}, bytes(buf)
-            if exited:
-                status = os.waitpid(pid, 0)[1]
-                if os.WIFSIGNALED(status):
-                    return {"status": "signal", "signal": os.WTERMSIG(status)}, bytes(buf)
-                return {"status": "exit", "code": os.WEXITSTATUS(status)}, bytes(buf)
-    finally:
-        os.close(pidfd)
 
 
 def _reap(pid: int) -> None:
@@ -214,7 +195,10 @@ class _Server:
         self.cfg, self.scratch_root, self.uid, self.procfd = cfg, scratch_root, uid, procfd
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.modules, self.count = set(cfg["modules"]), 0
-        self.cap = 4 * cfg["max_output_chars"] + cfg["snapshot_bytes"] * 3 + (64 << 10)
+        # Two records of two streams (up to 6 bytes a char once JSON-escaped) and two snapshots.
+        self.cap = 24 * cfg["max_output_chars"] + 3 * cfg["snapshot_bytes"] + (64 << 10)
+        self.out = bytearray(self.cap + 1)  # the child's output: zeroed after every call
+        self.job = bytearray(1 << 16)  # one job frame at a time: zeroed after use
 
     def fork(self) -> _Spare:
         self.count += 1
@@ -230,6 +214,7 @@ class _Server:
             _child(self.cfg, job_r, out_w, scratch, self.devnull, self.uid, base_as)
         os.close(job_r)
         os.close(out_w)
+        os.set_blocking(job_w, False)  # the code may stop reading: writes must keep the deadline
         return _Spare(pid, job_w, out_r, scratch)
 
     def finish(self, child: _Spare) -> None:
@@ -242,41 +227,133 @@ class _Server:
         except OSError as e:  # never fatal: the tmpfs is capped, the next call has its own dir
             print(f"sandbox worker: cannot remove {child.scratch}: {e!r}", file=sys.stderr)
 
-    def serve(self) -> None:
-        """One job per frame; a spare child is forked after each reply, off the critical path."""
-        spare = None
+    def read_job(self) -> int:
+        """Read the pool's next job frame (length prefix included) into ``self.job``."""
+        head = _read_exactly(0, 4)
+        if head is None or len(head) < 4:
+            raise EOFError("pool closed the pipe mid-call")
+        size = 4 + struct.unpack(">I", head)[0]
+        if size > MAX_JOB_BYTES:
+            raise ValueError(f"frame of {size} bytes exceeds {MAX_JOB_BYTES}")
+        if size > len(self.job):
+            self.job = bytearray(size)  # the old buffer was zeroed: nothing of it stays behind
+        view = memoryview(self.job)
+        view[:4] = head
+        got = 4
+        while got < size:
+            n = os.readv(0, [view[got:size]])
+            if not n:
+                raise EOFError("pool closed the pipe mid-frame")
+            got += n
+        return size
+
+    def send_job(self, child: _Spare, size: int, deadline: float) -> None:
+        """Pass ``self.job[:size]`` to the child by the deadline (a child gone or stuck: dropped)."""
+        view = memoryview(self.job)[:size]
         try:
-            while (frame := read_frame(0)) is not None:
-                job = json.loads(frame)
-                fresh = [m for m in job["imports"] if m in self.modules and m not in sys.modules]
-                if fresh and spare is not None:  # it was forked without the module: replace it
-                    self.finish(spare)
-                    spare = None
+            while view and child.job_w >= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([], [child.job_w], [], remaining)[1]:
+                    break
+                try:
+                    view = view[os.write(child.job_w, view) :]
+                except BlockingIOError:
+                    continue
+        except BrokenPipeError:  # it died or closed the pipe: reading its output tells why
+            pass
+        finally:
+            del view
+            self.job[:size] = bytes(size)
+
+    def read_out(self, child: _Spare, held: int, until: int, deadline: float) -> tuple[int, str | None]:
+        """Read the child's output into ``self.out`` until it holds ``until`` bytes or EOF.
+
+        Returns the bytes held and None, or "eof", "timeout" or "oversize".
+        """
+        view = memoryview(self.out)
+        while held < until:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([child.out_r], [], [], remaining)[0]:
+                return held, "timeout"
+            n = os.readv(child.out_r, [view[held:]])
+            if not n:
+                return held, "eof"
+            held += n
+            if held > self.cap:
+                return held, "oversize"
+        return held, None
+
+    def exit_status(self, child: _Spare, deadline: float) -> dict:
+        """How a child that wrote nothing more ended (it may still be running: wait, then kill)."""
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return {"status": "timeout"}
+        finally:
+            os.close(pidfd)
+        status = os.waitpid(child.pid, 0)[1]
+        child.reaped = True
+        if os.WIFSIGNALED(status):
+            return {"status": "signal", "signal": os.WTERMSIG(status)}
+        return {"status": "exit", "code": os.WEXITSTATUS(status)}
+
+    def call(self, child: _Spare) -> bool:
+        """Serve one call on ``child`` (consumed in any case); False once the pool closed."""
+        try:
+            head = read_frame(0)
+            if head is None:
+                return False
+            job = json.loads(head)
+            fresh = [m for m in job["imports"] if m in self.modules and m not in sys.modules]
+            if fresh:  # the spare was forked without the module: replace it
+                self.finish(child)
                 for name in fresh:
                     try:
                         __import__(name)
                     except Exception:  # the child meets the same error and reports it
                         pass
-                if fresh:
-                    gc.freeze()  # keep the new objects out of the children's collections
-                child, spare = spare or self.fork(), None
-                start = time.monotonic()
-                try:
-                    write_frame(child.job_w, frame)
-                    os.close(child.job_w)
-                    child.job_w = -1
-                except BrokenPipeError:  # the spare died while waiting: _wait reports it
-                    pass
-                header, body = _wait(child.pid, child.out_r, start + self.cfg["timeout_s"], self.cap)
-                child.reaped = header["status"] in ("exit", "signal") and not body
-                header["duration"] = time.monotonic() - start
-                write_frame(1, json.dumps(header).encode())
-                write_frame(1, body)
-                self.finish(child)
-                spare = self.fork()
+                gc.freeze()  # keep the new objects out of the children's collections
+                child = self.fork()
+            start = time.monotonic()
+            deadline = start + self.cfg["timeout_s"]
+            self.send_job(child, self.read_job(), deadline)
+            first, held, why = 0, 0, None
+            if job["stages"] == 2:
+                held, why = self.read_out(child, 0, 4, deadline)
+                if why is None:
+                    first = 4 + struct.unpack_from(">I", self.out)[0]
+                    held, why = self.read_out(child, held, first, deadline) if first <= self.cap else (held, "oversize")
+                size = self.read_job()
+                if why is None:
+                    self.send_job(child, size, deadline)
+                else:
+                    self.job[:size] = bytes(size)
+                    first = 0
+            if why is None:
+                held, why = self.read_out(child, held, self.cap + 1, deadline)
+            if why in ("timeout", "oversize"):
+                header: dict = {"status": why}
+            elif held > first:
+                header = {"status": "exit"}
+            else:  # no result: how it ended says why (the caller reaps a child that wrote one)
+                header = self.exit_status(child, deadline)
+            header["duration"] = time.monotonic() - start
+            header["staged"] = first > 0
+            write_frame(1, json.dumps(header).encode())
+            rest = first if header["status"] == "exit" else held  # nothing after a timeout
+            for lo, hi in ((0, first), (rest, held)):
+                write_all(1, struct.pack(">I", hi - lo))
+                write_all(1, memoryview(self.out)[lo:hi])
+            self.out[:held] = bytes(held)
+            return True
         finally:
-            if spare is not None:
-                self.finish(spare)
+            self.finish(child)
+
+    def serve(self) -> None:
+        """One call after another; the next spare is forked after each reply, off the critical path,
+        from this frame, which holds nothing of the call before."""
+        while self.call(self.fork()):
+            pass
 
 
 def main() -> int:

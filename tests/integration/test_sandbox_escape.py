@@ -9,7 +9,10 @@ variant checks that the kernel mechanism behind it holds too. Needs root with CA
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
+import pickle
 import signal
 import socket
 import uuid
@@ -274,8 +277,149 @@ async def test_inode_exhaustion_stays_in_the_call():
     assert fresh.ok and fresh.answer == "['f']", fresh
 
 
+# The child's result is the code's claim: forged records, in the format of the pool before these
+# fixes (raw JSON) and in today's (a length-prefixed record), written to every pipe the child
+# can write to, then a silent exit.
+
+
+def forge(result: dict) -> list[str]:
+    """Step texts that forge ``result`` on the child's result pipe, one per record format."""
+    data = json.dumps(result)
+    return [
+        "import os, fcntl, struct\n"
+        f"data = {data!r}.encode()\n"
+        + ("data = struct.pack('>I', len(data)) + data\n" if framed else "")
+        + "for fd in range(3, 64):\n"
+        "    try:\n"
+        "        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
+        "            os.write(fd, data)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+        for framed in (False, True)
+    ]
+
+
+class _Eval:  # unpickles by calling eval(): code run in whichever call loads the snapshot
+    def __reduce__(self):
+        return (eval, ("6 * 111",))
+
+
 async def fresh_pool(**update) -> SandboxPool:
     return await start_pool(CFG.model_copy(update={"workers": 1, **update}))
+
+
+async def test_a_forged_failure_does_not_fail_sibling_programs():
+    pool = await fresh_pool()
+    try:
+        for n, forger in enumerate(
+            forge({"ok": False, "failed_step": 1, "error": "forged", "error_kind": "exception"})
+        ):
+            prefix = [f"x = {n}\n"]
+            await pool.run(prefix + [forger])
+            sibling = await pool.run(prefix + ["answer = x\n"])
+            assert sibling.ok and sibling.answer == str(n), sibling
+    finally:
+        await pool.close()
+
+
+async def test_a_forged_snapshot_does_not_reach_sibling_programs():
+    pool = await fresh_pool(snapshot_min_ms=0.0)
+    evil = base64.b64encode(pickle.dumps({"x": _Eval()})).decode()
+    try:
+        for n, forger in enumerate(forge({"ok": True, "snapshots": {"1": {"data": evil, "cost_ms": 9.0}}})):
+            prefix = [f"x = {n}\n"]
+            await pool.run(prefix + [forger])
+            sibling = await pool.run(prefix + ["answer = x\n"])
+            assert sibling.ok and sibling.answer == str(n), sibling  # not 666
+    finally:
+        await pool.close()
+
+
+async def test_a_forged_result_cannot_exceed_the_output_limit(pool):
+    for forger in forge({"ok": True, "stdout": "x" * 200_000, "stderr": "y" * 50_000, "answer": "z" * 5000}):
+        r = await pool.run([forger])
+        assert not r.ok and r.error_kind in ("output_limit", "crash"), r.error  # crash: unreadable
+        assert len(r.stdout) <= 1000 and len(r.stderr) <= 1000 and r.answer is None
+    assert r.error_kind == "output_limit"  # today's record format, read and bounded
+
+
+async def test_lifting_the_childs_output_cap_does_not_lift_the_limit(pool):
+    code = "import sys\nsys.stdout.limit = 10**9\nprint('x' * 5000)\n"
+    r = await contained(pool, code, "output_limit")
+    assert r.stdout == "x" * 1000
+
+
+async def test_forged_failures_cannot_grow_the_cache():
+    pool = await fresh_pool()
+    big = {"ok": False, "failed_step": 1, "error_kind": "exception", "error": "e" * 100_000}
+    try:
+        for i in range(3):
+            for forger in forge({**big, "stdout": "o" * 100_000, "stderr": "r" * 60_000}):
+                r = await pool.run([f"x = {i}\n", forger])
+                assert len(r.error or "") <= 600 and len(r.stdout) <= 1000 and len(r.stderr) <= 1000, r
+        sizes = [
+            len(f.error) + len(f.stdout) + len(f.stderr) for f in pool._cache._data.values() if hasattr(f, "error")
+        ]
+        assert sizes and max(sizes) <= 500 + 2 * 1000, sizes
+    finally:
+        await pool.close()
+
+
+# Calls are independent: nothing of one call is left where the next can read it.
+
+
+async def test_a_call_cannot_read_the_previous_calls_program_or_result():
+    pool = await fresh_pool(timeout_s=20.0, cpu_s=20)
+    token = f"tok{uuid.uuid4().hex}"
+    code = (  # everything reachable from the stack and the garbage collector, strings searched
+        "import sys, gc\n"
+        f"needle = {token[::-1]!r}[::-1]\n"
+        "bneedle = needle.encode()\n"
+        "todo, f = [], sys._getframe()\n"
+        "while f is not None:\n"
+        "    todo.append(f.f_locals)\n"
+        "    f = f.f_back\n"
+        "todo += gc.get_objects()\n"
+        "seen, hits = set(), 0\n"
+        "while todo and len(seen) < 3_000_000:\n"
+        "    o = todo.pop()\n"
+        "    if id(o) in seen or o is needle or o is bneedle:\n"
+        "        continue\n"
+        "    seen.add(id(o))\n"
+        "    if type(o) is str:\n"
+        "        hits += needle in o\n"
+        "    elif type(o) in (bytes, bytearray):\n"
+        "        hits += bneedle in o\n"
+        "    else:\n"
+        "        todo.extend(gc.get_referents(o))\n"
+        "answer = hits\n"
+    )
+    try:
+        first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
+        assert first.ok and first.answer == token
+        r = await pool.run([code])
+    finally:
+        await pool.close()
+    assert r.ok and r.answer == "0", r
+
+
+async def test_interpreter_state_does_not_reach_the_next_call():
+    # technique not tried before (passes on the old pool too: every child is a fresh fork)
+    pool = await fresh_pool()
+    dirty = (
+        "import builtins, sys, atexit, math\n"
+        "builtins.len = lambda x: 0\nbuiltins.print = None\n"
+        "sys.modules['math'] = None\nsys.setrecursionlimit(50)\nmath.pi = 3\n"
+        "atexit.register(lambda: open('/scratch/left', 'w'))\n"
+    )
+    check = "import math, sys\nprint('ok')\nanswer = (len([1, 2]), math.pi > 3.1, sys.getrecursionlimit() > 50)\n"
+    try:
+        await pool.run([dirty])
+        r = await pool.run([check])
+    finally:
+        await pool.close()
+    assert r.ok and r.answer == "(2, True, True)" and r.stdout == "ok\n", r
 
 
 # Kernel facilities outside the jail's namespaces: shut by the seccomp filter (EPERM).
@@ -372,3 +516,76 @@ async def test_namespaces_mounts_and_tracing_are_refused(pool):
 async def test_another_syscall_abi_kills_the_child(pool):
     # x32 numbering of memfd_create: a foreign ABI is refused by the filter, whatever the call
     await contained(pool, SYSCALL + "libc.syscall(0x40000000 | 319, b'm', 0)\n", "crash")
+
+
+# Techniques not tried before (each passes on the old pool too).
+
+
+async def test_other_calls_scratch_proc_and_dev_shm_are_out_of_reach(pool):
+    code = (
+        "import os\nseen = []\n"
+        "for path in ('/scratch', '/proc', '/proc/1/root', '/dev/shm', '/etc', '/home'):\n"
+        "    try:\n        seen.append(sorted(os.listdir(path)))\n"
+        "    except OSError as e:\n        seen.append(e.errno)\n"
+        "answer = (seen, sorted(os.listdir('/dev')), os.listdir('.'))\n"
+    )
+    r = await pool.run([code])
+    assert r.ok, r
+    seen, dev, own = eval(r.answer)
+    assert seen == [13] + [2] * 5  # /scratch: EACCES (0o711), the rest ENOENT
+    assert dev == ["null", "urandom", "zero"] and own == []
+
+
+async def test_local_services_are_unreachable(pool):
+    for port in (4222, 5432):  # the local NATS and PostgreSQL
+        code = LIBC + (
+            "import socket, struct\n"
+            "fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)\n"
+            f"addr = struct.pack('<HH4s8x', socket.AF_INET, socket.htons({port}), socket.inet_aton('127.0.0.1'))\n"
+            "answer = (libc.connect(fd, addr, len(addr)), ctypes.get_errno())\n"
+        )
+        r = await pool.run([code])
+        assert r.ok and r.answer == "(-1, 101)", r  # ENETUNREACH
+        py = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        await contained(pool, py, "forbidden")
+
+
+async def test_the_previous_calls_bytes_are_nowhere_in_a_childs_memory():
+    # Every mapped page near the interpreter's objects, read through a pipe (unmapped: EFAULT).
+    pool = await fresh_pool(timeout_s=30.0, cpu_s=30)
+    token = f"tok{uuid.uuid4().hex}"
+    code = LIBC + (
+        "import gc, os, sys\n"
+        "libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]\n"
+        f"needle = bytes(reversed({token[::-1].encode()!r}))\n"
+        "page, (r, w) = 4096, os.pipe()\n"
+        "buf = bytearray(page)\n"
+        "at = ctypes.addressof((ctypes.c_char * page).from_buffer(buf))\n"
+        "mine = [(id(needle), id(needle) + sys.getsizeof(needle)), (at, at + page)]\n"
+        "seeds = {id(o) for o in gc.get_objects()} | {at, ctypes.addressof(ctypes.create_string_buffer(64))}\n"
+        "spans = []\n"
+        "for a in sorted(x & ~(page - 1) for x in seeds):\n"
+        "    if spans and a - (16 << 20) <= spans[-1][1]:\n"
+        "        spans[-1][1] = a + (16 << 20)\n"
+        "    else:\n"
+        "        spans.append([max(page, a - (16 << 20)), a + (16 << 20)])\n"
+        "hits = pages = 0\n"
+        "for lo, hi in spans:\n"
+        "    for a in range(lo, hi, page):\n"
+        "        if libc.write(w, a, page) != page:\n"
+        "            continue\n"
+        "        pages += 1\n"
+        "        os.readv(r, [buf])\n"
+        "        i = buf.find(needle)\n"
+        "        while i >= 0:\n"
+        "            hits += not any(s <= a + i < e for s, e in mine)\n"
+        "            i = buf.find(needle, i + 1)\n"
+        "answer = (hits, pages > 1000)\n"
+    )
+    try:
+        first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
+        assert first.ok and first.answer == token
+        r = await pool.run([code])
+    finally:
+        await pool.close()
+    assert r.ok and r.answer == "(0, True)", r

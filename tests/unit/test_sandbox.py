@@ -299,3 +299,12 @@ async def test_cache_is_bounded():
         assert small.gauges()["sandbox/cache_entries"] == 3
     finally:
         await small.close()
+
+
+async def test_a_failing_ancestor_is_cached_for_the_ancestors_program(pool):
+    # steps before the last run as a first stage: their failure is filed under their own program
+    first = await pool.run(["x = 2\n", "x = x / 0\n", "answer = x\n"])
+    before = pool.gauges()["sandbox/steps_run"]
+    again = await pool.run(["x = 2\n", "x = x / 0\n", "print('other leaf')\n"])
+    assert pool.gauges()["sandbox/steps_run"] == before  # nothing executed
+    assert first.error == again.error == "earlier step 2 failed: ZeroDivisionError: division by zero"
