@@ -217,7 +217,9 @@ def _authorize(request: web.Request) -> None:
     if not token:
         raise ApiError(403, "writes are disabled: no api.token is configured")
     given = request.headers.get("Authorization", "")
-    if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+    # Header bytes that are not UTF-8 arrive surrogate-escaped: encode them back, not fail (a 500).
+    sent = given[7:].encode("utf-8", "surrogateescape")
+    if not (given[:7].lower() == "bearer " and hmac.compare_digest(sent, token.encode())):
         raise ApiError(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -174,6 +174,7 @@ def _check_error(status: int, ctype: str, body: bytes) -> str:
 
 
 junk = st.text(max_size=30) | big_digits | st.sampled_from(["", "-1", "0", "1.5", "true", "1_0", " 1", "１", "\x00"])
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=30)
 raw_query = st.text(alphabet="%0123456789ABCDEFabcdef=&+;.-_~", max_size=40)
 
 
@@ -303,7 +304,7 @@ _DEEP = (("[", "]"), ('[{"question": "q", "meta": {"a": ', "}}]"), ('{"a": ', "}
 
 
 @fuzz(300)
-@given(data=st.data(), auth=st.sampled_from(["token", "token", "token", "none", "wrong", "closed"]))
+@given(data=st.data(), auth=st.sampled_from(["token", "token", "token", "none", "wrong", "junk", "closed"]))
 def test_posting_problems(api, data, auth):
     valid = _new_problems(api.spec)
     kind, problems, raw = data.draw(
@@ -319,6 +320,9 @@ def test_posting_problems(api, data, auth):
     headers = {"Content-Type": "application/json"}
     if auth in ("token", "wrong", "closed"):
         headers["Authorization"] = f"Bearer {TOKEN if auth != 'wrong' else 'not-' + TOKEN}"
+    elif auth == "junk":  # any bytes a header value may hold (obs-text: not UTF-8 either)
+        value = data.draw(st.tuples(st.sampled_from(["Bearer ", "bearer ", ""]), header_text).map("".join))
+        headers["Authorization"] = value.encode("latin-1")
     before = api.problems()
     status, ctype, body = api.call("POST", "/api/problems", raw, headers, api.closed_port if auth == "closed" else 0)
     if status != 200:

@@ -4,6 +4,8 @@ and a sanity check of the web explorer (its HTML loads its JS; the JS asks only 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import re
 import shutil
@@ -335,6 +337,24 @@ async def test_ids_with_any_character_read_back(tmp_path):
     finally:
         await c.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xff", TOKEN.encode() + b"\xe9", b"Bearer", b"", b"Basic dTpw"])
+async def test_a_wrong_authorization_header_is_a_401(client, value):
+    """Found by tests/fuzz/test_fuzz_api.py: a header with bytes that are not UTF-8 was a 500."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /api/problems HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n")
+    writer.write(b"Authorization: " + value + b"\r\n\r\n[]")
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401") and b"application/json" in head, answer[:300]
+    assert json.loads(body) == {"error": "missing or wrong bearer token"}
+
+
+async def test_the_bearer_scheme_is_case_insensitive(client):
+    r = await client.post("/api/problems", data=b"[]", headers={"Authorization": f"bearer {TOKEN}"})
+    assert r.status == 400 and (await r.json())["param"] == "body"
 
 
 async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
