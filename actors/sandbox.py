@@ -388,7 +388,7 @@ class SandboxPool:
         if header.staged:
             early = self._record(first, start + 1, n - 1, n - 1 in want)
             if isinstance(early, _Claim):
-                self._file(keys[n - 2], early, n - 1)
+                self._file(keys[n - 2], early)
                 if isinstance(early.entry, Failure):
                     return _failure(early.entry, n, took)
         if header.status == "timeout":
@@ -409,7 +409,7 @@ class SandboxPool:
         if not isinstance(claim, _Claim):
             error = f"exited with status {header.code} without a result" if not rest else claim
             return ExecResult(False, error=error, error_kind="crash", duration_s=took)
-        self._file(keys[n - 1], claim, n)
+        self._file(keys[n - 1], claim)
         if isinstance(claim.entry, Failure):
             return _failure(claim.entry, n, took)
         return ExecResult(True, stdout=claim.stdout, stderr=claim.stderr, answer=claim.answer, duration_s=took)
@@ -435,7 +435,7 @@ class SandboxPool:
         found = child.snapshots.get(str(hi)) if snap else None
         return _Claim(_valid_snapshot(found, self.cfg.snapshot_kb << 10), out, err, answer)
 
-    def _file(self, key: bytes, claim: _Claim, n: int) -> None:
+    def _file(self, key: bytes, claim: _Claim) -> None:
         entry = claim.entry
         if isinstance(entry, Snapshot) or (isinstance(entry, Failure) and entry.error_kind in CACHEABLE_FAILURES):
             self._cache.put(key, entry)
