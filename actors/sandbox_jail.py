@@ -18,10 +18,10 @@ system's libseccomp) only. Linux only.
   ``/dev/null``, ``/dev/zero``, ``/dev/urandom`` and ``/scratch`` (the per-call scratch dirs);
   the worker then ``chroot``\\ s into it.
 
-``seccomp_filter`` is loaded once per worker, after the jail is built and before the first child
-is forked: children inherit it and cannot remove it. It is a *deny-list*: every syscall is
-allowed except whole classes that reach kernel state outside the worker's namespaces or widen
-the kernel's attack surface, which fail with EPERM:
+The seccomp filter (``build_filter``, ``load_filter``) is loaded once per worker, after the jail
+is built and before the first child is forked: children inherit it and cannot remove it. It is
+a *deny-list*: every syscall is allowed except whole classes that reach kernel state outside the
+worker's namespaces or widen the kernel's attack surface, which fail with EPERM:
 
 - per-uid keyrings (``add_key``, ``request_key``, ``keyctl``: not namespaced, they outlive the
   pool), POSIX message queues (``mq_*``), ``memfd_create``/``memfd_secret`` (pages outside
