@@ -21,11 +21,12 @@ The child's result is data to validate, never a fact: the code runs in the child
 can write anything to its result pipe. The pool bounds every record (output to
 ``max_output_chars``, errors to 500 characters, snapshots to ``snapshot_kb`` of base64) and
 files what it caches only under a program that contains every step that could have written it.
-For that a call of n steps runs in two stages (``sandbox_worker``): the child runs steps up to
-n-1 and writes its record of them (snapshot or failure) *before* step n is sent to it, so that
-record is filed under ``program(steps[:n-1])``, and the rest under ``program(steps[:n])``. A
-forged failure or snapshot, even a snapshot whose unpickling runs code, thus only answers
-programs that run the forging step themselves: it is that code's own result, never a sibling's.
+For that a call of n steps runs in two stages when the cache is on (``sandbox_worker``): the
+child runs steps up to n-1 and writes its record of them (snapshot or failure) *before* step n
+is sent to it, so that record is filed under ``program(steps[:n-1])``, and the rest under
+``program(steps[:n])``. A forged failure or snapshot, even a snapshot whose unpickling runs
+code, thus only answers programs that run the forging step themselves: it is that code's own
+result, never a sibling's.
 
 Guaranteed, with ``isolation = "strict"`` (the default; the pool refuses to start without it),
 for every call — each runs in a fresh child forked from a clean worker, see
@@ -325,9 +326,10 @@ class SandboxPool:
         if isinstance(entry, Failure):
             return _failure(entry, n, 0.0)
         want = [i for i in (n - 1, n) if i > start and self.cfg.cache_entries and keys[i - 1] not in self._cache]
-        # Two stages when steps before the last run: the child's record of them is complete before
-        # the last step reaches it, so that record speaks for program(steps[:n-1]) only.
-        stages = [norm[start : n - 1], norm[n - 1 :]] if n - 1 > start else [norm[start:]]
+        # Two stages when steps before the last run and may be cached: the child's record of them
+        # is complete before the last step reaches it, so it speaks for program(steps[:n-1]) only.
+        split = n - 1 > start and self.cfg.cache_entries
+        stages = [norm[start : n - 1], norm[n - 1 :]] if split else [norm[start:]]
         head = msgspec.json.encode({"imports": [m for m in self.cfg.modules if m in text], "stages": len(stages)})
         job = msgspec.json.encode(
             {
