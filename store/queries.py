@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, Text, case, cast, func, select
 
-from store.models import CheckpointRow, NodeRow, ProblemRow, RoundRow, TreeRow
+from store.models import CheckpointRow, NodeRow, PpmPairRow, ProblemRow, RoundRow, SftExampleRow, TreeRow
 
 MAX_LIMIT = 1000
 
@@ -41,6 +41,13 @@ class BadQueryError(ValueError):
         super().__init__(f"{param}={value!r}: {reason}")
 
 
+# A problem's curriculum level (``meta["level"]``: an int for ``rstar.curriculum``'s problems, any
+# JSON value elsewhere, absent for most real sets), as JSON and as text to compare: the same text
+# for the number 3 and the string "3" on SQLite and PostgreSQL.
+_LEVEL = ProblemRow.meta["level"]
+_LEVEL_TEXT = cast(_LEVEL.as_string(), Text)
+
+
 def _jsonable(row) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
 
@@ -53,6 +60,7 @@ class TreeFilter:
     solved: bool | None = None
     problem_id: str | None = None
     source: str | None = None  # "search" or "teacher"
+    level: str | None = None  # the problem's meta["level"] as text ("3" matches 3 and "3")
 
     def where(self) -> list:
         conds = []
@@ -64,6 +72,8 @@ class TreeFilter:
             conds.append(TreeRow.problem_id == self.problem_id)
         if self.source is not None:
             conds.append(TreeRow.source == self.source)
+        if self.level is not None:
+            conds.append(TreeRow.problem_id.in_(select(ProblemRow.id).where(_LEVEL_TEXT == self.level)))
         return conds
 
 
@@ -124,12 +134,14 @@ def list_trees(
     limit: int = 50,
     offset: int = 0,
     source: str | None = None,
+    level: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of trees, newest first, with each tree's question; and the total that match."""
+    """One page of trees, newest first, with each tree's question and its problem's level (None
+    when its meta has none); and the total that match."""
     _check_page(limit, offset)
-    where = TreeFilter(round_no, solved, problem_id, source).where()
+    where = TreeFilter(round_no, solved, problem_id, source, level).where()
     page = (
-        select(*_TREE_COLUMNS, ProblemRow.question)
+        select(*_TREE_COLUMNS, ProblemRow.question, _LEVEL.label("level"))
         .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
         .where(*where)
         .order_by(TreeRow.finished_at.desc(), TreeRow.id)
@@ -146,10 +158,18 @@ _NODE_COLUMNS = [c for c in NodeRow.__table__.c if c.name != "tree_id"]
 
 
 def get_tree(engine: Engine, tree_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The tree row (with its problem's question and gold answer) and all its nodes by idx."""
+    """The tree row (with its problem's question, gold answer and level) and all its nodes by idx.
+
+    The row also says what training took from the tree: ``sft``, the trajectories data selection
+    chose for a policy's SFT (``{"round", "leaf_idx", "avg_q"}``: the round trained on it and the
+    leaf, whose ``path`` names the steps), and ``ppm_pairs``, the PPM's preference pairs
+    (``{"round", "pos_idx", "neg_idx", "kind"}``: the preferred and the rejected step or
+    trajectory end), oldest round first. A tree is only selected by its own round or later ones,
+    so both reads start at the tree's round (the tables' round index).
+    """
     with engine.connect() as c:
         tree = c.execute(
-            select(*_TREE_COLUMNS, ProblemRow.question, ProblemRow.answer.label("gold"))
+            select(*_TREE_COLUMNS, ProblemRow.question, ProblemRow.answer.label("gold"), _LEVEL.label("level"))
             .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
             .where(TreeRow.id == tree_id)
         ).one_or_none()
@@ -159,7 +179,19 @@ def get_tree(engine: Engine, tree_id: str) -> tuple[dict[str, Any], list[dict[st
             _jsonable(r)
             for r in c.execute(select(*_NODE_COLUMNS).where(NodeRow.tree_id == tree_id).order_by(NodeRow.idx))
         ]
-    return _jsonable(tree), nodes
+        sft, pair = SftExampleRow, PpmPairRow
+        sft_rows = c.execute(
+            select(sft.round, sft.leaf_idx, sft.avg_q)
+            .where(sft.round >= tree.round, sft.tree_id == tree_id)
+            .order_by(sft.round, sft.leaf_idx)
+        )
+        pair_rows = c.execute(
+            select(pair.round, pair.pos_idx, pair.neg_idx, pair.kind)
+            .where(pair.round >= tree.round, pair.tree_id == tree_id)
+            .order_by(pair.round, pair.id)
+        )
+        training = {"sft": [_jsonable(r) for r in sft_rows], "ppm_pairs": [_jsonable(r) for r in pair_rows]}
+    return _jsonable(tree) | training, nodes
 
 
 def get_problem(engine: Engine, problem_id: str) -> dict[str, Any]:
