@@ -29,7 +29,8 @@ buffers allocated once and zeroed after each call (never in Python strings or by
 freed memory keeps its contents), the spare is forked from a frame that holds nothing of the
 call before, and the worker never parses a job or a result. Nothing one call does (rebinding
 ``math.pi``, leaking memory, crashing, walking the stack into the worker's loop) reaches another.
-What a child can see of earlier calls: which allow-listed modules the worker has imported.
+What a child can see of earlier calls: which allow-listed modules the worker has imported, and
+how many children it forked before (its scratch dir's name).
 
 Guarantees and limits: see ``actors/sandbox.py``.
 """
