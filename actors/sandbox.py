@@ -65,10 +65,10 @@ workers (``SandboxError``). A worker that hangs or dies is killed and replaced i
 Not guaranteed: this is not a defence against kernel exploits (a shared kernel; the seccomp
 filter is a deny-list, so the common syscalls stay reachable); code may spend its CPU/time
 budget, read the (read-only) Python installation, see which allow-listed modules earlier calls
-made its worker import and how many calls came before, and forge its own result (its answer, output, failure or snapshot, which
-answer only programs that contain its code); the cache may differ from a full re-run for a
-prefix whose calls into an allow-listed module change that module's hidden state (see
-``sandbox_snapshot``).
+made its worker import and how many calls came before, and forge its own result (its answer,
+output, failure or snapshot, which answer only programs that contain its code); the cache may
+differ from a full re-run for a prefix whose calls into an allow-listed module change that
+module's hidden state (see ``sandbox_snapshot``).
 ``isolation = "weak"`` (for machines where the actor is not root or lacks CAP_SYS_ADMIN, e.g. a
 default Docker container) keeps only the mechanisms that work and logs the ones missing.
 
