@@ -404,6 +404,47 @@ async def test_a_call_cannot_read_the_previous_calls_program_or_result():
     assert r.ok and r.answer == "0", r
 
 
+async def test_the_previous_calls_bytes_are_nowhere_in_a_childs_memory():
+    # Every mapped page near the interpreter's objects, read through a pipe (unmapped: EFAULT).
+    pool = await fresh_pool(timeout_s=30.0, cpu_s=30)
+    token = f"tok{uuid.uuid4().hex}"
+    code = LIBC + (
+        "import gc, os, sys\n"
+        "libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]\n"
+        f"needle = bytes(reversed({token[::-1].encode()!r}))\n"
+        "page, (r, w) = 4096, os.pipe()\n"
+        "buf = bytearray(page)\n"
+        "at = ctypes.addressof((ctypes.c_char * page).from_buffer(buf))\n"
+        "mine = [(id(needle), id(needle) + sys.getsizeof(needle)), (at, at + page)]\n"
+        "seeds = {id(o) for o in gc.get_objects()} | {at, ctypes.addressof(ctypes.create_string_buffer(64))}\n"
+        "spans = []\n"
+        "for a in sorted(x & ~(page - 1) for x in seeds):\n"
+        "    if spans and a - (16 << 20) <= spans[-1][1]:\n"
+        "        spans[-1][1] = a + (16 << 20)\n"
+        "    else:\n"
+        "        spans.append([max(page, a - (16 << 20)), a + (16 << 20)])\n"
+        "hits = pages = 0\n"
+        "for lo, hi in spans:\n"
+        "    for a in range(lo, hi, page):\n"
+        "        if libc.write(w, a, page) != page:\n"
+        "            continue\n"
+        "        pages += 1\n"
+        "        os.readv(r, [buf])\n"
+        "        i = buf.find(needle)\n"
+        "        while i >= 0:\n"
+        "            hits += not any(s <= a + i < e for s, e in mine)\n"
+        "            i = buf.find(needle, i + 1)\n"
+        "answer = (hits, pages > 1000)\n"
+    )
+    try:
+        first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
+        assert first.ok and first.answer == token
+        r = await pool.run([code])
+    finally:
+        await pool.close()
+    assert r.ok and r.answer == "(0, True)", r
+
+
 async def test_interpreter_state_does_not_reach_the_next_call():
     # technique not tried before (passes on the old pool too: every child is a fresh fork)
     pool = await fresh_pool()
@@ -548,44 +589,3 @@ async def test_local_services_are_unreachable(pool):
         assert r.ok and r.answer == "(-1, 101)", r  # ENETUNREACH
         py = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
         await contained(pool, py, "forbidden")
-
-
-async def test_the_previous_calls_bytes_are_nowhere_in_a_childs_memory():
-    # Every mapped page near the interpreter's objects, read through a pipe (unmapped: EFAULT).
-    pool = await fresh_pool(timeout_s=30.0, cpu_s=30)
-    token = f"tok{uuid.uuid4().hex}"
-    code = LIBC + (
-        "import gc, os, sys\n"
-        "libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]\n"
-        f"needle = bytes(reversed({token[::-1].encode()!r}))\n"
-        "page, (r, w) = 4096, os.pipe()\n"
-        "buf = bytearray(page)\n"
-        "at = ctypes.addressof((ctypes.c_char * page).from_buffer(buf))\n"
-        "mine = [(id(needle), id(needle) + sys.getsizeof(needle)), (at, at + page)]\n"
-        "seeds = {id(o) for o in gc.get_objects()} | {at, ctypes.addressof(ctypes.create_string_buffer(64))}\n"
-        "spans = []\n"
-        "for a in sorted(x & ~(page - 1) for x in seeds):\n"
-        "    if spans and a - (16 << 20) <= spans[-1][1]:\n"
-        "        spans[-1][1] = a + (16 << 20)\n"
-        "    else:\n"
-        "        spans.append([max(page, a - (16 << 20)), a + (16 << 20)])\n"
-        "hits = pages = 0\n"
-        "for lo, hi in spans:\n"
-        "    for a in range(lo, hi, page):\n"
-        "        if libc.write(w, a, page) != page:\n"
-        "            continue\n"
-        "        pages += 1\n"
-        "        os.readv(r, [buf])\n"
-        "        i = buf.find(needle)\n"
-        "        while i >= 0:\n"
-        "            hits += not any(s <= a + i < e for s, e in mine)\n"
-        "            i = buf.find(needle, i + 1)\n"
-        "answer = (hits, pages > 1000)\n"
-    )
-    try:
-        first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
-        assert first.ok and first.answer == token
-        r = await pool.run([code])
-    finally:
-        await pool.close()
-    assert r.ok and r.answer == "(0, True)", r
