@@ -11,14 +11,16 @@ Prometheus text from the app's own registry; ``/health`` checks the database; ``
 
 Guaranteed: user input never causes a 500 — bad query parameters and bodies get 400, unknown ids
 404, each with a JSON body ``{"error": …, "param": …}``. A body that is not JSON (cut short, not
-UTF-8, nested past ``msgspec``'s depth) is told "body is not valid JSON"; JSON of the wrong shape is
-told what was expected, naming the field. A body over ``MAX_BODY_BYTES`` is a 413, a question over
-``MAX_QUESTION_CHARS`` (or an answer, a source, a meta over theirs) a 400 naming the problem; either
-way the whole request is refused and nothing of it is written. The one error that is not JSON:
-a request aiohttp's HTTP parser cannot read (a request line or a header over 8,190 bytes, over
-128 headers, not HTTP) gets the parser's plain-text 400 before it reaches this app; no request the
-OpenAPI document allows comes near those limits. Database calls run in worker threads
-(``asyncio.to_thread``) on the sync engine shared with the CLI, so the event loop never blocks.
+UTF-8) is told "body is not valid JSON"; JSON of the wrong shape is told what was expected, naming
+the field; JSON nested past ``msgspec``'s depth is told so. A body over ``MAX_BODY_BYTES`` is a
+413, one not received within ``body_timeout_s`` a 408, a question over ``MAX_QUESTION_CHARS`` (or
+an answer, a source, a meta over theirs) a 400 naming the problem; either way the whole request
+is refused and nothing of it is written. The one error that is not JSON: a request aiohttp's HTTP
+parser refuses before this app sees it (a request line or a header over 8,190 bytes, over 128
+headers, a bad chunk, a compressed stream it cannot decode, not HTTP) gets the parser's
+plain-text 400; no request the OpenAPI document allows meets those limits. Database calls run in
+worker threads (``asyncio.to_thread``) on the sync engine shared with the CLI, so the event loop
+never blocks.
 ``on_problems`` (the broker's publish hook) is awaited after the problems are committed; if it
 fails the request answers 502 and the problems stay stored (posting them again is harmless).
 """
@@ -64,6 +66,7 @@ CONFIG = web.AppKey("config", Config)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", ApiMetrics)
 ON_PROBLEMS = web.AppKey[ProblemsHook | None]("on_problems")
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 
 
 class NewProblem(msgspec.Struct, forbid_unknown_fields=True):
@@ -140,6 +143,8 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
         resp = await handler(request)
     except ApiError as e:
         resp = _error_response(e.status, e.message, e.param, e.headers)
+        if e.status in (408, 413):  # the body was not read to its end: no next request on this connection
+            resp.force_close()
     except queries.NotFoundError as e:
         resp = _error_response(404, str(e))
     except queries.BadQueryError as e:
@@ -280,9 +285,18 @@ async def add_problems(request: web.Request) -> web.Response:
     if (request.content_length or 0) > MAX_BODY_BYTES:  # refuse before reading it
         raise ApiError(413, too_large, "body")
     try:
-        body = await request.read()
+        # Bounded: a slow client, or a Content-Encoding: deflate body that stops mid-stream and
+        # arrives after the headers (aiohttp 3.14 then never ends the read; found by
+        # tests/fuzz/test_fuzz_api.py), would hold the request forever.
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            body = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"body not received within {request.app[BODY_TIMEOUT]:g} s", "body") from None
     except web.HTTPRequestEntityTooLarge:  # no or a false Content-Length: stopped at the limit
         raise ApiError(413, too_large, "body") from None
+    except web.RequestPayloadError as e:  # e.g. a Content-Encoding: gzip body that is not gzip
+        cause = e.__cause__ or e
+        raise ApiError(400, f"body could not be read: {getattr(cause, 'message', cause)}", "body") from None
     posted = _decode_problems(body)
     if not 1 <= len(posted) <= MAX_PROBLEMS_PER_POST:
         raise ApiError(400, f"post 1 to {MAX_PROBLEMS_PER_POST} problems, got {len(posted)}", "body")
@@ -315,11 +329,15 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
-def create_app(cfg: Config, engine: Engine | None = None, on_problems: ProblemsHook | None = None) -> web.Application:
+def create_app(
+    cfg: Config, engine: Engine | None = None, on_problems: ProblemsHook | None = None, body_timeout_s: float = 60.0
+) -> web.Application:
     """The API app. Without ``engine`` it opens (and migrates) ``cfg.store_url`` at startup and
-    disposes the engine at cleanup; a given engine stays the caller's to dispose."""
+    disposes the engine at cleanup; a given engine stays the caller's to dispose. A body not read
+    within ``body_timeout_s`` is a 408."""
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = cfg
+    app[BODY_TIMEOUT] = body_timeout_s
     app[METRICS] = ApiMetrics(refresh_s=cfg.api.metrics_refresh_s)
     app[ON_PROBLEMS] = on_problems
 

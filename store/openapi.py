@@ -310,6 +310,7 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
                     "400": _ERROR,
                     "401": _ERROR,
                     "403": _ERROR,
+                    "408": _ERROR,
                     "413": _ERROR,
                     "502": _ERROR,
                 },

@@ -357,6 +357,29 @@ async def test_the_bearer_scheme_is_case_insensitive(client):
     assert r.status == 400 and (await r.json())["param"] == "body"
 
 
+async def test_a_body_that_never_ends_is_a_408(filled, tmp_path):
+    """Found by tests/fuzz/test_fuzz_api.py: a Content-Encoding: deflate body that stops mid-stream,
+    arriving after the headers, left aiohttp's read waiting forever; now bounded by body_timeout_s."""
+    c = await _client(create_app(_cfg(tmp_path), filled[0], body_timeout_s=0.5))
+    try:
+        reader, writer = await asyncio.open_connection(c.host, c.port)
+        writer.write(b"POST /api/problems HTTP/1.1\r\nHost: x\r\nContent-Encoding: deflate\r\n")
+        writer.write(f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the body comes after the headers, as over a real network
+        writer.write(b"x")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head, head
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        assert json.loads(await reader.readexactly(length)) == {
+            "error": "body not received within 0.5 s",
+            "param": "body",
+        }
+        writer.close()
+    finally:
+        await c.close()
+
+
 async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
     c = await _client(create_app(_cfg(tmp_path, token=None), filled[0]))
     try:
