@@ -193,6 +193,7 @@ async def trees(request: web.Request) -> web.Response:
         limit=limit,
         offset=offset,
         source=source,
+        level=_str(request.query.get("level"), "level"),
     )
     return _json({"total": total, "limit": limit, "offset": offset, "items": rows})
 

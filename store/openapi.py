@@ -83,6 +83,18 @@ _SCHEMAS: dict[str, Any] = {
             "n_nodes": {"type": "integer"},
             "max_depth": {"type": "integer"},
             "question": {"type": "string"},
+            "level": {"description": "the problem's meta.level (any JSON value), null without one"},
+            "gold": {"type": ["string", "null"], "description": "the problem's answer (one tree only)"},
+            "sft": {
+                "type": "array",
+                "description": "trajectories SFT took from it, {round, leaf_idx, avg_q} (one tree only)",
+                "items": _OBJ,
+            },
+            "ppm_pairs": {
+                "type": "array",
+                "description": "PPM preference pairs from it, {round, pos_idx, neg_idx, kind} (one tree only)",
+                "items": _OBJ,
+            },
         },
     },
     "Node": {
@@ -233,6 +245,7 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
                     ),
                     _query("problem", _NAME, "only trees of this problem id"),
                     _query("source", {"type": "string", "enum": ["search", "teacher"]}, "only this source"),
+                    _query("level", _NAME, 'only trees whose problem\'s meta.level reads so (3 matches 3 and "3")'),
                     *page,
                 ],
                 "responses": {

@@ -13,6 +13,7 @@ import subprocess
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import create_engine, insert, text
@@ -378,6 +379,25 @@ async def test_a_body_that_never_ends_is_a_408(filled, tmp_path):
         writer.close()
     finally:
         await c.close()
+
+
+async def test_trees_filter_on_the_problems_level(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 'levels.db'}")
+    rng = random.Random(9)
+    levels = [2, "2", 3, None]
+    problems = [msgspec.structs.replace(sample_problem(rng), meta={} if lv is None else {"level": lv}) for lv in levels]
+    problems = [msgspec.structs.replace(p, id=f"{p.id}-{i}") for i, p in enumerate(problems)]
+    upsert_trees(engine, [sample_tree(rng, 3, problem=p) for p in problems])
+    c = await _client(create_app(_cfg(tmp_path), engine))
+    try:
+        page = await (await c.get("/api/trees", params={"level": "2"})).json()
+        assert page["total"] == 2 and sorted(str(t["level"]) for t in page["items"]) == ["2", "2"]
+        assert (await (await c.get("/api/trees", params={"level": ""})).json())["total"] == 4  # empty: no filter
+        r = await c.get("/api/trees", params={"level": "x" * 257})
+        assert r.status == 400 and (await r.json())["param"] == "level"
+    finally:
+        await c.close()
+        engine.dispose()
 
 
 async def test_writes_are_forbidden_without_a_configured_token(filled, tmp_path):
