@@ -4,15 +4,20 @@ port, in a thread) and a real store: SQLite, and PostgreSQL when it is reachable
 The document is read from the running server's ``/openapi.json``. For every operation it
 describes, requests are drawn from its declared schemas (``hypothesis_jsonschema``): valid
 parameters and bodies, invalid ones (any text, any JSON), raw query strings, a method the path
-does not take, and raw body bytes (valid bodies cut short, spliced, a byte flipped). Asserted:
+does not take, raw body bytes (valid bodies cut short, spliced, a byte flipped, nested deep), a
+problem over the question limit, bodies gzip- or deflate-compressed (or saying so falsely), and
+Authorization headers of any bytes. Asserted:
 
-- never a 5xx; every 4xx is JSON with an ``error`` message;
-- valid parameters get 200 (a well-formed id that is not stored, 404) and a body matching the
-  response schema the document declares;
-- a valid body with the token is stored (200) and reads back; without or with a wrong token it is
-  a 401, and a 403 on a server with no token configured;
+- never a 5xx; every 4xx is JSON with an ``error`` message (but the plain-text 400 of aiohttp's
+  parser for a request line over 8,190 bytes or a bad compressed stream, see ``store/api.py``);
+- parameters the document allows get 200 (a well-formed id that is not stored, 404) and a body
+  matching the response schema it declares; ones it does not allow get a 400 naming one of them;
+- a valid body with the token is stored (200) and reads back; with no, a wrong or a junk token it
+  is a 401, and a 403 on a server with no token configured;
 - a body that is not JSON is told "body is not valid JSON", JSON of the wrong shape is not;
 - a refused write stores nothing.
+
+``RSTAR_FUZZ_SCALE=N`` multiplies the example counts (``tests/fuzz/fuzz_strategies.py``).
 """
 
 from __future__ import annotations
