@@ -8,10 +8,45 @@ pytest's assertion rewriting shows the failing values.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
-from store.db import current_revision, make_engine, migrate
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from store.db import current_revision, make_engine, migrate, open_store
+from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
+
+
+def scratch_postgres_or_skip(tag: str) -> AbstractContextManager[str]:
+    """``scratch_postgres(tag=tag)`` (a fresh database's URL, dropped afterwards), or the test
+    skipped, with the reason, when the PostgreSQL server is not reachable."""
+    try:
+        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as e:
+        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
+    return scratch_postgres(DEFAULT_ADMIN_URL, tag=tag)
+
+
+@contextmanager
+def store_engine(kind: str, tmp: Path, tag: str) -> Iterator[Engine]:
+    """An open, migrated store of ``kind`` (``sqlite`` under ``tmp``, or ``postgresql``: a scratch
+    database named by ``tag``, skipped when unreachable), disposed afterwards."""
+    with scratch_postgres_or_skip(tag) if kind == "postgresql" else _sqlite_url(tmp) as url:
+        engine = open_store(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+@contextmanager
+def _sqlite_url(tmp: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp / 'store.db'}"
 
 
 def run_at_once(fn: Callable[..., Any], calls: Sequence[tuple]) -> tuple[list[Any], list[Exception]]:

@@ -41,17 +41,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, func, select
+from store_helpers import store_engine
 
 from rstar.config import load_config
 from store import queries
 from store.api import create_app
-from store.db import open_store
 from store.models import ProblemRow
 from store.openapi import MAX_QUESTION_CHARS, openapi_spec
 from store.sample_trees import sample_problem, sample_tree
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import upsert_trees
 
 TOKEN = "fuzz-token"
@@ -103,28 +101,10 @@ def _served(apps: list) -> Iterator[list[int]]:
         loop.close()
 
 
-@contextmanager
-def _store(kind: str, tmp) -> Iterator[Engine]:
-    if kind == "sqlite":
-        engine = open_store(f"sqlite:///{tmp / 'store.db'}")
-        yield engine
-        engine.dispose()
-        return
-    try:
-        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
-            c.execute(text("SELECT 1"))
-    except OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
-    with scratch_postgres(tag="fuzz_api") as url:
-        engine = open_store(url)
-        yield engine
-        engine.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def api(request, tmp_path_factory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("fuzz-api")
-    with _store(request.param, tmp) as engine:
+    with store_engine(request.param, tmp, "fuzz_api") as engine:
         rng = random.Random(17)
         problems = [sample_problem(rng), sample_problem(rng, source="gsm8k/train")]
         trees = [sample_tree(rng, 8, round=i, problem=problems[i % 2]) for i in range(3)]

@@ -14,8 +14,7 @@ import pytest
 from fuzz_strategies import fuzz, json_values, mutated
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from store_helpers import store_engine
 
 from broker.codec import (
     DIGEST,
@@ -32,8 +31,6 @@ from broker.codec import (
     unwrap,
 )
 from rstar.schemas import Heartbeat, ModelPointer, ModelRef, Node, Problem, SchemaError, TreeResult, decode, encode
-from store.db import open_store
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import InvalidTreeError, check_tree, upsert_trees
 
 # Text as messages carry it: any character that UTF-8 can hold (no lone surrogates).
@@ -242,26 +239,10 @@ def test_chunk_sets_lose_no_message(tree_list, max_payload, rng, junk):
     assert sorted(seen) == list(range(len(messages))) and len(asm) == 0
 
 
-def _pg_url():
-    try:
-        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
-            c.execute(text("SELECT 1"))
-    except OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
-    return scratch_postgres(tag="fuzz_trees")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def engine(request, tmp_path_factory):
-    if request.param == "sqlite":
-        eng = open_store(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'store.db'}")
+    with store_engine(request.param, tmp_path_factory.mktemp("fuzz"), "fuzz_trees") as eng:
         yield eng
-        eng.dispose()
-        return
-    with _pg_url() as url:
-        eng = open_store(url)
-        yield eng
-        eng.dispose()
 
 
 @fuzz(60)

@@ -16,8 +16,8 @@ from urllib.parse import quote
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import insert
+from store_helpers import store_engine
 from yarl import URL
 
 from rstar.config import load_config
@@ -27,7 +27,6 @@ from store.db import open_store
 from store.models import CheckpointRow, RoundRow
 from store.queries import stats
 from store.sample_trees import sample_problem, sample_tree
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 from store.writer import upsert_trees
 
 TOKEN = "s3cret-token"
@@ -38,8 +37,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def filled(request, tmp_path_factory):
     """A store with 12 trees over 3 rounds, 2 rounds and 3 checkpoints; yields (engine, trees)."""
 
-    def fill(url):
-        engine = open_store(url)
+    def fill(engine):
         rng = random.Random(21)
         problems = [sample_problem(rng) for _ in range(4)]
         trees = [sample_tree(rng, 20, round=i % 3, problem=problems[i % 4]) for i in range(12)]
@@ -92,20 +90,8 @@ def filled(request, tmp_path_factory):
             )
         return engine, trees
 
-    if request.param == "sqlite":
-        engine, trees = fill(f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.db'}")
-        yield engine, trees
-        engine.dispose()
-        return
-    try:
-        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
-            c.execute(text("SELECT 1"))
-    except OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
-    with scratch_postgres(tag="test_api") as url:
-        engine, trees = fill(url)
-        yield engine, trees
-        engine.dispose()
+    with store_engine(request.param, tmp_path_factory.mktemp("api"), "test_api") as engine:
+        yield fill(engine)
 
 
 def _cfg(tmp_path, token: str | None = TOKEN):

@@ -23,9 +23,8 @@ import time
 
 import msgspec
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 from stop_helpers import exit_note, stop_wait_s
+from store_helpers import scratch_postgres_or_skip
 
 from broker.checkpoints import fetch_checkpoint, get_pointer
 from broker.client import open_broker, publish_tree
@@ -40,7 +39,6 @@ from rstar.stopping import learner_stop_bound_s
 from store import learner_tables as lt
 from store.db import open_store
 from store.queries import list_checkpoints
-from store.scratch import DEFAULT_ADMIN_URL, scratch_postgres
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 SETTINGS = [
@@ -128,15 +126,6 @@ def searched_trees() -> list[TreeResult]:
     return out
 
 
-def _pg_url_or_skip():
-    try:
-        with create_engine(DEFAULT_ADMIN_URL).connect() as c:
-            c.execute(text("SELECT 1"))
-    except OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable: {e.orig}")
-    return scratch_postgres(DEFAULT_ADMIN_URL, tag="test_rounds")
-
-
 async def _steps_until(L, round: int, state: str, limit: int = 20) -> None:
     for _ in range(limit):
         row = lt.last_round(L.engine)
@@ -151,7 +140,11 @@ async def test_bootstrap_round_one_resume_publish_requeue(nats_server, tmp_path,
     import contextlib
 
     with contextlib.ExitStack() as stack:
-        url = f"sqlite:///{tmp_path / 'store.db'}" if db == "sqlite" else stack.enter_context(_pg_url_or_skip())
+        url = (
+            f"sqlite:///{tmp_path / 'store.db'}"
+            if db == "sqlite"
+            else stack.enter_context(scratch_postgres_or_skip("test_rounds"))
+        )
         cfg = load_config(overrides=settings(nats_server.url, tmp_path, url, tiny_model_dir), env={})
         engine = open_store(url)
         stack.callback(engine.dispose)
