@@ -184,8 +184,16 @@ class Bench:
         self.n = 0
         self.start_failures = 0
 
-    def jitter(self) -> None:
-        time.sleep(self.rng.uniform(0, self.args.jitter))
+    def stop_when_busy(self, p: subprocess.Popen, until_busy, spread: float = 1.0) -> tuple[float, int | None]:
+        """``until_busy()``, a random 0 to ``spread`` × ``--jitter`` s more, then SIGTERM ``p`` and
+        time its exit; ``p``'s group is killed whatever happens."""
+        try:
+            until_busy()
+            time.sleep(self.rng.uniform(0, spread * self.args.jitter))
+            return stop_and_time(p, self.args.cap_s)
+        finally:
+            if p.poll() is None:
+                kill_group(p)
 
     def actor(self) -> dict:
         self.n += 1
@@ -193,13 +201,7 @@ class Bench:
         cfg = write_config(self.work / "actor.json", base_overrides(self.work / "actor", self.url))
         log, out = self.work / "actor.log", self.work / f"actor-{self.n}.out"
         p = spawn(["actor", "--config", str(cfg), "--id", aid, "--json"], log, out)
-        try:
-            asyncio.run(actor_busy(self.url, aid, p, self.args.busy_timeout_s))
-            self.jitter()
-            s, code = stop_and_time(p, self.args.cap_s)
-        finally:
-            if p.poll() is None:
-                kill_group(p)
+        s, code = self.stop_when_busy(p, lambda: asyncio.run(actor_busy(self.url, aid, p, self.args.busy_timeout_s)))
         returned = None
         if code == 0 and out.read_text().strip():
             returned = json.loads(out.read_text().strip().splitlines()[-1])["returned"]
@@ -219,16 +221,9 @@ class Bench:
             busy = r"ingesting into" if published else r"-> published"
         cfg = write_config(d / "config.json", base_overrides(d, self.url) + extra)
         p = spawn(["learner", "--config", str(cfg)], log)
-        try:
-            wait_log(p, log, busy, since, self.args.busy_timeout_s)
-            if which == "learner-eval":  # the evaluation starts by loading its model: sometimes in that
-                time.sleep(self.rng.uniform(0, 3 * self.args.jitter))
-            else:
-                self.jitter()
-            s, code = stop_and_time(p, self.args.cap_s)
-        finally:
-            if p.poll() is None:
-                kill_group(p)
+        # The evaluation starts by loading its model: a wider spread lands some stops in that.
+        spread = 3.0 if which == "learner-eval" else 1.0
+        s, code = self.stop_when_busy(p, lambda: wait_log(p, log, busy, since, self.args.busy_timeout_s), spread)
         return {"s": s, "code": code}
 
     def up(self) -> dict:
@@ -248,13 +243,9 @@ class Bench:
         since = log.stat().st_size if log.exists() else 0
         argv = ["up", "--preset", "nano", "--no-api", "--actors", "1", "--dataset", "synthetic:3-6", "--limit", "200"]
         p = spawn([*argv, *(x for o in over for x in ("--set", o))], log)
-        try:
-            wait_log(p, log, r"first tree stored after", since, self.args.busy_timeout_s)
-            self.jitter()
-            s, code = stop_and_time(p, self.args.cap_s)
-        finally:
-            if p.poll() is None:
-                kill_group(p)
+        s, code = self.stop_when_busy(
+            p, lambda: wait_log(p, log, r"first tree stored after", since, self.args.busy_timeout_s)
+        )
         return {"s": s, "code": code}
 
     def one(self, component: str) -> dict:
