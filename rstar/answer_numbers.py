@@ -284,7 +284,10 @@ def number(s: str) -> Num | None:
         value = power
     else:
         n, d = (m["fn"], m["fd"]) if m["n"] is None else (m["n"], m["d"])
-        value = Fraction(n.replace(",", "")) / Fraction(d.replace(",", ""))
+        den = Fraction(d.replace(",", ""))
+        if not den:  # \frac{4}{0} is no number (value's arithmetic raises; a plain number is None)
+            return None
+        value = Fraction(n.replace(",", "")) / den
     if _digits(value) > MAX_DIGITS:
         return None
     negative = (m["sign"] == "-") != (m["sign2"] == "-")
