@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from rstar import mathverify_worker
+from rstar.answer_numbers import mixed, number, repeating
 from rstar.grading import Verdict, averify, extract_answer, grade, verify
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "grading_cases.jsonl").read_text().splitlines()]
@@ -107,6 +108,23 @@ def test_a_unit_of_letters_that_only_fold_to_ascii_is_no_crash():
     # "ſ" (long s) matches [a-z] under re.IGNORECASE but is not ASCII: not a unit, and no AttributeError.
     assert verify("5 \u017fm", "5", timeout_s=10.0) == Verdict(False, "string", "5 \u017fm", "5")
     assert verify("5 sm", "5", timeout_s=10.0).equivalent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2^{" + "0" * 4301 + "}",  # past Python's int-from-str limit: was a ValueError
+        "\\FRAC{0}{0}",  # a fraction over zero: was a ZeroDivisionError from number()
+        "\\frac{4}{0}",
+        "0." + "1" * 3000 + "\\overline{" + "3" * 2000 + "}",
+        "1" * 3000 + "\\frac{1}{" + "7" * 2000 + "}",
+    ],
+)
+def test_plain_number_parsing_never_raises_on_what_fuzzing_found(text):
+    # Found by tests/fuzz/test_fuzz_grading.py; kept here so the fixed examples need not reach them.
+    assert number(text) is None
+    assert repeating(text) is not None and mixed(text) is not None
+    assert verify(text, "1", timeout_s=10.0).equivalent is False
 
 
 def test_adversarial_input_returns_within_the_timeout():
