@@ -112,9 +112,9 @@ def one_build_at_a_time(fn):
 
     transformers builds a model on the meta device and then fills in its weights, with global
     state while it does, and resolves its lazy imports on first use; neither is thread-safe. Two
-    threads loading at once (the learner evaluates one round while it trains the next) met
-    "Cannot copy out of meta tensor" and "cannot import name 'AutoTokenizer'". Loads are seconds;
-    serialising them costs nothing a round would notice.
+    threads loading at once (the learner evaluates one round while it trains the next) can fail
+    with "Cannot copy out of meta tensor" or "cannot import name 'AutoTokenizer'". Loads take
+    seconds; serialising them costs nothing a round would notice.
     """
 
     @functools.wraps(fn)
