@@ -369,79 +369,82 @@ async def test_forged_failures_cannot_grow_the_cache():
 # Calls are independent: nothing of one call is left where the next can read it.
 
 
-async def test_a_call_cannot_read_the_previous_calls_program_or_result():
-    pool = await fresh_pool(timeout_s=20.0, cpu_s=20)
+async def _probe_after_a_secret(probe, timeout_s: int):
+    """On a fresh one-call-at-a-time pool: a call that prints and returns a fresh token, then the
+    code ``probe(token)`` in the next call; that call's result."""
+    pool = await fresh_pool(timeout_s=float(timeout_s), cpu_s=timeout_s)
     token = f"tok{uuid.uuid4().hex}"
-    code = (  # everything reachable from the stack and the garbage collector, strings searched
-        "import sys, gc\n"
-        f"needle = {token[::-1]!r}[::-1]\n"
-        "bneedle = needle.encode()\n"
-        "todo, f = [], sys._getframe()\n"
-        "while f is not None:\n"
-        "    todo.append(f.f_locals)\n"
-        "    f = f.f_back\n"
-        "todo += gc.get_objects()\n"
-        "seen, hits = set(), 0\n"
-        "while todo and len(seen) < 3_000_000:\n"
-        "    o = todo.pop()\n"
-        "    if id(o) in seen or o is needle or o is bneedle:\n"
-        "        continue\n"
-        "    seen.add(id(o))\n"
-        "    if type(o) is str:\n"
-        "        hits += needle in o\n"
-        "    elif type(o) in (bytes, bytearray):\n"
-        "        hits += bneedle in o\n"
-        "    else:\n"
-        "        todo.extend(gc.get_referents(o))\n"
-        "answer = hits\n"
-    )
     try:
         first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
         assert first.ok and first.answer == token
-        r = await pool.run([code])
+        return await pool.run([probe(token)])
     finally:
         await pool.close()
+
+
+async def test_a_call_cannot_read_the_previous_calls_program_or_result():
+    def probe(token: str) -> str:  # everything reachable from the stack and the collector, strings searched
+        return (
+            "import sys, gc\n"
+            f"needle = {token[::-1]!r}[::-1]\n"
+            "bneedle = needle.encode()\n"
+            "todo, f = [], sys._getframe()\n"
+            "while f is not None:\n"
+            "    todo.append(f.f_locals)\n"
+            "    f = f.f_back\n"
+            "todo += gc.get_objects()\n"
+            "seen, hits = set(), 0\n"
+            "while todo and len(seen) < 3_000_000:\n"
+            "    o = todo.pop()\n"
+            "    if id(o) in seen or o is needle or o is bneedle:\n"
+            "        continue\n"
+            "    seen.add(id(o))\n"
+            "    if type(o) is str:\n"
+            "        hits += needle in o\n"
+            "    elif type(o) in (bytes, bytearray):\n"
+            "        hits += bneedle in o\n"
+            "    else:\n"
+            "        todo.extend(gc.get_referents(o))\n"
+            "answer = hits\n"
+        )
+
+    r = await _probe_after_a_secret(probe, 20)
     assert r.ok and r.answer == "0", r
 
 
 async def test_the_previous_calls_bytes_are_nowhere_in_a_childs_memory():
     # Every mapped page near the interpreter's objects, read through a pipe (unmapped: EFAULT).
-    pool = await fresh_pool(timeout_s=30.0, cpu_s=30)
-    token = f"tok{uuid.uuid4().hex}"
-    code = LIBC + (
-        "import gc, os, sys\n"
-        "libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]\n"
-        f"needle = bytes(reversed({token[::-1].encode()!r}))\n"
-        "page, (r, w) = 4096, os.pipe()\n"
-        "buf = bytearray(page)\n"
-        "at = ctypes.addressof((ctypes.c_char * page).from_buffer(buf))\n"
-        "mine = [(id(needle), id(needle) + sys.getsizeof(needle)), (at, at + page)]\n"
-        "seeds = {id(o) for o in gc.get_objects()} | {at, ctypes.addressof(ctypes.create_string_buffer(64))}\n"
-        "spans = []\n"
-        "for a in sorted(x & ~(page - 1) for x in seeds):\n"
-        "    if spans and a - (16 << 20) <= spans[-1][1]:\n"
-        "        spans[-1][1] = a + (16 << 20)\n"
-        "    else:\n"
-        "        spans.append([max(page, a - (16 << 20)), a + (16 << 20)])\n"
-        "hits = pages = 0\n"
-        "for lo, hi in spans:\n"
-        "    for a in range(lo, hi, page):\n"
-        "        if libc.write(w, a, page) != page:\n"
-        "            continue\n"
-        "        pages += 1\n"
-        "        os.readv(r, [buf])\n"
-        "        i = buf.find(needle)\n"
-        "        while i >= 0:\n"
-        "            hits += not any(s <= a + i < e for s, e in mine)\n"
-        "            i = buf.find(needle, i + 1)\n"
-        "answer = (hits, pages > 1000)\n"
-    )
-    try:
-        first = await pool.run([f"secret = '{token}'\n", "print(secret)\nanswer = secret\n"])
-        assert first.ok and first.answer == token
-        r = await pool.run([code])
-    finally:
-        await pool.close()
+    def probe(token: str) -> str:
+        return LIBC + (
+            "import gc, os, sys\n"
+            "libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]\n"
+            f"needle = bytes(reversed({token[::-1].encode()!r}))\n"
+            "page, (r, w) = 4096, os.pipe()\n"
+            "buf = bytearray(page)\n"
+            "at = ctypes.addressof((ctypes.c_char * page).from_buffer(buf))\n"
+            "mine = [(id(needle), id(needle) + sys.getsizeof(needle)), (at, at + page)]\n"
+            "seeds = {id(o) for o in gc.get_objects()} | {at, ctypes.addressof(ctypes.create_string_buffer(64))}\n"
+            "spans = []\n"
+            "for a in sorted(x & ~(page - 1) for x in seeds):\n"
+            "    if spans and a - (16 << 20) <= spans[-1][1]:\n"
+            "        spans[-1][1] = a + (16 << 20)\n"
+            "    else:\n"
+            "        spans.append([max(page, a - (16 << 20)), a + (16 << 20)])\n"
+            "hits = pages = 0\n"
+            "for lo, hi in spans:\n"
+            "    for a in range(lo, hi, page):\n"
+            "        if libc.write(w, a, page) != page:\n"
+            "            continue\n"
+            "        pages += 1\n"
+            "        os.readv(r, [buf])\n"
+            "        i = buf.find(needle)\n"
+            "        while i >= 0:\n"
+            "            hits += not any(s <= a + i < e for s, e in mine)\n"
+            "            i = buf.find(needle, i + 1)\n"
+            "answer = (hits, pages > 1000)\n"
+        )
+
+    r = await _probe_after_a_secret(probe, 30)
     assert r.ok and r.answer == "(0, True)", r
 
 
