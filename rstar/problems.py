@@ -73,7 +73,7 @@ def _rows(rel: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield i, json.loads(line)
 
 
-def _number(x: float | int | str) -> str:
+def answer_text(x: float | int | str) -> str:
     """``43.0`` -> ``43``, ``3.33333`` stays, ``1,080`` -> ``1080``."""
     if isinstance(x, str):
         x = x.strip()
@@ -91,7 +91,7 @@ def _make(source: str, question: str, answer: str | None, meta: dict) -> Problem
 def _gsm8k(split: str) -> Callable[[], list[Problem]]:
     source = "gsm8k" if split == "test" else "gsm8k-train"
     return lambda: [
-        _make(source, r["question"], _number(r["answer"].split("####")[-1]), {"split": split, "index": i})
+        _make(source, r["question"], answer_text(r["answer"].split("####")[-1]), {"split": split, "index": i})
         for i, r in _rows(f"gsm8k/{split}.jsonl")
     ]
 
@@ -133,7 +133,7 @@ def _mawps() -> list[Problem]:
     for part in ("singleop", "addsub", "multiarith", "singleeq"):
         for i, r in _rows(f"mawps/{part}.jsonl"):
             question = re.sub(r"\s+([.,?!])", r"\1", r["input"])  # "beach . she" -> "beach. she"
-            out.append(_make("mawps", question, _number(r["target"]), {"split": "test", "part": part, "index": i}))
+            out.append(_make("mawps", question, answer_text(r["target"]), {"split": "test", "part": part, "index": i}))
     return out
 
 
@@ -146,7 +146,7 @@ def _svamp() -> list[Problem]:
         _make(
             "svamp",
             join(r["Body"], r["Question"]),
-            _number(r["Answer"]),
+            answer_text(r["Answer"]),
             {"split": "test", "index": i, "type": r["Type"], "orig_id": r["ID"]},
         )
         for i, r in _rows("svamp/test.jsonl")
@@ -268,7 +268,7 @@ def _user_problem(path: str | Path, no: int, line: str) -> Problem:
         raise ProblemFileError(path, no, f"schema {row.schema} is not this version's ({SCHEMA_VERSION})")
     if not row.source.strip() or (row.id is not None and not row.id.strip()):
         raise ProblemFileError(path, no, "empty source or id")
-    answer = None if row.answer is None else _number(row.answer)
+    answer = None if row.answer is None else answer_text(row.answer)
     if answer == "":
         raise ProblemFileError(path, no, "empty answer (leave it out when there is none)")
     pid = row.id or problem_id(row.source, row.question)

@@ -40,7 +40,7 @@ from sqlalchemy import Engine, text
 
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.problems import _number
+from rstar.problems import answer_text
 from rstar.schemas import Problem, problem_id
 from store import queries
 from store.db import current_revision, open_store
@@ -257,7 +257,7 @@ def _decode_problems(body: bytes) -> list[NewProblem]:
 
 def _new_problem(i: int, p: NewProblem) -> Problem:
     """The Problem to store, or a 400 naming ``body[i]`` and what is wrong with it."""
-    answer = p.answer if p.answer is None or isinstance(p.answer, str) else _number(p.answer)
+    answer = p.answer if p.answer is None or isinstance(p.answer, str) else answer_text(p.answer)
     if not p.question.strip():
         reason = "question is empty"
     elif len(p.question) > MAX_QUESTION_CHARS:
