@@ -5,9 +5,18 @@
 Opens (and migrates) the store from the config, then serves ``store.api.create_app`` until
 SIGINT/SIGTERM. Reads are open to anyone who can reach the port; ``POST /api/problems`` needs
 ``api.token`` (set it through ``RSTAR_API__TOKEN`` rather than a file others can read).
+
+With ``broker.url`` set (as ``rstar up`` and the compose file set it), posted problems are also
+queued for the actors on PROBLEMS (``broker.problems.add_problems``: each id once ever) after they
+are stored; a broker that cannot take them within ``broker.publish_retry_s`` makes the request a
+502, the problems stay stored, and posting them again queues them. Without ``broker.url`` posted
+problems are only stored (queue them with ``rstar problems add``).
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 import typer
 
@@ -37,7 +46,49 @@ def serve(
         port,
         "enabled" if cfg.api.token else "disabled: no api.token",
     )
-    web.run_app(create_app(cfg), host=host, port=port, print=None, access_log=None)
+    hook = None
+    if cfg.broker.url:
+        hook, close = queue_hook(cfg)
+    else:
+        log.warning("no broker.url: posted problems are stored, not queued for the actors")
+    api = create_app(cfg, on_problems=hook)
+    if hook is not None:
+        api.on_cleanup.append(close)
+    web.run_app(api, host=host, port=port, print=None, access_log=None)
+
+
+def queue_hook(cfg) -> tuple[Callable[[Sequence], Awaitable[None]], Callable[..., Awaitable[None]]]:
+    """``(on_problems, close)``: a hook that queues stored problems on PROBLEMS over one broker
+    connection (opened at the first post, opened again after a failure), and its cleanup."""
+    from broker.client import Broker, open_broker
+    from broker.problems import add_problems
+
+    held: dict = {}
+    lock = asyncio.Lock()
+
+    async def close(_app=None) -> None:
+        cm = held.pop("cm", None)
+        held.pop("b", None)
+        if cm is not None:
+            try:
+                await cm.__aexit__(None, None, None)
+            except Exception:  # closing a connection that already failed: nothing more to do
+                pass
+
+    async def on_problems(problems: Sequence) -> None:
+        async with lock:
+            if "b" not in held:
+                cm = open_broker(cfg, "rstar-api")
+                b: Broker = await cm.__aenter__()
+                held["cm"], held["b"] = cm, b
+        try:
+            await add_problems(held["b"], problems)
+        except Exception:
+            async with lock:  # the next post connects afresh
+                await close()
+            raise
+
+    return on_problems, close
 
 
 def register(app: typer.Typer) -> None:
