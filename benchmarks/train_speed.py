@@ -1,12 +1,14 @@
 """How long does a learner round take? SFT and PPM training speed on the real policy, and an estimate.
 
     python benchmarks/train_speed.py --json [--examples 16] [--pairs 16] [--threads 1] [--method full]
+                                           [--autocast off|bf16] [--preset nano]
                                            [--eval-problems 3] [--solve-rate 0.5] [--pairs-per-tree 8]
                                            [--trees-per-min T]
 
-Measured on the configured policy (default: the built-in SmolLM2-135M), with the default
-``train`` settings except ``epochs = ppm_epochs = 1`` and ``--threads`` torch threads for
-training and generation (default 1: on a CPU shared with other work, torch's default of one
+Measured on the configured policy (default: the built-in SmolLM2-135M; ``--preset nano`` takes
+the nano preset's policy and training settings), with the default (or the preset's)
+``train`` settings except ``autocast = --autocast``, ``epochs = ppm_epochs = 1`` and ``--threads``
+torch threads for training and generation (default 1: on a CPU shared with other work, torch's default of one
 thread per core can be several times slower; ``--threads 0`` keeps torch's default):
 
 - ``sft_s_per_example``: wall seconds of the training loop per example seen (forward, backward,
@@ -45,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.up import preset_path  # noqa: E402
 from benchmarks.run_info import run_info  # noqa: E402
 from learner.ppm_train import PPMPair, train_ppm  # noqa: E402
 from learner.sft import SFTExample, train_sft  # noqa: E402
@@ -95,6 +98,8 @@ def main() -> None:
         help="torch threads for training and generation (0: torch's default, one per core)",
     )
     ap.add_argument("--method", choices=["full", "lora"], default="full")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off", help="train.autocast for both trainers")
+    ap.add_argument("--preset", default=None, help="a preset under app/presets (e.g. nano: the nano policy)")
     ap.add_argument("--eval-problems", type=int, default=3)
     ap.add_argument("--solve-rate", type=float, default=0.5, help="assumed share of a round's trees solved")
     ap.add_argument("--pairs-per-tree", type=float, default=8.0, help="assumed PPM pairs per tree")
@@ -102,14 +107,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    preset = preset_path(args.preset) if args.preset else None
     cfg = load_config(
+        preset=preset,
         overrides=[
+            f"train.autocast={args.autocast!r}",
             f"train.threads={args.threads}",
             "train.epochs=1",
             "train.ppm_epochs=1",
             f'train.method="{args.method}"',
             f"model.threads={args.threads}",
-        ]
+        ],
     )
     base = resolve_model_dir(cfg.model.policy, cfg.model.cache_dir)
     with tempfile.TemporaryDirectory(prefix="rstar-train-speed-") as tmp:
@@ -127,7 +135,7 @@ def main() -> None:
         )
 
     # The estimate is for a round at the config a round runs with, not the measurement's overrides.
-    t, lc, s = load_config().train, cfg.learner, cfg.search
+    t, lc, s = load_config(preset=preset).train, cfg.learner, cfg.search
     solved = lc.round_quota * args.solve_rate
     sft_n = t.steps * t.batch_size * t.grad_accum if t.steps else t.sft_per_problem * solved * t.epochs
     pairs_n = args.pairs_per_tree * lc.round_quota * (1 - t.ppm_heldout_fraction)

@@ -138,7 +138,11 @@ def write_selection(conn: Connection, round_no: int, sel: Selection) -> None:
 
 
 def sft_examples(engine: Engine, round_no: int) -> list[SFTExample]:
-    return [SFTExample(r["question"], tuple(parse_steps(r["text"]))) for r in lt.sft_rows(engine, round_no)]
+    """The round's SFT rows as examples; ``searched`` marks those from an actor's tree."""
+    return [
+        SFTExample(r["question"], tuple(parse_steps(r["text"])), searched=r["source"] != "teacher")
+        for r in lt.sft_rows(engine, round_no)
+    ]
 
 
 def ppm_pairs(engine: Engine, round_no: int) -> list[PPMPair]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -37,11 +38,25 @@ log = get_logger(__name__)
 class SFTExample:
     question: str
     steps: tuple[str, ...]
+    searched: bool = False  # from an actor's search tree (not the teacher's)
+
+
+def mix_searched(examples: list[SFTExample], share: float) -> list[SFTExample]:
+    """``examples`` with each searched one repeated r times, r the least whole number that makes
+    searched examples at least ``share`` of the set (``train.searched_share``); unchanged when
+    ``share`` is 0 or the set has no searched or no teacher examples."""
+    searched = [e for e in examples if e.searched]
+    rest = len(examples) - len(searched)
+    if share <= 0 or not searched or not rest:
+        return examples
+    repeats = math.ceil(share * rest / ((1 - share) * len(searched)))
+    return examples + searched * (repeats - 1)
 
 
 @dataclass
 class SFTReport:
-    examples: int
+    examples: int  # after train.searched_share's repeats
+    searched: int  # of which the search's own (repeats counted)
     dropped_too_long: int
     steps: int
     first_loss: float
@@ -98,6 +113,7 @@ def spec_from(cfg: TrainConfig, desc: str, lr: float, epochs: int, batch_size: i
         desc=desc,
         threads=cfg.threads,
         steps=steps,
+        autocast=cfg.autocast,
     )
 
 
@@ -128,6 +144,7 @@ def train_sft(
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(base_dir)
+    examples = mix_searched(examples, cfg.searched_share)
     data, dropped = encode_examples(examples, tokenizer, cfg.max_len)
     if dropped:
         log.warning("dropped %d of %d examples longer than %d tokens", dropped, len(examples), cfg.max_len)
@@ -162,6 +179,7 @@ def train_sft(
     losses = res.losses
     return SFTReport(
         examples=len(data),
+        searched=sum(e.searched for e in examples),
         dropped_too_long=dropped,
         steps=res.steps,
         first_loss=round(losses[0], 4) if losses else float("nan"),

@@ -64,6 +64,7 @@ class LoopSpec:
     desc: str = "train"
     steps: int = 0  # optimizer steps of the run, whatever the data's size; 0 = ``epochs`` passes
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    autocast: str = "off"  # "bf16": the forward pass under torch.autocast (weights stay float32)
 
 
 @dataclass
@@ -126,6 +127,15 @@ def apply_lora(model, r: int, alpha: int, task_type: str | None):
 
 def merge_lora(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def _autocast(kind: str, device_type: str):
+    """The forward pass's precision context: ``torch.autocast`` to bf16, or nothing."""
+    import torch
+
+    if kind == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _latest(work_dir: Path) -> tuple[Path, dict] | None:
@@ -214,7 +224,8 @@ def run_loop(
             done = b + 1
             sync = done % spec.grad_accum == 0 or done == len(batches)
             with contextlib.nullcontext() if sync else acc.no_sync(model):
-                loss = loss_fn(model, batches[b], acc.device)
+                with _autocast(spec.autocast, acc.device.type):
+                    loss = loss_fn(model, batches[b], acc.device)
                 acc.backward(loss / spec.grad_accum)
             if sync:
                 opt.step()

@@ -234,6 +234,11 @@ class TrainConfig(Section):
     """Seed of the SFT data order and initialisation, the PPM head and its held-out pair split."""
     sft_per_problem: int = Field(2, ge=1)
     """Correct trajectories per solved problem in the SFT set (paper: 2)."""
+    searched_share: float = Field(0.0, ge=0, lt=1)
+    """The least share of a round's SFT examples that are the search's own trajectories (not the
+    teacher's): when they are fewer, each is repeated (the same number of times) until they reach
+    it. 0 = the selection as it is. With a fixed ``steps`` budget this sets how much of a round's
+    training goes to what the actors found; a control run has none to repeat."""
     ppm_pairs_k: int = Field(2, ge=1)
     """Positives and negatives per step for PPM pairs (paper: 2 and 2)."""
     ppm_lr: float = Field(2e-5, gt=0)
@@ -253,6 +258,10 @@ class TrainConfig(Section):
     """torch CPU threads while training; 0 keeps torch's default (one per core). On a busy
     shared CPU, 1 avoids threads spinning against each other (``benchmarks/train_speed.py
     --threads N`` compares)."""
+    autocast: Literal["off", "bf16"] = "off"
+    """Mixed precision of the forward pass while training (``torch.autocast``; the weights and
+    optimizer stay float32): ``bf16`` is faster on a GPU and on CPUs with bf16 instructions
+    (``benchmarks/train_speed.py --autocast bf16`` compares), at bf16's rounding of activations."""
 
 
 class LearnerConfig(Section):

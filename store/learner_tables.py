@@ -212,9 +212,9 @@ def replace_selection(conn: Connection, round_no: int, sft: list[dict[str, Any]]
 
 
 def sft_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:
-    """The round's SFT rows with each tree's question, in id order."""
+    """The round's SFT rows with each tree's question and source, in id order."""
     t = SftExampleRow
-    return _round_rows(engine, t, round_no, t.id, t.tree_id, t.leaf_idx, t.text, t.avg_q)
+    return _round_rows(engine, t, round_no, t.id, t.tree_id, t.leaf_idx, t.text, t.avg_q, TreeRow.source)
 
 
 def pair_rows(engine: Engine, round_no: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 from sqlalchemy import select
 from tree_helpers import PAPER, walk
@@ -187,3 +188,14 @@ def test_round_selection_falls_back_to_every_round_and_a_control_takes_round_0(s
     upsert_trees(stored, [tree("t0", C, LINEAR, round=0)])  # a teacher tree
     control = load_config(None, ["learner.control=true"], env={})
     assert {r["tree_id"] for r in round_selection(stored, control, 2, exclude=set()).sft} == {"t0"}
+
+
+def test_examples_from_search_trees_are_marked_searched_and_the_teachers_are_not(stored):
+    from store.writer import upsert_trees
+
+    teacher = tree("teacher-c", C, LINEAR, round=1)
+    upsert_trees(stored, [msgspec.structs.replace(teacher, source="teacher")])
+    with lt.begin(stored) as conn:
+        write_selection(conn, 1, select_round(stored, 1, TrainConfig()))
+    marks = {ex.question: ex.searched for ex in sft_examples(stored, 1)}
+    assert marks == {"problem A": True, "problem D": True, "problem C": False}

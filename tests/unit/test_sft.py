@@ -142,3 +142,24 @@ def test_state_for_other_data_is_not_resumed(tiny_model_dir, tmp_path):
     assert (tmp_path / "work" / LATEST).exists()
     rep = train_sft(EXAMPLES[:6], tiny_model_dir, tmp_path / "out", cfg(), tmp_path / "work", progress=False)
     assert rep.resumed_from_step == 0 and rep.examples == 6
+
+
+def test_searched_share_repeats_the_searchs_examples_until_they_reach_it():
+    from learner.sft import mix_searched
+
+    teacher = EXAMPLES[:9]
+    found = [SFTExample(e.question, e.steps, searched=True) for e in EXAMPLES[9:11]]
+    mixed = mix_searched(teacher + found, 0.5)
+    # 2 searched against 9 teacher: each repeated 5 times (10 of 19 >= 0.5; 4 times would be 8 of 17).
+    assert mixed[:11] == teacher + found and len(mixed) == 19
+    assert sum(e.searched for e in mixed) == 10 and {mixed.count(f) for f in found} == {5}
+    assert mix_searched(teacher + found, 0.1) == teacher + found  # already 2 of 11 >= 0.1
+    assert mix_searched(teacher + found, 0.0) == teacher + found
+    assert mix_searched(teacher, 0.5) == teacher  # a control: nothing to repeat
+    assert mix_searched(found, 0.5) == found  # no teacher examples: nothing to balance
+
+
+def test_bf16_autocast_trains_and_saves_float32_weights(tiny_model_dir, tmp_path):
+    rep = train_sft(EXAMPLES, tiny_model_dir, tmp_path / "out", cfg(autocast="bf16"), tmp_path / "work", progress=False)
+    assert rep.last_loss < 0.8 * rep.first_loss, rep
+    assert {w.dtype for w in weights(tmp_path / "out").values()} == {torch.float32}
