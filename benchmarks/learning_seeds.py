@@ -14,7 +14,7 @@ run again, so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -66,16 +66,12 @@ def run_seed(seed: int) -> dict:
 
 
 def learning_test_settings() -> dict:
-    """The learning test's ``SETTINGS`` (read from its source), so a result names what it ran."""
-    tree = ast.parse((ROOT / "tests/e2e/test_learning.py").read_text())
-    consts = {
-        t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
-    }
-    settings = consts["SETTINGS"]
-    return {
-        ast.literal_eval(k): (ast.literal_eval(v) if not isinstance(v, ast.Call) else ast.unparse(v))
-        for k, v in zip(settings.keys, settings.values)
-    } | {"EVAL_N": ast.literal_eval(consts["EVAL_N"])}
+    """The learning test's ``SETTINGS`` (from the module itself), so a result names what it ran."""
+    spec = importlib.util.spec_from_file_location("learning_test", ROOT / "tests/e2e/test_learning.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.SETTINGS) | {"EVAL_N": module.EVAL_N}
 
 
 def main() -> None:
