@@ -188,7 +188,7 @@ class SftExampleRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     round: Mapped[int] = mapped_column(Integer, index=True)
     """The round whose policy is trained on it."""
-    tree_id: Mapped[str] = mapped_column(String(128))
+    tree_id: Mapped[str] = mapped_column(String(128), index=True)  # a tree's page: what it trained
     leaf_idx: Mapped[int] = mapped_column(Integer)
     """The trajectory's terminal node; its ``path`` names every step."""
     text: Mapped[str] = mapped_column(Text)
@@ -206,7 +206,7 @@ class PpmPairRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     round: Mapped[int] = mapped_column(Integer, index=True)
-    tree_id: Mapped[str] = mapped_column(String(128))
+    tree_id: Mapped[str] = mapped_column(String(128), index=True)
     pos_idx: Mapped[int] = mapped_column(Integer)
     neg_idx: Mapped[int] = mapped_column(Integer)
     prompt: Mapped[str] = mapped_column(Text)
