@@ -44,6 +44,25 @@ from rstar.schemas import SCHEMA_VERSION, Problem, problem_id
 log = get_logger(__name__)
 DEFAULT_SYNTHETIC = 1000
 
+# What a problem may hold, at every door (problem files, ``rstar problems add``, the HTTP API).
+MAX_QUESTION_CHARS = 100_000
+MAX_ANSWER_CHARS = 10_000
+MAX_SOURCE_CHARS = 100  # the problem id, source + "-" + 16 hex digits, must fit the 128 of its column
+MAX_META_BYTES = 64 * 1024  # meta as JSON
+
+
+def problem_limit_error(question: str, source: str, answer: str | None, meta: dict[str, Any]) -> str | None:
+    """What makes a problem too large or unstorable (a clear sentence), or None when it fits."""
+    if len(question) > MAX_QUESTION_CHARS:
+        return f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}"
+    if not 0 < len(source) <= MAX_SOURCE_CHARS or "\x00" in source:
+        return f"source must be 1 to {MAX_SOURCE_CHARS} characters without NUL, got {source[:40]!r}"
+    if answer is not None and len(answer) > MAX_ANSWER_CHARS:
+        return f"answer is {len(answer):,} characters, over the limit of {MAX_ANSWER_CHARS:,}"
+    if len(msgspec.json.encode(meta)) > MAX_META_BYTES:
+        return f"meta is over the limit of {MAX_META_BYTES:,} bytes as JSON"
+    return None
+
 
 class ProblemSourceError(ValueError):
     """An unknown source name, a split the source does not have, or a missing data wheel."""
@@ -271,6 +290,9 @@ def _user_problem(path: str | Path, no: int, line: str) -> Problem:
     answer = None if row.answer is None else answer_text(row.answer)
     if answer == "":
         raise ProblemFileError(path, no, "empty answer (leave it out when there is none)")
+    too_large = problem_limit_error(row.question, row.source, answer, row.meta)
+    if too_large:
+        raise ProblemFileError(path, no, too_large)
     pid = row.id or problem_id(row.source, row.question)
     return Problem(id=pid, source=row.source, question=row.question.strip(), answer=answer, meta=row.meta)
 
@@ -282,8 +304,8 @@ def read_problems_jsonl(path: str | Path, invalid: list[ProblemFileError] | None
     ``msgspec.json.encode`` reads back as it was.
 
     Blank lines are skipped. Any other bad line raises ``ProblemFileError`` naming it: not JSON,
-    not an object, missing or empty question, wrong types, unknown fields, empty answer, or an id
-    seen before (also two identical questions without ids, whose derived ids are equal). With an
+    not an object, missing or empty question, wrong types, unknown fields, empty answer, a field
+    over its limit (``problem_limit_error``, the API's limits too), or an id seen before (also two identical questions without ids, whose derived ids are equal). With an
     ``invalid`` list, bad lines are appended to it and skipped instead (an unreadable file still
     raises).
     """

@@ -40,21 +40,12 @@ from sqlalchemy import Engine, text
 
 from rstar.config import Config
 from rstar.log import get_logger
-from rstar.problems import answer_text
+from rstar.problems import answer_text, problem_limit_error
 from rstar.schemas import Problem, problem_id
 from store import queries
 from store.db import current_revision, open_store
 from store.metrics import CONTENT_TYPE_LATEST, ApiMetrics
-from store.openapi import (
-    DEFAULT_SOURCE,
-    MAX_ANSWER_CHARS,
-    MAX_BODY_BYTES,
-    MAX_META_BYTES,
-    MAX_PROBLEMS_PER_POST,
-    MAX_QUESTION_CHARS,
-    MAX_SOURCE_CHARS,
-    openapi_spec,
-)
+from store.openapi import DEFAULT_SOURCE, MAX_BODY_BYTES, MAX_PROBLEMS_PER_POST, openapi_spec
 from store.writer import InvalidProblemError, check_problem, upsert_problems
 
 log = get_logger(__name__)
@@ -258,16 +249,11 @@ def _decode_problems(body: bytes) -> list[NewProblem]:
 def _new_problem(i: int, p: NewProblem) -> Problem:
     """The Problem to store, or a 400 naming ``body[i]`` and what is wrong with it."""
     answer = p.answer if p.answer is None or isinstance(p.answer, str) else answer_text(p.answer)
+    too_large = problem_limit_error(p.question, p.source, answer, p.meta)
     if not p.question.strip():
         reason = "question is empty"
-    elif len(p.question) > MAX_QUESTION_CHARS:
-        reason = f"question is {len(p.question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}"
-    elif not 0 < len(p.source) <= MAX_SOURCE_CHARS or "\x00" in p.source:
-        reason = f"source must be 1 to {MAX_SOURCE_CHARS} characters without NUL, got {p.source[:40]!r}"
-    elif answer is not None and len(answer) > MAX_ANSWER_CHARS:
-        reason = f"answer is {len(answer):,} characters, over the limit of {MAX_ANSWER_CHARS:,}"
-    elif len(msgspec.json.encode(p.meta)) > MAX_META_BYTES:
-        reason = f"meta is over the limit of {MAX_META_BYTES:,} bytes as JSON"
+    elif too_large:
+        reason = too_large
     else:
         problem = Problem(
             id=problem_id(p.source, p.question), source=p.source, question=p.question, answer=answer, meta=p.meta

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# What ``POST /api/problems`` accepts; ``store/api.py`` enforces these, this document states them.
+from rstar.problems import MAX_ANSWER_CHARS, MAX_META_BYTES, MAX_QUESTION_CHARS, MAX_SOURCE_CHARS
+
+# What ``POST /api/problems`` accepts; ``store/api.py`` enforces these (a problem's own limits are
+# the kernel's, ``rstar.problems.problem_limit_error``), this document states them.
 MAX_PROBLEMS_PER_POST = 10_000
 MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_QUESTION_CHARS = 100_000
-MAX_ANSWER_CHARS = 10_000
-MAX_SOURCE_CHARS = 100  # the problem id, source + "-" + 16 hex digits, must fit the 128 of its column
-MAX_META_BYTES = 64 * 1024  # meta as JSON
 DEFAULT_SOURCE = "api"
 _INT32 = 2**31 - 1
 _NO_NUL = "^[^\\u0000]*$"

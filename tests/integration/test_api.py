@@ -21,8 +21,9 @@ from store_helpers import store_engine
 from yarl import URL
 
 from rstar.config import load_config
+from rstar.problems import MAX_QUESTION_CHARS
 from rstar.schemas import problem_id
-from store.api import MAX_BODY_BYTES, MAX_QUESTION_CHARS, WEB_DIR, create_app
+from store.api import MAX_BODY_BYTES, WEB_DIR, create_app
 from store.db import open_store
 from store.models import CheckpointRow, RoundRow
 from store.queries import stats

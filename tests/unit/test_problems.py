@@ -151,6 +151,11 @@ def test_user_file(tmp_path):
         ('{"question": "q", "schema": 99}', "schema 99 is not this version's"),
         ('{"question": "First?", "id": "a"}', "duplicate id 'a' \\(first on line 1\\)"),
         ('{"question": "Same"}\n{"question": "Same"}', "duplicate id"),
+        # The API's limits hold in a file too.
+        ('{"question": "%s"}' % ("x" * 100_001), "question is 100,001 characters, over the limit of 100,000"),
+        ('{"question": "q", "answer": "%s"}' % ("9" * 10_001), "answer is 10,001 characters"),
+        ('{"question": "q", "source": "%s"}' % ("s" * 101), "source must be 1 to 100 characters"),
+        ('{"question": "q", "meta": {"x": "%s"}}' % ("m" * 70_000), "meta is over the limit of 65,536 bytes"),
     ],
 )
 def test_user_file_errors_name_the_line(tmp_path, bad, reason):
