@@ -46,23 +46,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.run_info import run_info  # noqa: E402
+from tests.stop_helpers import CpuHog  # noqa: E402  (the stop tests' hog: the same load)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("actor", "learner-train", "learner-eval", "up")
-
-
-class Hog:
-    """``n`` processes spinning on the CPU at the benchmark's own priority."""
-
-    def __init__(self, n: int):
-        self.procs = [
-            subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL) for _ in range(n)
-        ]
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 def child_env() -> dict[str, str]:
@@ -314,11 +301,8 @@ def main() -> None:
                 for comp in components:
                     runs = []
                     for i in range(args.reps):
-                        hog = Hog(hog_n)
-                        try:
+                        with CpuHog(hog_n):
                             r = bench.one(comp)
-                        finally:
-                            hog.stop()
                         print(f"{cond} {comp} #{i + 1}: {r}", file=sys.stderr, flush=True)
                         runs.append(r)
                     result[cond][comp] = summarize(runs, args.cap_s)
