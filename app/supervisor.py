@@ -4,8 +4,11 @@ Used by ``rstar up`` (one machine, every part its own process, as in the compose
 Each child is ``python -m rstar <command>`` with the parent's config file and overrides; its
 stdout/stderr go to ``<log_dir>/<name>.log``. A child that exits on its own is restarted with
 exponential backoff (1 s … 60 s), like compose's ``restart: unless-stopped``; one that keeps
-dying within seconds is reported in ``status()``. ``stop()`` sends SIGTERM to all, waits
-``grace_s``, then SIGKILLs what is left. A supervisor killed outright (SIGKILL, OOM) cannot do
+dying within seconds is reported in ``status()``. The backoff grows with the child's consecutive
+quick deaths (within ``QUICK_S`` of a start), not with its restarts over the whole run: a child
+that ran a while and then dies early after a restart or two is back in 1-2 s, not 60 s (Docker
+too resets its restart delay once a container has run a while). ``stop()`` sends SIGTERM to all,
+waits ``grace_s``, then SIGKILLs what is left. A supervisor killed outright (SIGKILL, OOM) cannot do
 that: each child also watches for its parent's death (``exit_with_parent``) and then stops
 itself with SIGTERM, so no orphaned learner or actor goes on beside the next ``rstar up``.
 """
@@ -26,6 +29,7 @@ from rstar.log import get_logger
 log = get_logger(__name__)
 
 PARENT_ENV = "RSTAR_SUPERVISOR_PID"
+QUICK_S = 30.0  # a child that exits sooner than this after its start died "quickly"
 
 
 def exit_with_parent(poll_s: float = 1.0) -> None:
@@ -53,6 +57,7 @@ class Child:
     log_path: Path
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    quick_deaths: int = 0  # consecutive exits within QUICK_S of a start (the backoff's exponent)
     started_at: float = 0.0
     next_start: float = 0.0
     last_exit: int | None = None
@@ -111,8 +116,9 @@ class Supervisor:
                 if c.one_shot and code == 0:
                     c.done = True
                     continue
-                quick = now - c.started_at < 30
-                delay = min(60.0, 2.0 ** min(c.restarts, 6)) if quick else 1.0
+                quick = now - c.started_at < QUICK_S
+                c.quick_deaths = c.quick_deaths + 1 if quick else 0
+                delay = min(60.0, 2.0 ** min(c.quick_deaths - 1, 6)) if quick else 1.0
                 c.next_start = now + delay
                 log.warning("%s exited with %s; restarting in %.0fs (log: %s)", c.name, code, delay, c.log_path)
             elif now >= c.next_start:
