@@ -37,6 +37,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from rstar.config import Config
 from rstar.log import get_logger
@@ -140,6 +141,9 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
         resp = _error_response(404, str(e))
     except queries.BadQueryError as e:
         resp = _error_response(400, str(e), e.param)
+    except OperationalError as e:  # the database is down, restarting or locked: the request may be retried
+        log.warning("%s %s: database unavailable: %s", request.method, request.path, e.orig)
+        resp = _error_response(503, "database unavailable; retry later", headers={"Retry-After": "5"})
     except web.HTTPException as e:  # aiohttp's own: unknown path 404, 405, 413 body too large
         if e.status < 400:
             raise

@@ -340,6 +340,9 @@ def openapi_spec(max_limit: int) -> dict[str, Any]:
             }
         },
     }
+    for ops in paths.values():  # every route reads the database, which may be down or restarting
+        for path_op in ops.values():
+            path_op["responses"].setdefault("503", _ERROR)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -327,6 +327,26 @@ async def test_ids_with_any_character_read_back(tmp_path):
         engine.dispose()
 
 
+async def test_a_database_that_is_down_is_a_503_to_retry_not_a_500(tmp_path):
+    from sqlalchemy import create_engine
+
+    # Nothing listens on port 1: every query fails to connect, as while PostgreSQL restarts.
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+    c = await _client(create_app(_cfg(tmp_path), engine))
+    try:
+        for r in [
+            await c.get("/api/stats"),
+            await c.get("/api/trees"),
+            await c.post("/api/problems", json=[{"question": "Still there?"}], headers=AUTH),
+        ]:
+            assert r.status == 503 and r.headers["Retry-After"] == "5", await r.text()
+            assert (await r.json())["error"] == "database unavailable; retry later"
+        assert (await c.get("/health")).status == 503
+    finally:
+        await c.close()
+        engine.dispose()
+
+
 @pytest.mark.parametrize("value", [b"Bearer \xff", TOKEN.encode() + b"\xe9", b"Bearer", b"", b"Basic dTpw"])
 async def test_a_wrong_authorization_header_is_a_401(client, value):
     """Found by tests/fuzz/test_fuzz_api.py: a header with bytes that are not UTF-8 was a 500."""
