@@ -31,9 +31,9 @@ How, and what made stops slow before (``docs/bench/stop_time.json``):
 - ``exit_now`` ends the process once the command is done, without the interpreter's teardown:
   no join of leftover threads — a model thread inside the ``generate()`` call of a search that
   was stopped (one call: seconds on a loaded CPU, longer for a bigger model) — and no
-  finalization of torch, transformers and the rest: 4-5 s on a loaded 2-core machine,
-  measured, against 0.3-0.5 s for ``os._exit``. ``app.cli.main`` calls it after every command
-  that ran a service here (``served()``); atexit handlers run first and output is flushed.
+  finalization of torch, transformers and the rest, which take seconds on a loaded machine.
+  ``app.cli.main`` calls it after every command that ran a service here (``served()``); atexit
+  handlers run first and output is flushed.
 """
 
 from __future__ import annotations
