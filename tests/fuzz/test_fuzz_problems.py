@@ -7,11 +7,18 @@ import re
 import time
 
 import msgspec
+import pytest
 from fuzz_strategies import big_digits, fuzz, json_values, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rstar.problems import ProblemFileError, ProblemSourceError, load_problems, read_problems_jsonl
+from rstar.problems import (
+    ProblemFileError,
+    ProblemSourceError,
+    load_problems,
+    problem_limit_error,
+    read_problems_jsonl,
+)
 from rstar.schemas import Problem
 
 _line_pieces = st.sampled_from(
@@ -78,7 +85,6 @@ _COMMA_NUMBER = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 def test_encoded_problems_read_back_as_they_were(tmp_path_factory, problems):
     path = tmp_path_factory.mktemp("p") / "problems.jsonl"
     path.write_bytes(b"".join(msgspec.json.encode(p) + b"\n" for p in problems))
-    back = read_problems_jsonl(path)
     # A gold written with thousands separators is normalised (``1,080`` -> ``1080``), as documented.
     expected = [
         msgspec.structs.replace(p, answer=p.answer.replace(",", ""))
@@ -86,7 +92,13 @@ def test_encoded_problems_read_back_as_they_were(tmp_path_factory, problems):
         else p
         for p in problems
     ]
-    assert back == expected
+    # A NUL in the source or a field over its limit is refused with the API's clear error.
+    refused = [problem_limit_error(p.question, p.source, p.answer, p.meta) for p in expected]
+    if any(refused):
+        with pytest.raises(ProblemFileError, match=re.escape(next(r for r in refused if r))):
+            read_problems_jsonl(path)
+        return
+    assert read_problems_jsonl(path) == expected
 
 
 @fuzz(200)
