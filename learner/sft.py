@@ -56,7 +56,7 @@ def mix_searched(examples: list[SFTExample], share: float) -> list[SFTExample]:
 @dataclass
 class SFTReport:
     examples: int  # after train.searched_share's repeats
-    searched: int  # of which the search's own (repeats counted)
+    searched: int  # the search's own among them (repeats counted, before over-long ones are dropped)
     dropped_too_long: int
     steps: int
     first_loss: float
