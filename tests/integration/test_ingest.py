@@ -166,7 +166,9 @@ async def test_sigkill_mid_batch_then_restart_stores_each_tree_once(server, stor
     upsert_trees(engine, trees[:10])
     engine.dispose()
 
-    first = _spawn_ingest(cfg, tmp_path, "first")
+    # Batches of 2: ~95 commits between 10 and 200 trees, so the poll below catches the ingest
+    # mid-run even on a quiet machine (with 16 it could commit past 200 between two polls).
+    first = _spawn_ingest(cfg, tmp_path, "first", batch_size=2)
     try:
         at_kill = await _until(
             lambda: _alive(first, tmp_path, "first") or 10 < _counts(store_url)[0] < 200 and _counts(store_url),
