@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 
 from rstar.curriculum import LEVELS, synthetic_problems
-from rstar.grading import extract_answer
+from rstar.grading import MAX_ANSWER_CHARS, extract_answer
 from rstar.log import get_logger
 from rstar.schemas import SCHEMA_VERSION, Problem, problem_id
 
@@ -46,7 +46,7 @@ DEFAULT_SYNTHETIC = 1000
 
 # What a problem may hold, at every door (problem files, ``rstar problems add``, the HTTP API).
 MAX_QUESTION_CHARS = 100_000
-MAX_ANSWER_CHARS = 10_000
+# MAX_ANSWER_CHARS (2,000) is the grader's: a longer gold answer could never be graded correct.
 MAX_SOURCE_CHARS = 100  # the problem id, source + "-" + 16 hex digits, must fit the 128 of its column
 MAX_META_BYTES = 64 * 1024  # meta as JSON
 

@@ -79,13 +79,14 @@ def queue_hook(cfg) -> tuple[Callable[[Sequence], Awaitable[None]], Callable[...
         async with lock:
             if "b" not in held:
                 cm = open_broker(cfg, "rstar-api")
-                b: Broker = await cm.__aenter__()
-                held["cm"], held["b"] = cm, b
+                held["cm"], held["b"] = cm, await cm.__aenter__()
+            b: Broker = held["b"]  # taken under the lock: another post may drop a failed one
         try:
-            await add_problems(held["b"], problems)
+            await add_problems(b, problems)
         except Exception:
-            async with lock:  # the next post connects afresh
-                await close()
+            async with lock:  # the next post connects afresh (unless one already did)
+                if held.get("b") is b:
+                    await close()
             raise
 
     return on_problems, close
