@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -147,8 +148,17 @@ def _latest(work_dir: Path) -> tuple[Path, dict] | None:
         return None
 
 
+def _tied_head_warning(record: logging.LogRecord) -> bool:
+    """False for accelerate's warning that it dropped ``lm_head.weight`` from a saved state: with
+    tied embeddings (the nano policy) that tensor is the embedding's, and loading re-ties it."""
+    return "Removed shared tensor {'lm_head.weight'}" not in record.getMessage()
+
+
 def _save(acc, work_dir: Path, done: int, fingerprint: str) -> None:
     state = work_dir / f"state-{done:08d}"
+    accelerate_log = logging.getLogger("accelerate.utils.other")
+    if _tied_head_warning not in accelerate_log.filters:
+        accelerate_log.addFilter(_tied_head_warning)
     acc.save_state(str(state))
     if acc.is_main_process:
         (state / "progress.json").write_text(json.dumps({"batches_done": done, "fingerprint": fingerprint}))
