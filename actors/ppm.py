@@ -214,8 +214,8 @@ class PPMScorer:
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
             use_cache=cache is not None,
+            **{kv.cache_kwarg(type(self.ppm.backbone)): cache},
             **kw,
         ).last_hidden_state
 

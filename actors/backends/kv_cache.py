@@ -5,6 +5,7 @@
   whole cache every step). Rows can be dropped (finished) or repeated (``n`` samples of a prompt).
 - ``prefix_for``: the KV of the common token prefix of a batch, as a ``SharedPrefix`` (batch 1),
   taken from ``PrefixLRU`` when cached and extended there when the batch shares more.
+- ``cache_kwarg``: the forward() keyword that takes the cache in the installed transformers.
 - ``left_pad``, ``causal_mask``, ``additive``: inputs for a forward over the rows' own tokens;
   masks are 4-D additive tensors, which transformers passes to the attention untouched.
 
@@ -13,6 +14,8 @@ Used by the transformers backend's decode loop and by the PPM scorer.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -20,6 +23,13 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from actors.backends.shared_prefix import SharedPrefix
+
+
+@functools.cache
+def cache_kwarg(module_type: type) -> str:
+    """``"cache"`` where ``module_type.forward`` takes it (transformers 5.25 on, where
+    ``past_key_values`` is deprecated and warns), else ``"past_key_values"`` (older releases)."""
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
 
 
 class _SlabLayer(CacheLayerMixin):

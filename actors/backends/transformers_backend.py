@@ -127,9 +127,9 @@ class TransformersBackend(Backend):
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{kv.cache_kwarg(type(self.model)): cache},
             **kw,
         )
         return out.logits[:, -1]
