@@ -26,7 +26,7 @@ from actors.backends.shared_prefix import SharedPrefix
 
 
 @functools.cache
-def cache_kwarg(module_type: type) -> str:
+def cache_kwarg(module_type: type[torch.nn.Module]) -> str:
     """``"cache"`` where ``module_type.forward`` takes it (transformers 5.25 on, where
     ``past_key_values`` is deprecated and warns), else ``"past_key_values"`` (older releases)."""
     return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
