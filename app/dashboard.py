@@ -16,6 +16,19 @@ from rich.table import Table
 from rstar.schemas import RoundEval
 
 
+def evaluated_through(rounds: list[dict]) -> int:
+    """The highest round R such that every round up to R is published and evaluated, else -1.
+
+    The evaluator takes the newest round first, so round R can have figures while R - 1 is still
+    being evaluated: a run stopped at "round N evaluated" must wait for every earlier round too."""
+    through = -1
+    for r in sorted(rounds, key=lambda r: r["round"]):
+        if r["state"] != "published" or not RoundEval.of(r.get("eval")).evaluated:
+            break
+        through = r["round"]
+    return through
+
+
 @dataclass
 class Snapshot:
     problems: int = 0
@@ -26,7 +39,7 @@ class Snapshot:
     round: int | None = None
     round_state: str = "–"
     published_round: int = -1
-    evaluated_round: int = -1  # highest published round with evaluation figures
+    evaluated_round: int = -1  # every round up to this one is published and has evaluation figures
     pointer: str = "base model (no checkpoint yet)"
     rounds: list[dict] = field(default_factory=list)
     actors: list[dict] = field(default_factory=list)
@@ -68,10 +81,7 @@ class View:
             s.round, s.round_state = rounds[-1]["round"], rounds[-1]["state"]
             done = [r["round"] for r in rounds if r["state"] == "published"]
             s.published_round = max(done) if done else -1
-            evaluated = [
-                r["round"] for r in rounds if r["state"] == "published" and RoundEval.of(r.get("eval")).evaluated
-            ]
-            s.evaluated_round = max(evaluated) if evaluated else -1
+            s.evaluated_round = evaluated_through(rounds)
         if pointer is not None:
             s.pointer = f"round {pointer.round}: {pointer.policy.version}" + (
                 f" + {pointer.ppm.version}" if pointer.ppm else ""

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.cli.rounds import accuracy_cell, json_rows, load_rows_json, rounds_markdown
-from app.dashboard import _last_eval
+from app.dashboard import _last_eval, evaluated_through
 from app.rounds_plot import accuracy_series, level_series, plot_rounds
 from rstar.schemas import (
     CollectCounts,
@@ -127,6 +127,14 @@ def test_dashboard_last_eval_reads_both_shapes():
     assert _last_eval(ROWS) == "round 3 — synthetic: greedy 100% (30/30)"
     assert _last_eval(ROWS[:1]) == "round 0 — synthetic: greedy 10% / majority@4 15% / mcts@4 20%"
     assert _last_eval([]) == "none yet"
+
+
+def test_a_run_is_evaluated_through_a_round_only_when_every_earlier_round_is():
+    # ROWS: rounds 0, 1 and 3 have figures, round 2 not yet (the evaluator takes the newest first)
+    assert evaluated_through(ROWS) == 1
+    assert evaluated_through([r for r in ROWS if r["round"] != 2]) == 3
+    assert evaluated_through([*ROWS[:2], _row(2, None, 0.5, state="training_policy")]) == 1
+    assert evaluated_through([]) == -1
 
 
 def test_plot_writes_a_png(tmp_path):
