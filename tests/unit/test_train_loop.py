@@ -32,35 +32,24 @@ def test_length_grouping_keeps_every_item_and_cuts_the_padding():
     assert grouped == batch_order(n, 1, bs, seed=3, lengths=lengths)  # deterministic: a resume sees the same
 
 
-def test_a_tied_models_state_saves_without_the_shared_tensor_warning_and_reloads_tied(tmp_path, caplog):
+def test_a_tied_models_state_saves_without_the_shared_tensor_warning_and_reloads_tied(tiny_model_dir, tmp_path, caplog):
     import logging
 
     import torch
     from accelerate import Accelerator
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from learner.train_loop import _save
 
-    def tied(seed):
-        torch.manual_seed(seed)
-        c = LlamaConfig(
-            vocab_size=64,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-        return LlamaForCausalLM(c)
-
     acc = Accelerator(cpu=True)
-    model = acc.prepare(tied(0))
+    model = acc.prepare(LlamaForCausalLM.from_pretrained(tiny_model_dir))  # tied embeddings
     with caplog.at_level(logging.WARNING):
         _save(acc, tmp_path, 3, "fp")
     assert not [r for r in caplog.records if "shared tensor" in r.getMessage()]
     acc2 = Accelerator(cpu=True)  # a resumed run: a new process's accelerator and model
-    fresh = acc2.prepare(tied(1))
+    fresh = acc2.prepare(LlamaForCausalLM.from_pretrained(tiny_model_dir))
+    with torch.no_grad():
+        fresh.model.embed_tokens.weight.add_(1.0)
     assert not torch.equal(fresh.lm_head.weight, model.lm_head.weight)
     acc2.load_state(str(tmp_path / "state-00000003"))
     assert fresh.lm_head.weight.data_ptr() == fresh.model.embed_tokens.weight.data_ptr()
