@@ -22,13 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.run_info import run_info  # noqa: E402
+from rstar.config import load_config  # noqa: E402
 from rstar.stats import wilson  # noqa: E402
+from store.db import open_store  # noqa: E402
+from store.queries import list_rounds  # noqa: E402
 
 
-def round_dirs(data_dir: Path) -> list[int]:
-    """The rounds whose policy is on disk under ``DATA/learner/round-R/``."""
-    found = (p.name.removeprefix("round-") for p in (data_dir / "learner").glob("round-*"))
-    return sorted(int(r) for r in found if r.isdigit())
+def published_rounds(data_dir: Path) -> list[int]:
+    """The run's published rounds, from its store (a round still training has no whole policy)."""
+    cfg = load_config(env={**os.environ, "RSTAR_DATA_DIR": str(data_dir)})
+    engine = open_store(cfg.store_url)
+    try:
+        return [r["round"] for r in list_rounds(engine) if r["state"] == "published"]
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
@@ -36,15 +43,15 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--dataset", default="mawps")
     ap.add_argument("--limit", type=int, default=200)
-    ap.add_argument("--rounds", default=None, help="comma-separated rounds (default: every round on disk)")
+    ap.add_argument("--rounds", default=None, help="comma-separated rounds (default: every published round)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     info = run_info()
     data_dir = args.data_dir.resolve()
-    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else round_dirs(data_dir)
+    rounds = [int(r) for r in args.rounds.split(",")] if args.rounds else published_rounds(data_dir)
     if not rounds:
-        sys.exit(f"no rounds under {data_dir / 'learner'}")
+        sys.exit(f"no published round in the store of {data_dir}")
     env = {**os.environ, "RSTAR_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
     rows = []
     for r in rounds:
