@@ -209,14 +209,12 @@ class PPMScorer:
         return torch.tanh(self.ppm.value(hidden[:, -1]))  # left padded: last token at -1
 
     def _forward(self, input_ids, positions, mask, cache, prefix):
-        kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
         return self.ppm.backbone(
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
             use_cache=cache is not None,
-            **{kv.cache_kwarg(type(self.ppm.backbone)): cache},
-            **kw,
+            **kv.forward_kwargs(self.ppm.backbone, cache, prefix),
         ).last_hidden_state
 
     def load_weights(self, path: str | Path, version: str) -> None:

@@ -5,7 +5,8 @@
   whole cache every step). Rows can be dropped (finished) or repeated (``n`` samples of a prompt).
 - ``prefix_for``: the KV of the common token prefix of a batch, as a ``SharedPrefix`` (batch 1),
   taken from ``PrefixLRU`` when cached and extended there when the batch shares more.
-- ``cache_kwarg``: the forward() keyword that takes the cache in the installed transformers.
+- ``forward_kwargs``: a forward's cache and shared-prefix keywords (``cache_kwarg``: the name the
+  installed transformers takes the cache under).
 - ``left_pad``, ``causal_mask``, ``additive``: inputs for a forward over the rows' own tokens;
   masks are 4-D additive tensors, which transformers passes to the attention untouched.
 
@@ -30,6 +31,15 @@ def cache_kwarg(module_type: type[torch.nn.Module]) -> str:
     """``"cache"`` where ``module_type.forward`` takes it (transformers 5.25 on, where
     ``past_key_values`` is deprecated and warns), else ``"past_key_values"`` (older releases)."""
     return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
+
+
+def forward_kwargs(module: torch.nn.Module, cache: Cache | None, prefix: SharedPrefix | None) -> dict:
+    """The keywords of a forward over ``module`` that carry the KV ``cache`` and, when it is not
+    empty, the batch's ``shared_prefix``."""
+    kw: dict = {cache_kwarg(type(module)): cache}  # type: ignore[arg-type]  # a class hashes; the stubs see instance __hash__
+    if prefix is not None and prefix.length:
+        kw["shared_prefix"] = prefix
+    return kw
 
 
 class _SlabLayer(CacheLayerMixin):

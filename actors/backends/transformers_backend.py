@@ -122,15 +122,13 @@ class TransformersBackend(Backend):
         return out
 
     def _forward(self, input_ids, positions, mask, cache, prefix):
-        kw = {"shared_prefix": prefix} if prefix is not None and prefix.length else {}
         out = self.model(
             input_ids=input_ids,
             position_ids=positions,
             attention_mask=mask,
             use_cache=True,
             logits_to_keep=1,
-            **{kv.cache_kwarg(type(self.model)): cache},
-            **kw,
+            **kv.forward_kwargs(self.model, cache, prefix),
         )
         return out.logits[:, -1]
 
